@@ -1,0 +1,525 @@
+//! Flow, join and provisioning rules compiled into set-based SQL.
+//!
+//! Each statement handles every object of one object type (or of one connector) at once,
+//! so a sync is a handful of statements whatever the number of objects, and a DBA can read
+//! and EXPLAIN each one (`mesh.compiled_sql`). Confidence belongs to the rule, so the
+//! winner of an attribute is a `CASE` over the rules in resolution order: no row per
+//! attribute per source is ever materialized.
+//!
+//! Temporary tables the statements use (created by the engine for each sync):
+//! `_mesh_affected(id)` the mesh objects to recompute, `_mesh_join` join candidates,
+//! `_mesh_plan` the desired state of each target object.
+
+use crate::source::{expression_scope, Source};
+use crate::sql::literal;
+use serde_json::Value;
+
+#[derive(Clone, Debug)]
+pub struct ImportFlow {
+    pub id: i32,
+    pub connector_id: i32,
+    pub connector_name: String,
+    pub object_type: String,
+    pub source: String,
+    pub target: String,
+    pub confidence: i32,
+    pub empty_is_value: bool,
+    pub reference: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ExportFlow {
+    pub id: i32,
+    pub connector_id: i32,
+    pub object_type: String,
+    pub source: String,
+    pub target: String,
+    pub empty_is_value: bool,
+    pub reference: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct JoinRule {
+    pub connector_id: i32,
+    pub object_type: String,
+    pub position: i32,
+    pub source: String,
+    pub mesh_attribute: String,
+}
+
+/// What happens in a target to an object whose mesh object is deleted or leaves the scope.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Deprovision {
+    Delete,
+    /// Write these attribute values (e.g. `{"active": false}`).
+    Disable(Value),
+    /// Keep the object, stop managing it (disconnect).
+    Leave,
+}
+
+impl Deprovision {
+    pub fn from_options(options: &Value) -> Result<Deprovision, String> {
+        match options.get("deprovision").and_then(Value::as_str).unwrap_or("leave") {
+            "delete" => Ok(Deprovision::Delete),
+            "leave" => Ok(Deprovision::Leave),
+            "disable" => match options.get("disable") {
+                Some(v @ Value::Object(m)) if !m.is_empty() => Ok(Deprovision::Disable(v.clone())),
+                _ => Err("deprovision \"disable\" needs \"disable\": an object of attribute values to write, \
+                          e.g. {\"active\": false}"
+                    .into()),
+            },
+            other => Err(format!("unknown deprovision policy \"{other}\": use delete, disable or leave")),
+        }
+    }
+    fn name(&self) -> &'static str {
+        match self {
+            Deprovision::Delete => "delete",
+            Deprovision::Disable(_) => "disable",
+            Deprovision::Leave => "leave",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Provisioning {
+    pub connector_id: i32,
+    pub object_type: String,
+    /// SQL condition over mesh attributes; None = every object of the type.
+    pub scope: Option<String>,
+    pub deprovision: Deprovision,
+}
+
+/// Which mesh objects a statement touches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Only those in `_mesh_affected`.
+    Affected,
+    /// All of them (full sync).
+    All,
+}
+
+fn affected_join(scope: Scope, alias: &str) -> String {
+    match scope {
+        Scope::Affected => format!("JOIN _mesh_affected a ON a.id = {alias}.id\n"),
+        Scope::All => String::new(),
+    }
+}
+
+fn slot(rule_id: i32) -> String {
+    format!("v{rule_id}")
+}
+
+/// The jsonb value an import flow contributes for the connector object `c{cid}`.
+fn import_value(f: &ImportFlow, src: &Source) -> String {
+    let cid = f.connector_id;
+    let raw = src.jsonb(&format!("c{cid}"), &format!("x{cid}"), &slot(f.id));
+    if f.reference {
+        format!("mesh.ref({cid}, {raw})")
+    } else {
+        raw
+    }
+}
+
+fn import_counts(f: &ImportFlow, value: &str) -> String {
+    let present = format!("c{}.anchor IS NOT NULL", f.connector_id);
+    if f.empty_is_value {
+        present
+    } else {
+        format!("{present} AND NOT mesh.is_empty({value})")
+    }
+}
+
+/// The winner of one mesh attribute as a CASE over its flows in resolution order.
+pub fn attribute_case(flows: &[&ImportFlow]) -> String {
+    let mut sorted: Vec<&ImportFlow> = flows.to_vec();
+    sorted.sort_by(|a, b| b.confidence.cmp(&a.confidence).then(a.connector_name.cmp(&b.connector_name)));
+    let mut arms = Vec::new();
+    let mut i = 0;
+    while i < sorted.len() {
+        let mut j = i;
+        while j < sorted.len() && sorted[j].confidence == sorted[i].confidence {
+            j += 1;
+        }
+        let group = &sorted[i..j];
+        let parts: Vec<(String, String, &ImportFlow)> = group
+            .iter()
+            .map(|f| {
+                let v = import_value(f, &Source::parse(&f.source));
+                let shown = if f.empty_is_value { format!("mesh.nullif_empty({v})") } else { v.clone() };
+                (import_counts(f, &v), shown, *f)
+            })
+            .collect();
+        if parts.len() == 1 {
+            arms.push(format!("WHEN {} THEN {}", parts[0].0, parts[0].1));
+        } else {
+            // Equal confidence: most recent observation, then connector name.
+            let any: Vec<String> = parts.iter().map(|p| format!("({})", p.0)).collect();
+            let rows: Vec<String> = parts
+                .iter()
+                .map(|(ok, v, f)| {
+                    format!("(({ok}), {v}, c{}.observed_at, {})", f.connector_id, literal(&f.connector_name))
+                })
+                .collect();
+            arms.push(format!(
+                "WHEN {} THEN (SELECT t.v FROM (VALUES {}) t(ok, v, observed_at, connector) \
+                 WHERE t.ok ORDER BY t.observed_at DESC, t.connector LIMIT 1)",
+                any.join(" OR "),
+                rows.join(", ")
+            ));
+        }
+        i = j;
+    }
+    format!("CASE {} END", arms.join(" "))
+}
+
+/// `jsonb_build_object` takes at most 100 arguments: build objects of 40 pairs and concatenate.
+fn build_object(pairs: &[(String, String)]) -> String {
+    if pairs.is_empty() {
+        return "'{}'::jsonb".to_string();
+    }
+    let chunks: Vec<String> = pairs
+        .chunks(40)
+        .map(|chunk| {
+            let args: Vec<String> = chunk.iter().map(|(k, v)| format!("{}, {v}", literal(k))).collect();
+            format!("jsonb_build_object({})", args.join(", "))
+        })
+        .collect();
+    chunks.join(" || ")
+}
+
+fn connector_ids<'a, I: Iterator<Item = i32>>(ids: I) -> Vec<i32> {
+    let mut v: Vec<i32> = ids.collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// LEFT JOIN of each contributing connector's object, and its expression scope.
+fn connector_joins(flows: &[&ImportFlow], mesh_alias: &str) -> String {
+    let mut sql = String::new();
+    for cid in connector_ids(flows.iter().map(|f| f.connector_id)) {
+        sql.push_str(&format!(
+            "LEFT JOIN mesh.connector_object c{cid} ON c{cid}.connector_id = {cid} AND c{cid}.mesh_id = {mesh_alias}.id AND NOT c{cid}.deleted\n"
+        ));
+        let parsed: Vec<(String, Source)> = flows
+            .iter()
+            .filter(|f| f.connector_id == cid)
+            .map(|f| (slot(f.id), Source::parse(&f.source)))
+            .collect();
+        let refs: Vec<(String, &Source)> = parsed.iter().map(|(s, src)| (s.clone(), src)).collect();
+        if let Some(scope) = expression_scope(&format!("c{cid}"), &format!("x{cid}"), &refs) {
+            sql.push_str(&scope);
+            sql.push('\n');
+        }
+    }
+    sql
+}
+
+/// Recomputes the attributes of the mesh objects of one type from the connector objects
+/// joined to them; updates only objects whose attributes change.
+pub fn resolution_sql(object_type: &str, flows: &[ImportFlow], scope: Scope) -> String {
+    let flows: Vec<&ImportFlow> = flows.iter().filter(|f| f.object_type == object_type).collect();
+    let mut targets: Vec<&str> = flows.iter().map(|f| f.target.as_str()).collect();
+    targets.sort();
+    targets.dedup();
+    let pairs: Vec<(String, String)> = targets
+        .iter()
+        .map(|t| {
+            let group: Vec<&ImportFlow> = flows.iter().copied().filter(|f| f.target == *t).collect();
+            (t.to_string(), attribute_case(&group))
+        })
+        .collect();
+    format!(
+        "UPDATE mesh.mesh_object m SET attrs = r.attrs, updated_at = now()\nFROM (\n\
+         SELECT o.id, jsonb_strip_nulls({}) AS attrs\n\
+         FROM mesh.mesh_object o\n{}{}\
+         WHERE o.object_type = {} AND NOT o.deleted\n) r\n\
+         WHERE m.id = r.id AND m.attrs IS DISTINCT FROM r.attrs",
+        build_object(&pairs),
+        affected_join(scope, "o"),
+        connector_joins(&flows, "o"),
+        literal(object_type)
+    )
+}
+
+/// One SELECT per connector and object type listing every contribution (one row per flow
+/// per connector object); `mesh.contributions` is their UNION ALL.
+pub fn contributions_sql(flows: &[ImportFlow]) -> String {
+    let mut groups: Vec<(i32, &str)> = flows.iter().map(|f| (f.connector_id, f.object_type.as_str())).collect();
+    groups.sort();
+    groups.dedup();
+    if groups.is_empty() {
+        return "SELECT NULL::bigint AS mesh_id, NULL::integer AS connector_id, NULL::text AS anchor, \
+                NULL::timestamptz AS observed_at, NULL::integer AS rule_id, NULL::text AS attribute, \
+                NULL::jsonb AS value, NULL::integer AS confidence, NULL::boolean AS empty_is_value WHERE false"
+            .to_string();
+    }
+    let selects: Vec<String> = groups
+        .iter()
+        .map(|(cid, ot)| {
+            let fs: Vec<&ImportFlow> =
+                flows.iter().filter(|f| f.connector_id == *cid && f.object_type == *ot).collect();
+            let parsed: Vec<(String, Source)> = fs.iter().map(|f| (slot(f.id), Source::parse(&f.source))).collect();
+            let refs: Vec<(String, &Source)> = parsed.iter().map(|(s, src)| (s.clone(), src)).collect();
+            let scope = expression_scope(&format!("c{cid}"), &format!("x{cid}"), &refs).unwrap_or_default();
+            let rows: Vec<String> = fs
+                .iter()
+                .map(|f| {
+                    format!(
+                        "({}::integer, {}::text, ({})::jsonb, {}::integer, {})",
+                        f.id,
+                        literal(&f.target),
+                        import_value(f, &Source::parse(&f.source)),
+                        f.confidence,
+                        f.empty_is_value
+                    )
+                })
+                .collect();
+            format!(
+                "SELECT c{cid}.mesh_id, c{cid}.connector_id, c{cid}.anchor, c{cid}.observed_at, f.rule_id, \
+                 f.attribute, f.value, f.confidence, f.empty_is_value\n\
+                 FROM mesh.connector_object c{cid}\n{scope}\n\
+                 CROSS JOIN LATERAL (VALUES {}) f(rule_id, attribute, value, confidence, empty_is_value)\n\
+                 WHERE c{cid}.connector_id = {cid} AND c{cid}.object_type = {} AND c{cid}.mesh_id IS NOT NULL AND NOT c{cid}.deleted",
+                rows.join(", "),
+                literal(ot)
+            )
+        })
+        .collect();
+    selects.join("\nUNION ALL\n")
+}
+
+/// Finds, for connector objects not joined yet, the mesh objects one join rule matches,
+/// and records anchors with at least one candidate in `_mesh_join`. Anchors decided by an
+/// earlier rule are skipped. `$1` is the sync's change_seq fence (objects changed after it),
+/// or NULL for every unjoined object.
+pub fn join_sql(rule: &JoinRule) -> String {
+    let cid = rule.connector_id;
+    let src = Source::parse(&rule.source);
+    let scope = expression_scope("c", "x", &[("v".to_string(), &src)]).unwrap_or_default();
+    format!(
+        "INSERT INTO _mesh_join (connector_id, anchor, position, candidates, mesh_ids)\n\
+         SELECT {cid}, c.anchor, {pos}, count(*), array_agg(o.id ORDER BY o.id)\n\
+         FROM mesh.connector_object c\n{scope}\n\
+         JOIN mesh.mesh_object o ON o.object_type = {ot} AND NOT o.deleted AND o.attrs->>{attr} = {value}\n\
+         WHERE c.connector_id = {cid} AND c.object_type = {ot} AND c.mesh_id IS NULL AND NOT c.deleted\n\
+           AND ($1::bigint IS NULL OR c.change_seq > $1)\n\
+           AND NOT EXISTS (SELECT 1 FROM _mesh_join j WHERE j.connector_id = {cid} AND j.anchor = c.anchor)\n\
+         GROUP BY c.anchor",
+        pos = rule.position,
+        ot = literal(&rule.object_type),
+        attr = literal(&rule.mesh_attribute),
+        value = src.text("c", "x", "v"),
+    )
+}
+
+/// Mesh objects whose reference contributions from `flow` point at nothing yet: kept in
+/// `mesh.unresolved_reference` so they are recomputed when the target arrives.
+pub fn unresolved_references_sql(flow: &ImportFlow, scope: Scope) -> Option<String> {
+    if !flow.reference {
+        return None;
+    }
+    let cid = flow.connector_id;
+    let src = Source::parse(&flow.source);
+    let scope_sql = expression_scope(&format!("c{cid}"), &format!("x{cid}"), &[(slot(flow.id), &src)]).unwrap_or_default();
+    let raw = src.jsonb(&format!("c{cid}"), &format!("x{cid}"), &slot(flow.id));
+    let affected = match scope {
+        Scope::Affected => format!("JOIN _mesh_affected a ON a.id = c{cid}.mesh_id\n"),
+        Scope::All => String::new(),
+    };
+    Some(format!(
+        "INSERT INTO mesh.unresolved_reference (mesh_id, rule_id, connector_id, name_key)\n\
+         SELECT DISTINCT c{cid}.mesh_id, {rid}, {cid}, mesh.name_key(e.value)\n\
+         FROM mesh.connector_object c{cid}\n{affected}{scope_sql}\n\
+         CROSS JOIN LATERAL mesh.ref_values({raw}) e(value)\n\
+         WHERE c{cid}.connector_id = {cid} AND c{cid}.object_type = {ot} AND c{cid}.mesh_id IS NOT NULL AND NOT c{cid}.deleted\n\
+           AND NOT EXISTS (SELECT 1 FROM mesh.connector_object r WHERE r.connector_id = {cid} \
+               AND r.name_key = mesh.name_key(e.value) AND NOT r.deleted AND r.mesh_id IS NOT NULL)\n\
+         ON CONFLICT DO NOTHING",
+        rid = flow.id,
+        ot = literal(&flow.object_type),
+    ))
+}
+
+/// The desired state of one connector's objects of one type: for each mesh object in
+/// scope (or already linked), the values the export flows compute, into `_mesh_plan`.
+pub fn export_plan_sql(
+    connector_id: i32,
+    object_type: &str,
+    flows: &[ExportFlow],
+    provisioning: Option<&Provisioning>,
+    scope: Scope,
+) -> String {
+    let flows: Vec<&ExportFlow> =
+        flows.iter().filter(|f| f.connector_id == connector_id && f.object_type == object_type).collect();
+    let parsed: Vec<(String, Source)> = flows.iter().map(|f| (slot(f.id), Source::parse(&f.source))).collect();
+    let scope_src = provisioning.and_then(|p| p.scope.as_ref()).map(|s| Source::Expression {
+        text: s.clone(),
+        names: crate::sql::used_names(s),
+    });
+    let mut refs: Vec<(String, &Source)> = parsed.iter().map(|(s, src)| (s.clone(), src)).collect();
+    if let Some(s) = &scope_src {
+        refs.push(("in_scope".to_string(), s));
+    }
+    let expr_scope = expression_scope("o", "x", &refs).unwrap_or_default();
+    let pairs: Vec<(String, String)> = flows
+        .iter()
+        .zip(parsed.iter())
+        .map(|(f, (slot, src))| {
+            let raw = src.jsonb("o", "x", slot);
+            let v = if f.reference { format!("mesh.ref_name({connector_id}, {raw})") } else { raw };
+            (f.target.clone(), v)
+        })
+        .collect();
+    let nullable: Vec<String> = flows.iter().filter(|f| f.empty_is_value).map(|f| literal(&f.target)).collect();
+    let in_scope = if scope_src.is_some() { "COALESCE((x.in_scope)::boolean, false)" } else { "true" };
+    let (provision, deprovision, disable) = match provisioning {
+        Some(p) => {
+            let disable = match &p.deprovision {
+                Deprovision::Disable(v) => format!("{}::jsonb", literal(&v.to_string())),
+                _ => "NULL::jsonb".to_string(),
+            };
+            ("true", literal(p.deprovision.name()), disable)
+        }
+        None => ("false", "'leave'".to_string(), "NULL::jsonb".to_string()),
+    };
+    format!(
+        "INSERT INTO _mesh_plan (connector_id, mesh_id, object_type, anchor, name, current, observed_at, want, \
+         nullable, in_scope, mesh_deleted, provision, deprovision, disable)\n\
+         SELECT {connector_id}, o.id, o.object_type, c.anchor, c.name, c.attrs, c.observed_at, {want}, \
+         ARRAY[{nullable}]::text[], {in_scope}, o.deleted, {provision}, {deprovision}, {disable}\n\
+         FROM mesh.mesh_object o\n{affected}\
+         LEFT JOIN mesh.connector_object c ON c.connector_id = {connector_id} AND c.mesh_id = o.id AND NOT c.deleted\n\
+         {expr_scope}\n\
+         WHERE o.object_type = {ot} AND (NOT o.deleted OR c.anchor IS NOT NULL)",
+        want = build_object(&pairs),
+        nullable = nullable.join(", "),
+        affected = affected_join(scope, "o"),
+        ot = literal(object_type),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn flow(id: i32, cid: i32, name: &str, src: &str, target: &str, conf: i32) -> ImportFlow {
+        ImportFlow {
+            id,
+            connector_id: cid,
+            connector_name: name.into(),
+            object_type: "person".into(),
+            source: src.into(),
+            target: target.into(),
+            confidence: conf,
+            empty_is_value: false,
+            reference: false,
+        }
+    }
+
+    #[test]
+    fn case_follows_confidence_order() {
+        let hr = flow(1, 1, "HR", "title", "title", 90);
+        let pb = flow(2, 2, "Phonebook", "title", "title", 50);
+        let sql = attribute_case(&[&pb, &hr]);
+        let hr_at = sql.find("c1.attrs->'title'").unwrap();
+        let pb_at = sql.find("c2.attrs->'title'").unwrap();
+        assert!(hr_at < pb_at, "HR (90) must be tested first: {sql}");
+        assert!(sql.contains("NOT mesh.is_empty(c1.attrs->'title')"));
+    }
+
+    #[test]
+    fn ties_use_time_then_name() {
+        let a = flow(1, 1, "Alpha", "title", "title", 50);
+        let b = flow(2, 2, "Beta", "title", "title", 50);
+        let sql = attribute_case(&[&a, &b]);
+        assert!(sql.contains("ORDER BY t.observed_at DESC, t.connector LIMIT 1"), "{sql}");
+        assert!(sql.contains("'Alpha'") && sql.contains("'Beta'"));
+    }
+
+    #[test]
+    fn clearing_rule_contributes_null_and_counts_when_present() {
+        let mut a = flow(1, 1, "HR", "title", "title", 90);
+        a.empty_is_value = true;
+        let sql = attribute_case(&[&a]);
+        assert_eq!(sql, "CASE WHEN c1.anchor IS NOT NULL THEN mesh.nullif_empty(c1.attrs->'title') END");
+    }
+
+    #[test]
+    fn resolution_statement_shape() {
+        let flows = vec![
+            flow(1, 1, "HR", "title", "title", 90),
+            flow(2, 2, "Phonebook", "title", "title", 50),
+            flow(3, 1, "HR", "first || ' ' || last", "display_name", 80),
+        ];
+        let sql = resolution_sql("person", &flows, Scope::Affected);
+        assert!(sql.contains("JOIN _mesh_affected a ON a.id = o.id"));
+        assert!(sql.contains("LEFT JOIN mesh.connector_object c1 ON c1.connector_id = 1"));
+        assert!(sql.contains("LEFT JOIN mesh.connector_object c2 ON c2.connector_id = 2"));
+        assert!(sql.contains("x1.v3"), "{sql}");
+        assert!(sql.contains("m.attrs IS DISTINCT FROM r.attrs"));
+        let full = resolution_sql("person", &flows, Scope::All);
+        assert!(!full.contains("_mesh_affected"));
+    }
+
+    #[test]
+    fn many_attributes_split_build_object() {
+        let flows: Vec<ImportFlow> = (0..90).map(|i| flow(i, 1, "HR", &format!("a{i}"), &format!("a{i}"), 50)).collect();
+        let sql = resolution_sql("person", &flows, Scope::All);
+        assert_eq!(sql.matches("jsonb_build_object(").count(), 3);
+    }
+
+    #[test]
+    fn reference_flows_go_through_mesh_ref() {
+        let mut m = flow(4, 1, "HR", "manager_id", "manager", 90);
+        m.reference = true;
+        let sql = attribute_case(&[&m]);
+        assert!(sql.contains("mesh.ref(1, c1.attrs->'manager_id')"), "{sql}");
+        let u = unresolved_references_sql(&m, Scope::Affected).unwrap();
+        assert!(u.contains("mesh.ref_values(c1.attrs->'manager_id')"));
+        assert!(unresolved_references_sql(&flow(5, 1, "HR", "x", "x", 1), Scope::All).is_none());
+    }
+
+    #[test]
+    fn join_statement_uses_rule_attribute() {
+        let r = JoinRule { connector_id: 2, object_type: "person".into(), position: 1, source: "employeeID".into(), mesh_attribute: "employee_id".into() };
+        let sql = join_sql(&r);
+        assert!(sql.contains("o.attrs->>'employee_id' = c.attrs->>'employeeID'"), "{sql}");
+        let r2 = JoinRule { source: "lower(mail)".into(), ..r };
+        assert!(join_sql(&r2).contains("(x.v #>> '{}')"));
+    }
+
+    #[test]
+    fn export_plan_with_scope_and_reference() {
+        let flows = vec![
+            ExportFlow { id: 1, connector_id: 3, object_type: "person".into(), source: "email".into(), target: "mail".into(), empty_is_value: false, reference: false },
+            ExportFlow { id: 2, connector_id: 3, object_type: "person".into(), source: "manager".into(), target: "manager_id".into(), empty_is_value: true, reference: true },
+        ];
+        let prov = Provisioning { connector_id: 3, object_type: "person".into(), scope: Some("department IS NOT NULL".into()), deprovision: Deprovision::Delete };
+        let sql = export_plan_sql(3, "person", &flows, Some(&prov), Scope::Affected);
+        assert!(sql.contains("'mail', o.attrs->'email'"), "{sql}");
+        assert!(sql.contains("mesh.ref_name(3, o.attrs->'manager')"));
+        assert!(sql.contains("ARRAY['manager_id']::text[]"));
+        assert!(sql.contains("COALESCE((x.in_scope)::boolean, false)"));
+        assert!(sql.contains("o.attrs->>'department' AS \"department\""));
+        assert!(sql.contains("true, 'delete', NULL::jsonb"));
+    }
+
+    #[test]
+    fn deprovision_options() {
+        assert_eq!(Deprovision::from_options(&json!({})).unwrap(), Deprovision::Leave);
+        assert_eq!(Deprovision::from_options(&json!({"deprovision": "delete"})).unwrap(), Deprovision::Delete);
+        assert!(Deprovision::from_options(&json!({"deprovision": "disable"})).is_err());
+        assert!(Deprovision::from_options(&json!({"deprovision": "shred"})).unwrap_err().contains("shred"));
+        let d = Deprovision::from_options(&json!({"deprovision": "disable", "disable": {"active": false}})).unwrap();
+        assert_eq!(d, Deprovision::Disable(json!({"active": false})));
+    }
+
+    #[test]
+    fn contributions_view_has_fixed_columns_when_empty() {
+        assert!(contributions_sql(&[]).contains("WHERE false"));
+        let sql = contributions_sql(&[flow(1, 1, "HR", "title", "title", 90), flow(2, 2, "PB", "title", "title", 50)]);
+        assert_eq!(sql.matches("UNION ALL").count(), 1);
+    }
+}

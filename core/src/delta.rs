@@ -1,0 +1,68 @@
+//! Delta reads from SQL sources: the predicate on the delta column, with an overlap window
+//! so a row committed late with an older delta value is still read. Re-reads are harmless:
+//! the engine recognizes unchanged rows by their content hash.
+
+use crate::sql::ident;
+
+/// How the delta column's type subtracts an overlap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeltaKind {
+    /// timestamp, timestamptz, date: overlap is an interval.
+    Time,
+    /// integers and numerics (row versions, sequence numbers): overlap is a number.
+    Number,
+}
+
+impl DeltaKind {
+    /// From `format_type()` of the column.
+    pub fn of_type(type_name: &str) -> Option<DeltaKind> {
+        let t = type_name.to_ascii_lowercase();
+        if t.starts_with("timestamp") || t == "date" {
+            Some(DeltaKind::Time)
+        } else if ["smallint", "integer", "bigint"].contains(&t.as_str()) || t.starts_with("numeric") {
+            Some(DeltaKind::Number)
+        } else {
+            None
+        }
+    }
+
+    /// Default overlap: five minutes for times (covers long transactions), none for numbers.
+    pub fn default_overlap(&self) -> &'static str {
+        match self {
+            DeltaKind::Time => "5 minutes",
+            DeltaKind::Number => "0",
+        }
+    }
+}
+
+/// `s."col" > ($1::type - $2::interval)` with `$1` the watermark text and `$2` the overlap.
+pub fn predicate(column: &str, type_name: &str, kind: DeltaKind) -> String {
+    let overlap_type = match kind {
+        DeltaKind::Time => "interval",
+        DeltaKind::Number => type_name,
+    };
+    format!("s.{} > ($1::text::{type_name} - $2::text::{overlap_type})", ident(column))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds() {
+        assert_eq!(DeltaKind::of_type("timestamp with time zone"), Some(DeltaKind::Time));
+        assert_eq!(DeltaKind::of_type("date"), Some(DeltaKind::Time));
+        assert_eq!(DeltaKind::of_type("bigint"), Some(DeltaKind::Number));
+        assert_eq!(DeltaKind::of_type("numeric(20,0)"), Some(DeltaKind::Number));
+        assert_eq!(DeltaKind::of_type("text"), None);
+    }
+
+    #[test]
+    fn predicate_binds_watermark_and_overlap() {
+        assert_eq!(
+            predicate("modified_at", "timestamp with time zone", DeltaKind::Time),
+            "s.\"modified_at\" > ($1::text::timestamp with time zone - $2::text::interval)"
+        );
+        assert_eq!(predicate("rv", "bigint", DeltaKind::Number), "s.\"rv\" > ($1::text::bigint - $2::text::bigint)");
+    }
+}

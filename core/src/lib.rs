@@ -1,0 +1,13 @@
+//! idmesh-core: the engine's pure logic, free of pgrx so it is unit-tested in plain Rust.
+//!
+//! - [`sql`]: quoting and the scanner that finds the attributes a flow expression uses.
+//! - [`source`]: what a flow's source means (an attribute, an expression, a reference).
+//! - [`resolve`]: confidence resolution order, in Rust; the SQL the engine runs follows it.
+//! - [`compile`]: flow, join and provisioning rules compiled into set-based SQL.
+//! - [`delta`]: delta-column predicates and overlap windows for SQL sources.
+
+pub mod compile;
+pub mod delta;
+pub mod resolve;
+pub mod source;
+pub mod sql;

@@ -1,0 +1,268 @@
+//! # idmesh-sdk: the connector SDK
+//!
+//! An idmesh connector moves identities between one connected system and the engine. It
+//! implements [`IdentityConnector`]: `full_import` reads every object, `delta_import` reads
+//! what changed since a [`Watermark`], and `export` applies changes the engine computed.
+//! Imports stream: the connector hands objects to an [`ImportSink`] in batches, so memory
+//! stays flat however large the directory is.
+//!
+//! The engine drives a connector from the PostgreSQL backend thread with a tokio
+//! current-thread runtime (`block_on`), so the futures need not be `Send`. A connector
+//! never sees the mesh: it only reads and writes its own system.
+//!
+//! ```
+//! use idmesh_sdk::*;
+//!
+//! /// A connector over a fixed list of people (a stand-in for a CSV drop or an API).
+//! struct StaticPeople(Vec<(String, String)>);
+//!
+//! impl IdentityConnector for StaticPeople {
+//!     fn kind(&self) -> &str { "static" }
+//!     fn full_import<'a>(&'a mut self, sink: &'a mut dyn ImportSink) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
+//!         Box::pin(async move {
+//!             let batch: Vec<SourceObject> = self.0.iter().map(|(id, title)| {
+//!                 let mut attrs = Attributes::new();
+//!                 attrs.insert("title".into(), title.clone().into());
+//!                 SourceObject::new(id.clone(), "person", attrs)
+//!             }).collect();
+//!             sink.accept(batch)?;
+//!             Ok(ImportEnd { watermark: None, forced_full: false, note: None })
+//!         })
+//!     }
+//!     fn delta_import<'a>(&'a mut self, _from: &'a Watermark, sink: &'a mut dyn ImportSink) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
+//!         // No change tracking in this source: a delta is a full read.
+//!         self.full_import(sink)
+//!     }
+//!     fn export<'a>(&'a mut self, changes: &'a [ExportChange]) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
+//!         Box::pin(async move {
+//!             Ok(changes.iter().map(|c| ExportResult::failed(c.mesh_id, "read-only source")).collect())
+//!         })
+//!     }
+//! }
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+/// Attribute name to JSON value. Multi-valued attributes are JSON arrays.
+pub type Attributes = serde_json::Map<String, serde_json::Value>;
+
+/// A boxed future that may borrow the connector; not `Send` (current-thread runtime).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + 'a>>;
+
+/// A connector's delta position, opaque to the engine: AD keeps DC host, invocationId and
+/// highestCommittedUSN; a SQL source keeps the delta column's high value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Watermark(pub serde_json::Value);
+
+impl Watermark {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_null()
+    }
+}
+
+/// One object as the connected system holds it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceObject {
+    /// Immutable identity in the connected system (objectGUID, key columns).
+    pub anchor: String,
+    /// DN or external name; may change (rename) while the anchor stays.
+    pub name: Option<String>,
+    /// Object type in the mesh's terms (person, group, ...).
+    pub object_type: String,
+    pub attributes: Attributes,
+    /// The source reports this object as deleted (tombstone, soft-delete column).
+    #[serde(default)]
+    pub deleted: bool,
+}
+
+impl SourceObject {
+    pub fn new(anchor: impl Into<String>, object_type: impl Into<String>, attributes: Attributes) -> Self {
+        SourceObject { anchor: anchor.into(), name: None, object_type: object_type.into(), attributes, deleted: false }
+    }
+}
+
+/// Where an import puts its batches. The engine stages each batch with one statement.
+pub trait ImportSink {
+    fn accept(&mut self, batch: Vec<SourceObject>) -> Result<(), ConnectorError>;
+    /// Total number of objects expected, where the source knows it (for progress).
+    fn expect_total(&mut self, _total: u64) {}
+}
+
+/// How an import ended.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ImportEnd {
+    /// The new delta position; `None` keeps the connector without one (no delta support).
+    pub watermark: Option<Watermark>,
+    /// A delta was asked for but the connector had to read everything (AD invocationId change).
+    pub forced_full: bool,
+    /// A line for the run's message.
+    pub note: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportOperation {
+    Add,
+    Update,
+    /// Deprovision by writing the policy's attribute values (a SQL `active = false`, AD's
+    /// ACCOUNTDISABLE bit); `attributes` holds them.
+    Disable,
+    Delete,
+}
+
+impl ExportOperation {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ExportOperation::Add => "add",
+            ExportOperation::Update => "update",
+            ExportOperation::Disable => "disable",
+            ExportOperation::Delete => "delete",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "add" => Some(ExportOperation::Add),
+            "update" => Some(ExportOperation::Update),
+            "disable" => Some(ExportOperation::Disable),
+            "delete" => Some(ExportOperation::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// One change the engine wants applied to one object of the connected system.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExportChange {
+    /// The mesh object this change is for; results refer back to it.
+    pub mesh_id: i64,
+    pub operation: ExportOperation,
+    pub object_type: String,
+    /// The object's anchor in the target (None for an add).
+    pub anchor: Option<String>,
+    /// The object's current DN / external name, or the one to create it under.
+    pub name: Option<String>,
+    /// Attribute values to write: all of them for an add, only the changed ones for an update.
+    pub attributes: Attributes,
+    /// The object's attributes as last imported (empty for an add).
+    pub current: Attributes,
+}
+
+/// The outcome of one change. `object` is the object as now stored in the target, when the
+/// connector can read it back cheaply; the engine then confirms the export at once instead
+/// of waiting for the next import.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ExportResult {
+    pub mesh_id: i64,
+    pub error: Option<String>,
+    pub object: Option<SourceObject>,
+}
+
+impl ExportResult {
+    pub fn ok(mesh_id: i64, object: Option<SourceObject>) -> Self {
+        ExportResult { mesh_id, error: None, object }
+    }
+    pub fn failed(mesh_id: i64, message: impl Into<String>) -> Self {
+        ExportResult { mesh_id, error: Some(message.into()), object: None }
+    }
+}
+
+/// Why a connector call failed as a whole (per-object problems are `ExportResult`s).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConnectorError {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The connector's configuration is wrong (fix it, then run again).
+    Config,
+    /// The connected system could not be reached or refused the login.
+    Connection,
+    /// The system answered with something the connector cannot take (missing anchor, duplicates).
+    Data,
+    /// The run was cancelled.
+    Cancelled,
+}
+
+impl ConnectorError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ConnectorError { kind, message: message.into() }
+    }
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+    pub fn data(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Data, message)
+    }
+    pub fn connection(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Connection, message)
+    }
+}
+
+impl fmt::Display for ConnectorError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for ConnectorError {}
+
+/// A connected system. Implementations stream imports through the sink in batches
+/// and answer every export change with one result.
+pub trait IdentityConnector {
+    /// The connector kind, as in `mesh.create_connector(name, kind, ...)`.
+    fn kind(&self) -> &str;
+
+    /// Read every object in scope.
+    fn full_import<'a>(&'a mut self, sink: &'a mut dyn ImportSink) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>>;
+
+    /// Read what changed since `from` (re-reading some unchanged objects is allowed: the
+    /// engine recognizes them by content and counts them unchanged).
+    fn delta_import<'a>(
+        &'a mut self,
+        from: &'a Watermark,
+        sink: &'a mut dyn ImportSink,
+    ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>>;
+
+    /// Apply changes; one result per change, in any order.
+    fn export<'a>(&'a mut self, changes: &'a [ExportChange]) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>>;
+}
+
+/// Encodes multi-column anchors: values joined by the ASCII unit separator, so the same
+/// row always gives the same anchor text (SQL side: `concat_ws(E'\x1f', ...)`).
+pub fn encode_anchor(parts: &[String]) -> String {
+    parts.join("\u{1f}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn anchor_encoding_is_stable_and_unambiguous_for_single_values() {
+        assert_eq!(encode_anchor(&["42".to_string()]), "42");
+        assert_eq!(encode_anchor(&["a".into(), "b".into()]), "a\u{1f}b");
+        assert_ne!(encode_anchor(&["a b".into()]), encode_anchor(&["a".into(), "b".into()]));
+    }
+
+    #[test]
+    fn export_operation_round_trips() {
+        for op in [ExportOperation::Add, ExportOperation::Update, ExportOperation::Disable, ExportOperation::Delete] {
+            assert_eq!(ExportOperation::parse(op.as_str()), Some(op));
+        }
+        assert_eq!(ExportOperation::parse("rename"), None);
+    }
+
+    #[test]
+    fn watermark_json_round_trip() {
+        let w = Watermark(serde_json::json!({"high": "2026-01-01T00:00:00Z"}));
+        let s = serde_json::to_string(&w).unwrap();
+        let back: Watermark = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, w);
+        assert!(Watermark::default().is_empty());
+    }
+}

@@ -1,1 +1,36 @@
-//! placeholder
+//! idmesh: a bi-directional identity synchronization engine inside PostgreSQL.
+//!
+//! This crate is the thin pgrx glue: SQL-callable functions (`api`), the run drivers
+//! (`engine`), SPI access (`store`) and the connectors. The rules compiler and resolution
+//! order live in `idmesh-core`; the connector trait in `idmesh-sdk`; the schema, views and
+//! the set-based sync in `sql/`.
+
+use pgrx::prelude::*;
+
+::pgrx::pg_module_magic!(name, version);
+
+mod api;
+mod connectors;
+mod engine;
+mod error;
+mod store;
+
+extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+extension_sql_file!("../sql/sync.sql", name = "sync", finalize);
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    include!("../pgrx-tests/scenarios.rs");
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    #[must_use]
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec![]
+    }
+}

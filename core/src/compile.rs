@@ -302,7 +302,7 @@ pub fn join_sql(rule: &JoinRule) -> String {
          SELECT {cid}, c.anchor, {pos}, count(*), array_agg(o.id ORDER BY o.id)\n\
          FROM mesh.connector_object c\n{scope}\n\
          JOIN mesh.mesh_object o ON o.object_type = {ot} AND NOT o.deleted AND o.attrs->>{attr} = {value}\n\
-         WHERE c.connector_id = {cid} AND c.object_type = {ot} AND c.mesh_id IS NULL AND NOT c.deleted\n\
+         WHERE c.connector_id = {cid} AND c.object_type = {ot} AND c.mesh_id IS NULL AND NOT c.deleted AND NOT c.disconnected\n\
            AND ($1::bigint IS NULL OR c.change_seq > $1)\n\
            AND NOT EXISTS (SELECT 1 FROM _mesh_join j WHERE j.connector_id = {cid} AND j.anchor = c.anchor)\n\
          GROUP BY c.anchor",
@@ -522,4 +522,43 @@ mod tests {
         let sql = contributions_sql(&[flow(1, 1, "HR", "title", "title", 90), flow(2, 2, "PB", "title", "title", 50)]);
         assert_eq!(sql.matches("UNION ALL").count(), 1);
     }
+}
+
+/// Adds to `_mesh_affected` the mesh objects whose reference attribute `target` points at
+/// an affected object (their targets' identifiers may have changed).
+pub fn referrers_sql(target: &str) -> String {
+    format!(
+        "INSERT INTO _mesh_affected SELECT o.id FROM mesh.mesh_object o \
+         WHERE o.attrs->>{t} IN (SELECT a.id::text FROM _mesh_affected a) ON CONFLICT DO NOTHING",
+        t = literal(target)
+    )
+}
+
+/// A statement that checks an import flow's source compiles (runs on no rows).
+pub fn check_import_source_sql(flow: &ImportFlow) -> String {
+    let cid = flow.connector_id;
+    let src = Source::parse(&flow.source);
+    let scope = expression_scope(&format!("c{cid}"), &format!("x{cid}"), &[(slot(flow.id), &src)]).unwrap_or_default();
+    format!("SELECT {} FROM mesh.connector_object c{cid} {scope} LIMIT 0", import_value(flow, &src))
+}
+
+/// A statement that checks an expression over mesh attributes compiles; with `condition`
+/// it must also be a boolean condition.
+pub fn check_mesh_expression_sql(expr: &str, condition: bool) -> String {
+    let names = crate::sql::used_names(expr);
+    let cols: Vec<String> =
+        names.iter().map(|n| format!("o.attrs->>{} AS {}", literal(&n.key), crate::sql::ident(&n.column))).collect();
+    let inner = format!("SELECT {} FROM mesh.mesh_object o", if cols.is_empty() { "1 AS one".to_string() } else { cols.join(", ") });
+    if condition {
+        format!("SELECT 1 FROM ({inner}) s WHERE ({expr}) LIMIT 0")
+    } else {
+        format!("SELECT to_jsonb(({expr})) FROM ({inner}) s LIMIT 0")
+    }
+}
+
+/// A statement that checks a join rule's source compiles.
+pub fn check_join_source_sql(rule: &JoinRule) -> String {
+    let src = Source::parse(&rule.source);
+    let scope = expression_scope("c", "x", &[("v".to_string(), &src)]).unwrap_or_default();
+    format!("SELECT {} FROM mesh.connector_object c {scope} LIMIT 0", src.text("c", "x", "v"))
 }

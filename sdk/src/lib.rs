@@ -157,15 +157,21 @@ pub struct ExportChange {
 pub struct ExportResult {
     pub mesh_id: i64,
     pub error: Option<String>,
+    /// The system's own code for the error (SQLSTATE, LDAP result code), when it has one.
+    #[serde(default)]
+    pub code: Option<String>,
     pub object: Option<SourceObject>,
 }
 
 impl ExportResult {
     pub fn ok(mesh_id: i64, object: Option<SourceObject>) -> Self {
-        ExportResult { mesh_id, error: None, object }
+        ExportResult { mesh_id, error: None, code: None, object }
     }
     pub fn failed(mesh_id: i64, message: impl Into<String>) -> Self {
-        ExportResult { mesh_id, error: Some(message.into()), object: None }
+        ExportResult { mesh_id, error: Some(message.into()), code: None, object: None }
+    }
+    pub fn failed_with_code(mesh_id: i64, code: impl Into<String>, message: impl Into<String>) -> Self {
+        ExportResult { mesh_id, error: Some(message.into()), code: Some(code.into()), object: None }
     }
 }
 

@@ -1,0 +1,419 @@
+// In-database end-to-end scenarios, included into `mod tests` by src/lib.rs. Each test
+// runs in its own transaction against the real extension in a real PostgreSQL 15, builds
+// its own source tables, drives the engine through its SQL surface, and asserts on the
+// mesh, the targets and the run counters.
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+
+fn run(sql: &str) {
+    Spi::run(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+fn one<T: FromDatum + IntoDatum>(sql: &str) -> Option<T> {
+    Spi::get_one::<T>(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
+
+fn js(sql: &str) -> Value {
+    one::<JsonB>(sql).map(|j| j.0).unwrap_or(Value::Null)
+}
+
+fn int(sql: &str) -> i64 {
+    one::<i64>(sql).unwrap_or_else(|| panic!("{sql}: no value"))
+}
+
+/// The SQLSTATE and message of a statement that should fail (run in a subtransaction, so
+/// whatever it did is rolled back), or "ok".
+fn outcome(sql: &str) -> String {
+    run("CREATE OR REPLACE FUNCTION pg_temp.outcome(q text) RETURNS text LANGUAGE plpgsql AS $f$
+         BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $f$");
+    one::<String>(&format!("SELECT pg_temp.outcome($q${sql}$q$)")).unwrap()
+}
+
+/// Counters of the runs a cycle returned, keyed "connector/profile".
+fn cycle() -> Value {
+    js("SELECT jsonb_object_agg(coalesce(connector, '') || '/' || profile,
+              jsonb_build_object('added', added, 'updated', updated, 'deleted', deleted, 'unchanged', unchanged,
+                                 'errors', errors, 'status', status, 'details', details))
+        FROM mesh.cycle()")
+}
+
+fn attrs(employee_id: i64) -> Value {
+    js(&format!("SELECT (SELECT attrs FROM mesh.mesh_object WHERE attrs->>'employee_id' = '{employee_id}' AND NOT deleted)"))
+}
+
+/// An HR table (projects people) and a phonebook (joins on employee number).
+fn hr_and_phonebook() {
+    run("CREATE SCHEMA hr;
+         CREATE TABLE hr.employees (
+             employee_id integer PRIMARY KEY, first_name text, last_name text, title text, department text,
+             manager_id integer, phone text, terminated boolean NOT NULL DEFAULT false,
+             modified_at timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE FUNCTION hr.touch() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN NEW.modified_at := clock_timestamp(); RETURN NEW; END $$;
+         CREATE TRIGGER touch BEFORE UPDATE ON hr.employees FOR EACH ROW EXECUTE FUNCTION hr.touch();
+         INSERT INTO hr.employees (employee_id, first_name, last_name, title, department, manager_id) VALUES
+             (1, 'Ada', 'Lovelace', 'Engineer', 'R&D', NULL),
+             (2, 'Grace', 'Hopper', 'Admiral', 'Navy', 1),
+             (3, 'Alan', 'Turing', 'Researcher', 'R&D', 1);
+         CREATE SCHEMA pb;
+         CREATE TABLE pb.entries (emp_no text PRIMARY KEY, display text, phone text, title text, manager text,
+                                  modified_at timestamptz NOT NULL DEFAULT clock_timestamp());
+         CREATE TRIGGER touch BEFORE UPDATE ON pb.entries FOR EACH ROW EXECUTE FUNCTION hr.touch();
+         INSERT INTO pb.entries (emp_no, display, phone, title) VALUES
+             ('1', 'Ada L.', '+44 100', 'Developer'),
+             ('2', 'Grace H.', '+1 200', NULL),
+             ('3', 'Alan T.', '+44 300', 'Cryptanalyst');");
+    run(r#"SELECT mesh.create_connector('HR', 'table', '{"source": "hr.employees", "anchor": ["employee_id"],
+              "delta_column": "modified_at", "soft_delete_column": "terminated", "export_table": "hr.employees",
+              "export_mode": "update"}')"#);
+    run(r#"SELECT mesh.create_connector('Phonebook', 'table', '{"source": "pb.entries", "anchor": "emp_no",
+              "delta_column": "modified_at", "export_table": "pb.entries", "export_mode": "update"}')"#);
+    run("SELECT mesh.set_projection('HR', 'person', true)");
+    run("SELECT mesh.add_import_flow('HR', 'person', 'employee_id', 'employee_id', 100)");
+    run("SELECT mesh.add_import_flow('HR', 'person', $$first_name || ' ' || last_name$$, 'display_name', 90)");
+    run("SELECT mesh.add_import_flow('HR', 'person', 'department', 'department', 90)");
+    run("SELECT mesh.add_join_rule('Phonebook', 'person', 'emp_no', 'employee_id')");
+    run("SELECT mesh.add_import_flow('HR', 'person', 'title', 'title', 90)");
+    run("SELECT mesh.add_import_flow('Phonebook', 'person', 'title', 'title', 50)");
+}
+
+#[pg_test]
+fn extension_installs_with_builtin_types() {
+    assert_eq!(int("SELECT count(*) FROM mesh.object_type"), 3);
+    assert_eq!(int("SELECT count(*) FROM mesh.dashboard"), 0);
+}
+
+/// Scenario 1: HR projects, the phonebook joins; HR's title (90) beats the phonebook's
+/// (50); when HR's title is cleared, the phonebook's wins; explain shows both.
+#[pg_test]
+fn confidence_resolution_and_explain() {
+    hr_and_phonebook();
+    let runs = cycle();
+    assert_eq!(runs["HR/delta_import"]["added"], json!(3), "{runs}");
+    assert_eq!(runs["Phonebook/delta_import"]["added"], json!(3), "{runs}");
+    assert_eq!(runs["/full_sync"]["added"], json!(3), "three people projected: {runs}");
+    assert_eq!(runs["/full_sync"]["details"]["joined"], json!(3), "three phonebook entries joined: {runs}");
+    assert_eq!(int("SELECT count(*) FROM mesh.mesh_object"), 3);
+
+    let ada = attrs(1);
+    assert_eq!(ada["title"], json!("Engineer"), "HR (90) wins over phonebook (50): {ada}");
+    assert_eq!(ada["display_name"], json!("Ada Lovelace"));
+    // Grace has no phonebook title: HR's is the only one.
+    assert_eq!(attrs(2)["title"], json!("Admiral"));
+
+    let id = int("SELECT id FROM mesh.mesh_object WHERE attrs->>'employee_id' = '1'");
+    let ex = js(&format!(
+        "SELECT jsonb_agg(jsonb_build_object('connector', connector, 'value', value, 'winner', winner, 'reason', reason)
+                ORDER BY winner DESC) FROM mesh.explain({id}, 'title')"
+    ));
+    assert_eq!(ex.as_array().unwrap().len(), 2, "{ex}");
+    assert_eq!(ex[0]["connector"], json!("HR"));
+    assert_eq!(ex[0]["winner"], json!(true));
+    assert_eq!(ex[0]["reason"], json!("highest confidence (90 over 50)"));
+    assert_eq!(ex[1]["connector"], json!("Phonebook"));
+    assert_eq!(ex[1]["value"], json!("Developer"));
+    assert_eq!(ex[1]["winner"], json!(false));
+    // The conflicts view lists the disagreement.
+    assert_eq!(int(&format!("SELECT count(*) FROM mesh.conflicts WHERE mesh_id = {id} AND attribute = 'title'")), 1);
+
+    // Clear HR's title: an empty value is no contribution, so the phonebook's wins.
+    run("UPDATE hr.employees SET title = NULL WHERE employee_id = 1");
+    let runs = cycle();
+    assert_eq!(runs["HR/delta_import"]["updated"], json!(1), "{runs}");
+    assert_eq!(runs["/sync"]["updated"], json!(1), "{runs}");
+    assert_eq!(attrs(1)["title"], json!("Developer"));
+    let ex = js(&format!("SELECT jsonb_agg(to_jsonb(e) ORDER BY winner DESC) FROM mesh.explain({id}, 'title') e"));
+    assert_eq!(ex[0]["connector"], json!("Phonebook"));
+    assert_eq!(ex[0]["winner"], json!(true));
+    assert_eq!(ex[1]["counts"], json!(false), "{ex}");
+
+    // The resolution aggregate, applied to the contributions, agrees with the mesh everywhere.
+    assert_eq!(
+        int("SELECT count(*) FROM (
+               SELECT k.mesh_id, k.attribute, mesh.resolve_agg(k.value, k.confidence, k.observed_at, k.connector, k.empty_is_value) v
+               FROM mesh.contributions k GROUP BY 1, 2) r
+             JOIN mesh.mesh_object o ON o.id = r.mesh_id
+             WHERE (o.attrs -> r.attribute) IS DISTINCT FROM r.v"),
+        0
+    );
+}
+
+/// Scenario 2: phone flows from the phonebook to HR, title from HR to the phonebook; a
+/// second cycle with no source change changes nothing anywhere.
+#[pg_test]
+fn bidirectional_without_echo() {
+    hr_and_phonebook();
+    run("SELECT mesh.add_import_flow('Phonebook', 'person', 'phone', 'phone', 80)");
+    run("SELECT mesh.add_export_flow('HR', 'person', 'phone', 'phone')");
+    run("SELECT mesh.add_export_flow('Phonebook', 'person', 'title', 'title')");
+
+    let first = cycle();
+    assert_eq!(first["HR/export"]["updated"], json!(3), "phones written to HR: {first}");
+    // Phonebook titles: Ada's and Alan's replaced by HR's, Grace's filled in.
+    assert_eq!(first["Phonebook/export"]["updated"], json!(3), "{first}");
+    assert_eq!(one::<String>("SELECT phone FROM hr.employees WHERE employee_id = 2").as_deref(), Some("+1 200"));
+    assert_eq!(one::<String>("SELECT title FROM pb.entries WHERE emp_no = '1'").as_deref(), Some("Engineer"));
+    assert_eq!(one::<String>("SELECT title FROM pb.entries WHERE emp_no = '2'").as_deref(), Some("Admiral"));
+    assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0, "read-back confirmed every export");
+
+    for round in 0..2 {
+        let again = cycle();
+        for (step, counters) in again.as_object().unwrap() {
+            for k in ["added", "updated", "deleted", "errors"] {
+                assert_eq!(counters[k], json!(0), "round {round}: {step} {k} should be 0: {again}");
+            }
+        }
+        assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0);
+    }
+
+    // A phone change in the phonebook reaches HR once, and comes back as nothing.
+    run("UPDATE pb.entries SET phone = '+44 999' WHERE emp_no = '3'");
+    let changed = cycle();
+    assert_eq!(changed["Phonebook/delta_import"]["updated"], json!(1), "{changed}");
+    assert_eq!(changed["HR/export"]["updated"], json!(1), "{changed}");
+    assert_eq!(changed["Phonebook/export"]["updated"], json!(0), "{changed}");
+    assert_eq!(one::<String>("SELECT phone FROM hr.employees WHERE employee_id = 3").as_deref(), Some("+44 999"));
+    let after = cycle();
+    assert_eq!(after["HR/delta_import"]["updated"], json!(0), "no echo: {after}");
+    assert_eq!(after["/sync"]["updated"], json!(0), "{after}");
+    assert_eq!(after["HR/export"]["updated"], json!(0), "{after}");
+}
+
+/// Scenario 3: delta imports read only rows past the watermark (minus the overlap), pick
+/// up a late-committed row, and a deleted source row takes its contributions with it.
+#[pg_test]
+fn delta_watermark_late_rows_and_deletes() {
+    hr_and_phonebook();
+    run("SELECT mesh.add_import_flow('Phonebook', 'person', 'phone', 'phone', 80)");
+    // Spread the rows over two days, so the watermark's overlap window holds only the newest.
+    run("ALTER TABLE hr.employees DISABLE TRIGGER touch;
+         UPDATE hr.employees SET modified_at = now() - interval '2 days' + employee_id * interval '1 hour';
+         ALTER TABLE hr.employees ENABLE TRIGGER touch;");
+    run(r#"SELECT mesh.alter_connector('HR', config => '{"source": "hr.employees", "anchor": ["employee_id"],
+              "delta_column": "modified_at", "overlap": "10 minutes", "soft_delete_column": "terminated"}')"#);
+    let full = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'full_import') r");
+    assert_eq!(full["added"], json!(3));
+    let wm = full["watermark_after"]["high"].as_str().unwrap().to_string();
+    run("SELECT mesh.sync()");
+
+    // Nothing changed: only the newest row (inside the overlap) is read again, unchanged.
+    let d = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'delta_import') r");
+    assert_eq!(d["details"]["seen"], json!(1), "{d}");
+    assert_eq!(d["unchanged"], json!(1));
+    assert_eq!(d["updated"], json!(0));
+
+    // One change: the delta reads it and the row in the overlap, nothing else.
+    run("UPDATE hr.employees SET title = 'Countess' WHERE employee_id = 1");
+    let d = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'delta_import') r");
+    assert_eq!(d["updated"], json!(1), "{d}");
+    assert_eq!(d["added"], json!(0));
+    assert_eq!(d["details"]["seen"], json!(2), "{d}");
+    let wm2 = d["watermark_after"]["high"].as_str().unwrap().to_string();
+    assert_ne!(wm, wm2, "the watermark moved");
+
+    // A row committed late, with a delta value just below the watermark: still read.
+    run(&format!(
+        "ALTER TABLE hr.employees DISABLE TRIGGER touch;
+         INSERT INTO hr.employees (employee_id, first_name, last_name, title, modified_at)
+              VALUES (4, 'Late', 'Commit', 'Clerk', '{wm2}'::timestamptz - interval '5 minutes');
+         ALTER TABLE hr.employees ENABLE TRIGGER touch;"
+    ));
+    let d = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'delta_import') r");
+    assert_eq!(d["added"], json!(1), "late row picked up by the overlap: {d}");
+    // Read again: idempotent.
+    let d = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'delta_import') r");
+    assert_eq!(d["added"], json!(0));
+    assert_eq!(d["updated"], json!(0));
+
+    // A row older than the overlap is not a delta; a full import finds it.
+    run(&format!(
+        "ALTER TABLE hr.employees DISABLE TRIGGER touch;
+         INSERT INTO hr.employees (employee_id, first_name, last_name, modified_at)
+              VALUES (5, 'Very', 'Late', '{wm2}'::timestamptz - interval '1 day');
+         ALTER TABLE hr.employees ENABLE TRIGGER touch;"
+    ));
+    assert_eq!(js("SELECT to_jsonb(r) FROM mesh.run('HR', 'delta_import') r")["added"], json!(0));
+    assert_eq!(js("SELECT to_jsonb(r) FROM mesh.run('HR', 'full_import') r")["added"], json!(1));
+    let s = js("SELECT to_jsonb(r) FROM mesh.sync() r");
+    assert_eq!(s["added"], json!(2), "two people projected: {s}");
+    assert_eq!(attrs(1)["title"], json!("Countess"));
+
+    // Hard delete in the phonebook: the full import sees it gone; its phone disappears.
+    run("SELECT mesh.run('Phonebook', 'full_import')");
+    run("SELECT mesh.sync()");
+    assert_eq!(attrs(2)["phone"], json!("+1 200"));
+    run("DELETE FROM pb.entries WHERE emp_no = '2'");
+    assert_eq!(js("SELECT to_jsonb(r) FROM mesh.run('Phonebook', 'full_import') r")["deleted"], json!(1));
+    run("SELECT mesh.sync()");
+    assert!(attrs(2).get("phone").is_none(), "{}", attrs(2));
+    assert_eq!(attrs(2)["title"], json!("Admiral"), "HR's contributions stay");
+
+    // Soft delete in HR (the authoritative, projecting source): the person leaves the mesh.
+    run("UPDATE hr.employees SET terminated = true WHERE employee_id = 3");
+    let d = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'delta_import') r");
+    assert_eq!(d["deleted"], json!(1), "{d}");
+    let s = js("SELECT to_jsonb(r) FROM mesh.sync() r");
+    assert_eq!(s["deleted"], json!(1), "{s}");
+    assert_eq!(attrs(3), Value::Null);
+    assert_eq!(int("SELECT count(*) FROM mesh.contributions WHERE anchor = '3'"), 0);
+    // The phonebook entry is disconnected, not lost.
+    assert_eq!(int("SELECT count(*) FROM mesh.connector_object c JOIN mesh.connector n ON n.id = c.connector_id
+                    WHERE n.name = 'Phonebook' AND c.anchor = '3' AND c.mesh_id IS NULL"), 1);
+}
+
+/// Scenario 4: manager references resolve across connectors, also when the manager
+/// arrives after the people who report to them, and are written to the phonebook in its
+/// own identifiers.
+#[pg_test]
+fn manager_references_resolve_late() {
+    hr_and_phonebook();
+    run("SELECT mesh.add_import_flow('HR', 'person', 'manager_id', 'manager', 90, reference => true)");
+    run("SELECT mesh.add_export_flow('Phonebook', 'person', 'manager', 'manager', reference => true)");
+    // Alan reports to someone HR has not sent yet.
+    run("UPDATE hr.employees SET manager_id = 7 WHERE employee_id = 3");
+    cycle();
+    let ada = int("SELECT id FROM mesh.mesh_object WHERE attrs->>'employee_id' = '1'");
+    assert_eq!(attrs(2)["manager"], json!(ada), "Grace's manager is Ada's mesh object");
+    assert!(attrs(3).get("manager").is_none(), "manager 7 not imported yet: {}", attrs(3));
+    assert_eq!(int("SELECT count(*) FROM mesh.unresolved_reference"), 1);
+    assert_eq!(one::<String>("SELECT manager FROM pb.entries WHERE emp_no = '2'").as_deref(), Some("1"));
+
+    // The manager arrives (HR and phonebook): the reference resolves, and the phonebook
+    // gets the manager's phonebook number.
+    run("INSERT INTO hr.employees (employee_id, first_name, last_name, title) VALUES (7, 'Charles', 'Babbage', 'Director');
+         INSERT INTO pb.entries (emp_no, display) VALUES ('7', 'C. Babbage');");
+    let runs = cycle();
+    let babbage = int("SELECT id FROM mesh.mesh_object WHERE attrs->>'employee_id' = '7'");
+    assert_eq!(attrs(3)["manager"], json!(babbage), "{runs}");
+    assert_eq!(int("SELECT count(*) FROM mesh.unresolved_reference"), 0);
+    // The phonebook entry of Babbage joined in the same cycle; Alan's manager is written next cycle at the latest.
+    cycle();
+    assert_eq!(one::<String>("SELECT manager FROM pb.entries WHERE emp_no = '3'").as_deref(), Some("7"));
+    let quiet = cycle();
+    assert_eq!(quiet["/sync"]["updated"], json!(0), "{quiet}");
+    assert_eq!(quiet["Phonebook/export"]["updated"], json!(0), "{quiet}");
+}
+
+/// Two candidates is an error on that object, never a guess; the others join.
+#[pg_test]
+fn ambiguous_join_is_an_object_error() {
+    hr_and_phonebook();
+    // Two HR people with the same employee number in the mesh: impossible from one HR
+    // anchor, so give the mesh a second person by hand-made projection from another source.
+    run("CREATE TABLE hr.contractors (cid text PRIMARY KEY, employee_id integer)");
+    run("INSERT INTO hr.contractors VALUES ('c1', 1)");
+    run(r#"SELECT mesh.create_connector('Contractors', 'table', '{"source": "hr.contractors", "anchor": "cid"}')"#);
+    run("SELECT mesh.set_projection('Contractors', 'person', true)");
+    run("SELECT mesh.add_import_flow('Contractors', 'person', 'employee_id', 'employee_id', 10)");
+    run("SELECT mesh.run('HR', 'full_import')");
+    run("SELECT mesh.run('Contractors', 'full_import')");
+    run("SELECT mesh.sync()");
+    run("SELECT mesh.run('Phonebook', 'full_import')");
+    let s = js("SELECT to_jsonb(r) FROM mesh.sync() r");
+    assert_eq!(s["details"]["joined"], json!(2), "{s}");
+    assert_eq!(s["errors"], json!(1), "{s}");
+    assert_eq!(s["status"], json!("warning"));
+    let e = js("SELECT to_jsonb(e) FROM mesh.errors e WHERE connector = 'Phonebook'");
+    assert_eq!(e["anchor"], json!("1"));
+    assert!(e["message"].as_str().unwrap().contains("matches 2 mesh objects"), "{e}");
+    assert_eq!(int("SELECT count(*) FROM mesh.connector_object WHERE anchor = '1' AND mesh_id IS NULL"), 1);
+}
+
+/// Provisioning into a table and deprovisioning by policy.
+#[pg_test]
+fn provisioning_and_deprovisioning() {
+    hr_and_phonebook();
+    run("CREATE TABLE pb.accounts (login text PRIMARY KEY, display text, active boolean NOT NULL DEFAULT true)");
+    run(r#"SELECT mesh.create_connector('Accounts', 'table', '{"source": "pb.accounts", "anchor": "login",
+              "export_table": "pb.accounts"}')"#);
+    run("SELECT mesh.add_join_rule('Accounts', 'person', $$substr(login, 2)$$, 'employee_id')");
+    run("SELECT mesh.add_export_flow('Accounts', 'person', $$'u' || employee_id$$, 'login')");
+    run("SELECT mesh.add_export_flow('Accounts', 'person', 'display_name', 'display')");
+    run(r#"SELECT mesh.set_provisioning('Accounts', 'person', $$department = 'R&D'$$,
+              '{"deprovision": "disable", "disable": {"active": false}}')"#);
+    let runs = cycle();
+    assert_eq!(runs["Accounts/export"]["added"], json!(2), "Ada and Alan are in R&D: {runs}");
+    assert_eq!(int("SELECT count(*) FROM pb.accounts WHERE active"), 2);
+    assert_eq!(one::<String>("SELECT display FROM pb.accounts WHERE login = 'u3'").as_deref(), Some("Alan Turing"));
+    // Read back: the new accounts are joined to their people.
+    assert_eq!(int("SELECT count(*) FROM mesh.objects WHERE connectors ? 'Accounts'"), 2);
+    assert_eq!(cycle()["Accounts/export"]["added"], json!(0));
+
+    // Alan leaves R&D: out of scope, disabled by policy, not deleted.
+    run("UPDATE hr.employees SET department = 'Bletchley' WHERE employee_id = 3");
+    let runs = cycle();
+    assert_eq!(runs["Accounts/export"]["updated"], json!(1), "{runs}");
+    assert_eq!(one::<bool>("SELECT active FROM pb.accounts WHERE login = 'u3'"), Some(false));
+    assert_eq!(int("SELECT count(*) FROM pb.accounts"), 2);
+    // Nothing more to do on the next cycle.
+    let quiet = cycle();
+    assert_eq!(quiet["Accounts/export"]["updated"], json!(0), "{quiet}");
+}
+
+/// Bad input gets a clear error with a fitting SQLSTATE and changes nothing.
+#[pg_test]
+fn bad_input_is_refused_and_changes_nothing() {
+    hr_and_phonebook();
+    assert!(outcome("SELECT mesh.add_import_flow('Nope', 'person', 'title', 'title', 50)").starts_with("42704"));
+    assert!(outcome("SELECT mesh.add_import_flow('HR', 'robot', 'title', 'title', 50)").starts_with("42704"));
+    assert!(outcome("SELECT mesh.add_import_flow('HR', 'person', 'title', 'title2', 101)").starts_with("22003"));
+    assert!(outcome("SELECT mesh.add_import_flow('HR', 'person', 'lower(title', 'x', 50)").starts_with("42601"));
+    let typo = outcome("SELECT mesh.add_import_flow('HR', 'person', 'titel', 'x', 50)");
+    assert!(typo.starts_with("42703") && typo.contains("titel"), "{typo}");
+    assert!(outcome("SELECT mesh.add_import_flow('HR', 'person', 'title', 'bad name', 50)").starts_with("42602"));
+    assert!(outcome("SELECT mesh.add_export_flow('HR', 'person', 'phone', 'no_such_column')").starts_with("42703"));
+    assert!(outcome("SELECT mesh.run('HR', 'fastest_import')").starts_with("22023"));
+    assert!(outcome(r#"SELECT mesh.create_connector('X', 'table', '{"source": "hr.nope", "anchor": "id"}')"#).starts_with("42P01"));
+    assert!(outcome(r#"SELECT mesh.create_connector('X', 'table', '{"source": "hr.employees", "anchor": "nope"}')"#).starts_with("42703"));
+    assert!(outcome(r#"SELECT mesh.create_connector('X', 'table', '{"source": "hr.employees", "anchor": "employee_id", "delta_column": "title"}')"#).starts_with("42804"));
+    assert!(outcome(r#"SELECT mesh.create_connector('X', 'warp_drive', '{}')"#).starts_with("22023"));
+    assert!(outcome(r#"SELECT mesh.create_connector('HR', 'table', '{"source": "hr.employees", "anchor": "employee_id"}')"#).starts_with("42710"));
+    assert!(outcome("SELECT mesh.set_provisioning('HR', 'person', $$department$$)").starts_with("42804"));
+    assert!(outcome(r#"SELECT mesh.set_provisioning('HR', 'person', NULL, '{"deprovision": "shred"}')"#).starts_with("22023"));
+    assert!(outcome("SELECT * FROM mesh.explain(424242, 'title')").starts_with("42704"));
+    assert_eq!(int("SELECT count(*) FROM mesh.connector"), 2);
+    assert_eq!(int("SELECT count(*) FROM mesh.flow_rule"), 5);
+
+    // A successful import, then sources that break the rules: the run fails, nothing moves.
+    run("SELECT mesh.run('HR', 'full_import')");
+    let before = js("SELECT jsonb_build_object('wm', (SELECT value FROM mesh.watermark), 'objects',
+                     (SELECT jsonb_agg(attrs ORDER BY anchor) FROM mesh.connector_object), 'runs', (SELECT count(*) FROM mesh.run))");
+    run("CREATE VIEW hr.broken AS SELECT * FROM hr.employees UNION ALL SELECT * FROM hr.employees WHERE employee_id = 2");
+    run(r#"SELECT mesh.alter_connector('HR', config => '{"source": "hr.broken", "anchor": "employee_id", "delta_column": "modified_at"}')"#);
+    let dup = outcome("SELECT mesh.run('HR', 'full_import')");
+    assert!(dup.starts_with("23505") && dup.contains("\"2\""), "{dup}");
+    run("CREATE OR REPLACE VIEW hr.broken AS SELECT * FROM hr.employees UNION ALL
+         SELECT NULL::int, 'No', 'Anchor', NULL, NULL, NULL, NULL, false, now()");
+    let missing = outcome("SELECT mesh.run('HR', 'full_import')");
+    assert!(missing.starts_with("23502"), "{missing}");
+    let after = js("SELECT jsonb_build_object('wm', (SELECT value FROM mesh.watermark), 'objects',
+                    (SELECT jsonb_agg(attrs ORDER BY anchor) FROM mesh.connector_object), 'runs', (SELECT count(*) FROM mesh.run))");
+    assert_eq!(before, after, "failed runs changed nothing");
+    assert_eq!(int("SELECT count(*) FROM mesh.staging"), 0);
+}
+
+/// One bad row in an export is an error on that object; the others are written.
+#[pg_test]
+fn one_bad_export_row_does_not_stop_the_others() {
+    hr_and_phonebook();
+    run("ALTER TABLE pb.entries ADD CONSTRAINT short_titles CHECK (length(title) < 9) NOT VALID");
+    run("SELECT mesh.add_export_flow('Phonebook', 'person', 'title', 'title')");
+    let runs = cycle();
+    // Engineer and Admiral fit; Researcher (10 letters) does not.
+    assert_eq!(runs["Phonebook/export"]["updated"], json!(2), "{runs}");
+    assert_eq!(runs["Phonebook/export"]["errors"], json!(1), "{runs}");
+    assert_eq!(runs["Phonebook/export"]["status"], json!("warning"));
+    let e = js("SELECT to_jsonb(e) FROM mesh.errors e WHERE connector = 'Phonebook'");
+    assert_eq!(e["sqlstate"], json!("23514"), "{e}");
+    assert_eq!(e["operation"], json!("update"));
+    assert_eq!(one::<String>("SELECT title FROM pb.entries WHERE emp_no = '1'").as_deref(), Some("Engineer"));
+    assert_eq!(js("SELECT to_jsonb(p) FROM mesh.pending_exports p")["status"], json!("failed"));
+    // Fixed at the source: retried and cleared.
+    run("UPDATE hr.employees SET title = 'Scholar' WHERE employee_id = 3");
+    let runs = cycle();
+    assert_eq!(runs["Phonebook/export"]["errors"], json!(0), "{runs}");
+    assert_eq!(int("SELECT count(*) FROM mesh.errors"), 0);
+    assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0);
+    assert_eq!(js("SELECT to_jsonb(d) FROM mesh.dashboard d WHERE flow = 'Mesh -> Phonebook'")["status"], json!("Healthy"));
+}

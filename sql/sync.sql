@@ -1,0 +1,627 @@
+-- idmesh: the set-based engine and the SQL surface.
+-- Runs after the Rust functions are declared. Each sync step is one statement (or one per
+-- connector and object type, compiled from the rules by mesh._compile), never a query per
+-- object. Read mesh.compiled_sql to see exactly what a sync runs.
+
+CREATE INDEX connector_object_deleted_idx ON mesh.connector_object (connector_id) WHERE deleted;
+
+-- Adds an object type to the mesh (person, group and contact are built in).
+CREATE FUNCTION mesh.create_object_type(name text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO mesh.object_type VALUES (name);
+EXCEPTION
+    WHEN unique_violation THEN
+        RAISE EXCEPTION 'object type "%" already exists', name USING ERRCODE = 'duplicate_object';
+    WHEN check_violation THEN
+        RAISE EXCEPTION '"%" is not a valid object type name', name
+            USING ERRCODE = 'invalid_name', HINT = 'Lower-case letters, digits and underscores, starting with a letter.';
+END $$;
+
+-- ---------------------------------------------------------------------------------------
+-- Import merge: staging -> connector space, classified in one pass.
+
+CREATE FUNCTION mesh._merge_import(p_run bigint, p_connector integer, p_full boolean,
+    OUT added integer, OUT updated integer, OUT renamed integer, OUT deleted integer,
+    OUT unchanged integer, OUT confirmed integer)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    bad text;
+    n integer;
+BEGIN
+    SELECT s.anchor INTO bad FROM mesh.staging s WHERE s.run_id = p_run GROUP BY s.anchor HAVING count(*) > 1 LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the source returned anchor "%" more than once', bad
+            USING ERRCODE = 'unique_violation',
+                  HINT = 'An anchor must identify one object; fix the source or the connector''s anchor setting. Nothing was imported.';
+    END IF;
+    SELECT s.object_type INTO bad FROM mesh.staging s
+     WHERE s.run_id = p_run AND NOT EXISTS (SELECT 1 FROM mesh.object_type t WHERE t.name = s.object_type) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'the source returned object type "%", which the mesh does not know', bad
+            USING ERRCODE = 'undefined_object', HINT = 'Add it with mesh.create_object_type(name). Nothing was imported.';
+    END IF;
+
+    WITH s AS (
+        SELECT st.*, md5(st.attrs::text) AS hash FROM mesh.staging st WHERE st.run_id = p_run
+    ), cls AS (
+        SELECT s.*, c.anchor IS NOT NULL AS known, c.deleted AS was_deleted, c.hash AS old_hash, c.name AS old_name
+        FROM s LEFT JOIN mesh.connector_object c ON c.connector_id = p_connector AND c.anchor = s.anchor
+    ), ins AS (
+        INSERT INTO mesh.connector_object AS c (connector_id, anchor, object_type, name, name_key, attrs, hash, deleted,
+                                                mesh_id, observed_at, change_seq)
+        SELECT p_connector, cls.anchor, cls.object_type, cls.name, mesh.name_key(cls.name), cls.attrs, cls.hash, false,
+               cls.mesh_id, statement_timestamp(), nextval('mesh.change_seq')
+        FROM cls WHERE NOT cls.known AND NOT cls.deleted
+        RETURNING 1
+    ), upd AS (
+        UPDATE mesh.connector_object c
+           SET attrs = cls.attrs, hash = cls.hash, name = cls.name, name_key = mesh.name_key(cls.name),
+               object_type = cls.object_type, deleted = cls.deleted, mesh_id = coalesce(c.mesh_id, cls.mesh_id),
+               disconnected = c.disconnected AND cls.mesh_id IS NULL,
+               observed_at = statement_timestamp(), change_seq = nextval('mesh.change_seq')
+          FROM cls
+         WHERE c.connector_id = p_connector AND c.anchor = cls.anchor AND cls.known
+           AND (cls.hash <> cls.old_hash OR cls.deleted <> cls.was_deleted OR cls.name <> cls.old_name)
+        RETURNING cls.deleted AND NOT cls.was_deleted AS gone, cls.hash <> cls.old_hash AS changed,
+                  cls.name <> cls.old_name AS moved
+    )
+    SELECT (SELECT count(*) FROM ins),
+           (SELECT count(*) FILTER (WHERE changed AND NOT gone) FROM upd),
+           (SELECT count(*) FILTER (WHERE moved AND NOT gone) FROM upd),
+           (SELECT count(*) FILTER (WHERE gone) FROM upd),
+           (SELECT count(*) FROM cls) - (SELECT count(*) FROM ins) - (SELECT count(*) FROM upd)
+             - (SELECT count(*) FROM cls WHERE NOT cls.known AND cls.deleted)
+      INTO added, updated, renamed, deleted, unchanged;
+
+    IF p_full THEN
+        -- Everything the source no longer returns is gone.
+        UPDATE mesh.connector_object c
+           SET deleted = true, observed_at = statement_timestamp(), change_seq = nextval('mesh.change_seq')
+         WHERE c.connector_id = p_connector AND NOT c.deleted
+           AND NOT EXISTS (SELECT 1 FROM mesh.staging s WHERE s.run_id = p_run AND s.anchor = c.anchor);
+        GET DIAGNOSTICS n = ROW_COUNT;
+        deleted := deleted + n;
+    END IF;
+
+    -- Exports this import shows as done are confirmed.
+    DELETE FROM mesh.pending_export pe
+     USING mesh.connector_object c
+     WHERE pe.connector_id = p_connector AND pe.status = 'applied'
+       AND c.connector_id = p_connector AND c.mesh_id = pe.mesh_id
+       AND ((pe.operation = 'delete' AND c.deleted)
+            OR (pe.operation <> 'delete' AND NOT c.deleted AND mesh.reflects(c.attrs, pe.changes)));
+    GET DIAGNOSTICS confirmed = ROW_COUNT;
+
+    DELETE FROM mesh.staging s WHERE s.run_id = p_run;
+END $$;
+
+-- Whether an object's attributes show every change (compared as text: 5 and "5" agree).
+CREATE FUNCTION mesh.reflects(attrs jsonb, changes jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT coalesce(bool_and((attrs -> e.key) #>> '{}' IS NOT DISTINCT FROM mesh.nullif_empty(e.value) #>> '{}'), true)
+    FROM jsonb_each(changes) e;
+END;
+
+-- Attribute-level difference: the wanted values that differ from the current ones.
+-- Empty wanted values count only for attributes listed in nullable (they clear).
+CREATE FUNCTION mesh.diff(current jsonb, want jsonb, nullable text[]) RETURNS jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT coalesce(jsonb_object_agg(e.key, mesh.nullif_empty(e.value)), '{}')
+    FROM jsonb_each(coalesce(want, '{}')) e
+    WHERE (NOT mesh.is_empty(e.value) OR e.key = ANY (nullable))
+      AND (current -> e.key) #>> '{}' IS DISTINCT FROM mesh.nullif_empty(e.value) #>> '{}';
+END;
+
+-- Export results: applied, confirmed (read back), or failed with the system's message.
+CREATE FUNCTION mesh._record_export_outcomes(p_run bigint, p_connector integer, outcomes jsonb) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM mesh.pending_export pe
+     USING jsonb_to_recordset(outcomes) AS o(mesh_id bigint, status text)
+     WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status = 'confirmed';
+    UPDATE mesh.pending_export pe
+       SET status = o.status, attempts = pe.attempts + 1, error = o.error, run_id = p_run,
+           applied_at = CASE WHEN o.status = 'applied' THEN now() END
+      FROM jsonb_to_recordset(outcomes) AS o(mesh_id bigint, status text, error text)
+     WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status IN ('applied', 'failed');
+    DELETE FROM mesh.run_error e
+     USING jsonb_to_recordset(outcomes) AS o(mesh_id bigint, status text)
+     WHERE e.connector_id = p_connector AND e.mesh_id = o.mesh_id AND o.status <> 'failed'
+       AND e.operation IN ('add', 'update', 'disable', 'delete');
+    INSERT INTO mesh.run_error (run_id, connector_id, anchor, mesh_id, operation, message, sqlstate)
+    SELECT p_run, p_connector, o.anchor, o.mesh_id, o.operation, o.error, o.code
+      FROM jsonb_to_recordset(outcomes) AS o(mesh_id bigint, status text, error text, code text, operation text, anchor text)
+     WHERE o.status = 'failed'
+    ON CONFLICT (connector_id, coalesce(anchor, ''), coalesce(mesh_id, 0), operation)
+    DO UPDATE SET attempts = mesh.run_error.attempts + 1, last_seen = now(), message = EXCLUDED.message,
+                  sqlstate = EXCLUDED.sqlstate, run_id = EXCLUDED.run_id;
+END $$;
+
+-- ---------------------------------------------------------------------------------------
+-- Sync: join, project, lifecycle, resolve, plan exports, for what changed since the last
+-- sync (everything when full, or when the rules changed).
+
+CREATE FUNCTION mesh._sync(p_full boolean DEFAULT false, p_parent bigint DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    st mesh.sync_state;
+    full_sync boolean;
+    fence bigint;
+    run_id bigint;
+    stmt record;
+    n bigint;
+    joined bigint := 0;
+    projected bigint := 0;
+    resolved bigint := 0;
+    removed bigint := 0;
+    planned bigint := 0;
+    errs bigint := 0;
+    affected bigint := 0;
+    seq_mark bigint;
+BEGIN
+    -- One sync at a time, and no import writes while it runs: what it saw is what it marks done.
+    LOCK TABLE mesh.connector_object IN SHARE ROW EXCLUSIVE MODE;
+    SELECT * INTO st FROM mesh.sync_state FOR UPDATE;
+    full_sync := p_full OR st.rules_changed;
+    fence := CASE WHEN full_sync THEN NULL ELSE st.last_seq END;
+    INSERT INTO mesh.run (parent_id, profile) VALUES (p_parent, CASE WHEN full_sync THEN 'full_sync' ELSE 'sync' END)
+    RETURNING id INTO run_id;
+    IF st.rules_changed THEN
+        PERFORM mesh._rebuild_views();
+    END IF;
+
+    CREATE TEMP TABLE IF NOT EXISTS _mesh_affected (id bigint PRIMARY KEY);
+    CREATE TEMP TABLE IF NOT EXISTS _mesh_join (
+        connector_id integer, anchor text, position integer, candidates bigint, mesh_ids bigint[],
+        PRIMARY KEY (connector_id, anchor));
+    CREATE TEMP TABLE IF NOT EXISTS _mesh_plan (
+        connector_id integer, mesh_id bigint, object_type text, anchor text, name text, current jsonb,
+        observed_at timestamptz, want jsonb, nullable text[], in_scope boolean, mesh_deleted boolean,
+        provision boolean, deprovision text, disable jsonb, op text, changes jsonb);
+    TRUNCATE _mesh_affected, _mesh_join, _mesh_plan;
+
+    -- 1. Join objects not joined yet, rule by rule; then project the rest where allowed.
+    FOR stmt IN SELECT * FROM mesh._compile('join', full_sync) LOOP
+        EXECUTE stmt.sql USING fence;
+    END LOOP;
+    SELECT j, e INTO joined, errs FROM mesh._link_joins(run_id) AS l(j, e);
+    projected := mesh._project(fence);
+
+    -- 2. What changed: mesh objects of changed connector objects (joined and projected
+    --    ones included), and objects whose references can resolve now.
+    IF NOT full_sync THEN
+        INSERT INTO _mesh_affected
+        SELECT DISTINCT c.mesh_id FROM mesh.connector_object c WHERE c.change_seq > st.last_seq AND c.mesh_id IS NOT NULL
+        ON CONFLICT DO NOTHING;
+        INSERT INTO _mesh_affected
+        SELECT DISTINCT u.mesh_id FROM mesh.unresolved_reference u
+          JOIN mesh.connector_object c ON c.connector_id = u.connector_id AND c.name_key = u.name_key
+                                      AND NOT c.deleted AND c.mesh_id IS NOT NULL
+        ON CONFLICT DO NOTHING;
+    END IF;
+
+    -- 3. Lifecycle: a mesh object goes when its authoritative objects are gone.
+    removed := mesh._lifecycle(full_sync);
+
+    -- 4. Resolve attributes by confidence (one statement per object type).
+    FOR stmt IN SELECT * FROM mesh._compile('resolve', full_sync) LOOP
+        EXECUTE stmt.sql;
+        GET DIAGNOSTICS n = ROW_COUNT;
+        resolved := resolved + n;
+    END LOOP;
+
+    -- 5. Objects that found no match may match what was just projected (joins compare
+    --    resolved mesh attributes): join again, then resolve the newly joined.
+    IF projected > 0 THEN
+        seq_mark := (SELECT last_value FROM mesh.change_seq);
+        TRUNCATE _mesh_join;
+        FOR stmt IN SELECT * FROM mesh._compile('join', full_sync) LOOP
+            EXECUTE stmt.sql USING NULL::bigint;
+        END LOOP;
+        SELECT j, e INTO n, errs FROM mesh._link_joins(run_id) AS l(j, e);
+        joined := joined + n;
+        IF n > 0 THEN
+            CREATE TEMP TABLE IF NOT EXISTS _mesh_affected_before (id bigint PRIMARY KEY);
+            TRUNCATE _mesh_affected_before;
+            INSERT INTO _mesh_affected_before SELECT a.id FROM _mesh_affected a;
+            TRUNCATE _mesh_affected;
+            INSERT INTO _mesh_affected SELECT DISTINCT c.mesh_id FROM mesh.connector_object c
+             WHERE c.change_seq > seq_mark AND c.mesh_id IS NOT NULL;
+            FOR stmt IN SELECT * FROM mesh._compile('resolve', false) LOOP
+                EXECUTE stmt.sql;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                resolved := resolved + n;
+            END LOOP;
+            INSERT INTO _mesh_affected SELECT b.id FROM _mesh_affected_before b ON CONFLICT DO NOTHING;
+        END IF;
+    END IF;
+    IF full_sync THEN
+        DELETE FROM mesh.unresolved_reference;
+    ELSE
+        DELETE FROM mesh.unresolved_reference u USING _mesh_affected a WHERE u.mesh_id = a.id;
+    END IF;
+    FOR stmt IN SELECT * FROM mesh._compile('unresolved', full_sync) LOOP
+        EXECUTE stmt.sql;
+    END LOOP;
+
+    -- 6. Plan exports: objects referring to changed ones may need new identifiers too.
+    IF NOT full_sync THEN
+        FOR stmt IN SELECT * FROM mesh._compile('referrers', full_sync) LOOP
+            EXECUTE stmt.sql;
+        END LOOP;
+        SELECT count(*) INTO affected FROM _mesh_affected;
+    ELSE
+        SELECT count(*) INTO affected FROM mesh.mesh_object;
+    END IF;
+    FOR stmt IN SELECT * FROM mesh._compile('plan', full_sync) LOOP
+        EXECUTE stmt.sql;
+    END LOOP;
+    planned := mesh._apply_plan(run_id);
+
+    -- Objects of connectors that do not export, joined to deleted mesh objects: disconnect.
+    UPDATE mesh.connector_object c SET mesh_id = NULL, change_seq = nextval('mesh.change_seq')
+      FROM mesh.mesh_object o
+     WHERE o.deleted AND c.mesh_id = o.id AND NOT c.deleted
+       AND NOT EXISTS (SELECT 1 FROM mesh.pending_export pe WHERE pe.connector_id = c.connector_id AND pe.mesh_id = o.id);
+
+    -- 7. Done with: connector objects deleted at their source, and deleted mesh objects
+    --    nothing points at any more.
+    DELETE FROM mesh.connector_object c WHERE c.deleted;
+    DELETE FROM mesh.run_error e
+     WHERE e.operation = 'join'
+       AND NOT EXISTS (SELECT 1 FROM mesh.connector_object c
+                        WHERE c.connector_id = e.connector_id AND c.anchor = e.anchor AND c.mesh_id IS NULL);
+    DELETE FROM mesh.mesh_object o
+     WHERE o.deleted
+       AND NOT EXISTS (SELECT 1 FROM mesh.connector_object c WHERE c.mesh_id = o.id)
+       AND NOT EXISTS (SELECT 1 FROM mesh.pending_export pe WHERE pe.mesh_id = o.id);
+
+    UPDATE mesh.sync_state SET last_seq = (SELECT last_value FROM mesh.change_seq), rules_changed = false;
+    UPDATE mesh.run
+       SET status = CASE WHEN errs > 0 THEN 'warning' ELSE 'success' END, finished_at = clock_timestamp(),
+           added = projected, updated = resolved, deleted = removed, errors = errs,
+           details = jsonb_build_object('joined', joined, 'projected', projected, 'exports_planned', planned,
+                                        'objects_considered', affected)
+     WHERE id = run_id;
+    RETURN run_id;
+END $$;
+
+-- Links the join candidates found in _mesh_join; ambiguous and contested ones become errors.
+CREATE FUNCTION mesh._link_joins(p_run bigint, OUT joined bigint, OUT errors bigint)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    WITH j AS (
+        SELECT j.*, count(*) OVER (PARTITION BY j.connector_id, j.mesh_ids[1]) AS claims
+        FROM _mesh_join j WHERE j.candidates = 1
+    ), ok AS (
+        SELECT j.* FROM j
+        WHERE j.claims = 1
+          AND NOT EXISTS (SELECT 1 FROM mesh.connector_object o
+                           WHERE o.connector_id = j.connector_id AND o.mesh_id = j.mesh_ids[1] AND NOT o.deleted)
+    )
+    UPDATE mesh.connector_object c SET mesh_id = ok.mesh_ids[1], change_seq = nextval('mesh.change_seq')
+      FROM ok WHERE c.connector_id = ok.connector_id AND c.anchor = ok.anchor;
+    GET DIAGNOSTICS joined = ROW_COUNT;
+
+    INSERT INTO mesh.run_error (run_id, connector_id, anchor, operation, message, sqlstate)
+    SELECT p_run, j.connector_id, j.anchor, 'join',
+           CASE WHEN j.candidates > 1
+                THEN format('join rule %s matches %s mesh objects (%s): not joined; a join never guesses',
+                            j.position, j.candidates, array_to_string(j.mesh_ids[1:10], ', '))
+                ELSE format('join rule %s matches mesh object %s, which another object of this connector joins or claims',
+                            j.position, j.mesh_ids[1]) END,
+           '21000'
+      FROM _mesh_join j
+      JOIN mesh.connector_object c ON c.connector_id = j.connector_id AND c.anchor = j.anchor
+     WHERE c.mesh_id IS NULL
+    ON CONFLICT (connector_id, coalesce(anchor, ''), coalesce(mesh_id, 0), operation)
+    DO UPDATE SET attempts = mesh.run_error.attempts + 1, last_seen = now(), message = EXCLUDED.message,
+                  run_id = EXCLUDED.run_id;
+    GET DIAGNOSTICS errors = ROW_COUNT;
+END $$;
+
+-- Creates mesh objects for unjoined objects of projecting connectors.
+CREATE FUNCTION mesh._project(fence bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE n bigint;
+BEGIN
+    WITH p AS (
+        SELECT c.connector_id, c.anchor, c.object_type, nextval('mesh.mesh_object_id_seq') AS id
+          FROM mesh.connector_object c
+          JOIN mesh.projection pr ON pr.connector_id = c.connector_id AND pr.object_type = c.object_type AND pr.enabled
+         WHERE c.mesh_id IS NULL AND NOT c.deleted AND NOT c.disconnected AND (fence IS NULL OR c.change_seq > fence)
+           AND NOT EXISTS (SELECT 1 FROM _mesh_join j WHERE j.connector_id = c.connector_id AND j.anchor = c.anchor)
+    ), ins AS (
+        INSERT INTO mesh.mesh_object (id, object_type, projected_by) SELECT p.id, p.object_type, p.connector_id FROM p
+    )
+    UPDATE mesh.connector_object c SET mesh_id = p.id, change_seq = nextval('mesh.change_seq')
+      FROM p WHERE c.connector_id = p.connector_id AND c.anchor = p.anchor;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- A mesh object is deleted when no object of a connector that projects its type remains
+-- joined to it (or, for types nobody projects, when no object at all remains).
+CREATE FUNCTION mesh._lifecycle(full_sync boolean) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE n bigint;
+BEGIN
+    UPDATE mesh.mesh_object o SET deleted = true, updated_at = now()
+     WHERE NOT o.deleted
+       AND (full_sync OR o.id IN (SELECT a.id FROM _mesh_affected a))
+       AND NOT EXISTS (
+            SELECT 1 FROM mesh.connector_object c
+              JOIN mesh.projection p ON p.connector_id = c.connector_id AND p.object_type = c.object_type AND p.enabled
+             WHERE c.mesh_id = o.id AND NOT c.deleted)
+       AND (EXISTS (SELECT 1 FROM mesh.projection p WHERE p.object_type = o.object_type AND p.enabled)
+            OR NOT EXISTS (SELECT 1 FROM mesh.connector_object c WHERE c.mesh_id = o.id AND NOT c.deleted));
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- Turns the desired state in _mesh_plan into pending exports (add / update / disable /
+-- delete), disconnects what the policy leaves alone, and drops what is no longer needed.
+CREATE FUNCTION mesh._apply_plan(p_run bigint) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE n bigint;
+BEGIN
+    UPDATE _mesh_plan p SET op = CASE
+        WHEN p.anchor IS NULL THEN
+            CASE WHEN p.provision AND NOT p.mesh_deleted AND p.in_scope THEN 'add' END
+        WHEN p.mesh_deleted OR (p.provision AND NOT p.in_scope) THEN
+            CASE p.deprovision WHEN 'delete' THEN 'delete' WHEN 'disable' THEN 'disable' ELSE 'disconnect' END
+        ELSE 'update' END;
+    UPDATE _mesh_plan p SET changes = CASE p.op
+        WHEN 'add' THEN (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
+                           FROM jsonb_each(p.want) e WHERE NOT mesh.is_empty(e.value))
+        WHEN 'update' THEN mesh.diff(p.current, p.want, p.nullable)
+        WHEN 'disable' THEN mesh.diff(p.current, p.disable, ARRAY(SELECT jsonb_object_keys(p.disable)))
+        ELSE '{}' END
+     WHERE p.op IS NOT NULL;
+
+    -- Nothing to do (any more) for these.
+    DELETE FROM mesh.pending_export pe USING _mesh_plan p
+     WHERE pe.connector_id = p.connector_id AND pe.mesh_id = p.mesh_id
+       AND (p.op IS NULL OR p.op = 'disconnect' OR (p.op IN ('update', 'disable') AND p.changes = '{}'));
+    -- Deprovisioned by "leave", or already disabled: stop managing the object.
+    UPDATE mesh.connector_object c SET mesh_id = NULL, disconnected = NOT p.mesh_deleted,
+           change_seq = nextval('mesh.change_seq')
+      FROM _mesh_plan p
+     WHERE c.connector_id = p.connector_id AND c.anchor = p.anchor
+       AND (p.op = 'disconnect' OR (p.op = 'disable' AND p.changes = '{}'));
+    -- Objects deleted from the mesh before their add was exported.
+    DELETE FROM mesh.pending_export pe USING mesh.mesh_object o
+     WHERE o.id = pe.mesh_id AND o.deleted AND pe.operation = 'add';
+
+    INSERT INTO mesh.pending_export AS pe (connector_id, mesh_id, object_type, operation, anchor, name, changes,
+                                           previous, status, planned_at, run_id)
+    SELECT p.connector_id, p.mesh_id, p.object_type, p.op, p.anchor, p.name, p.changes,
+           coalesce((SELECT jsonb_object_agg(k, p.current -> k) FROM jsonb_object_keys(p.changes) k WHERE p.current ? k), '{}'),
+           'pending', now(), p_run
+      FROM _mesh_plan p
+     WHERE p.op IN ('add', 'delete') OR (p.op IN ('update', 'disable') AND p.changes <> '{}')
+    ON CONFLICT (connector_id, mesh_id) DO UPDATE
+       SET operation = EXCLUDED.operation, anchor = EXCLUDED.anchor, name = EXCLUDED.name,
+           changes = EXCLUDED.changes, previous = EXCLUDED.previous, planned_at = now(), run_id = EXCLUDED.run_id,
+           -- an applied export waiting for its confirming import stays applied
+           status = CASE WHEN pe.status = 'applied' AND pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes
+                         THEN 'applied' ELSE 'pending' END,
+           attempts = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes THEN pe.attempts ELSE 0 END
+     WHERE pe.status <> 'blocked' OR pe.changes IS DISTINCT FROM EXCLUDED.changes;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    RETURN n;
+END $$;
+
+-- ---------------------------------------------------------------------------------------
+-- Views: what an operator looks at.
+
+CREATE VIEW mesh.run_history AS
+SELECT r.id AS run_id, r.parent_id, r.connector_name AS connector, r.profile, r.status,
+       r.started_at, r.finished_at, r.finished_at - r.started_at AS duration,
+       r.added, r.updated, r.renamed, r.deleted, r.unchanged, r.confirmed, r.errors,
+       r.details, r.watermark_before, r.watermark_after, r.message
+FROM mesh.run r;
+
+CREATE VIEW mesh.errors AS
+SELECT e.id, c.name AS connector, e.operation, e.anchor, e.mesh_id, e.message, e.sqlstate, e.attempts,
+       e.first_seen, e.last_seen, e.run_id
+FROM mesh.run_error e LEFT JOIN mesh.connector c ON c.id = e.connector_id;
+
+CREATE VIEW mesh.pending_exports AS
+SELECT pe.id, c.name AS connector, pe.mesh_id, pe.object_type, pe.operation, pe.anchor, pe.name,
+       pe.changes, pe.previous, pe.status, pe.attempts, pe.error, pe.planned_at, pe.applied_at
+FROM mesh.pending_export pe JOIN mesh.connector c ON c.id = pe.connector_id;
+
+CREATE VIEW mesh.objects AS
+SELECT o.id, o.object_type, o.attrs, o.deleted, pc.name AS projected_by, o.created_at, o.updated_at,
+       (SELECT jsonb_object_agg(c.name, co.anchor ORDER BY c.name)
+          FROM mesh.connector_object co JOIN mesh.connector c ON c.id = co.connector_id
+         WHERE co.mesh_id = o.id AND NOT co.deleted) AS connectors
+FROM mesh.mesh_object o LEFT JOIN mesh.connector pc ON pc.id = o.projected_by;
+
+-- Every contribution of every connector object: one row per import flow. Rebuilt from the
+-- flows by mesh._rebuild_views(); this first version is empty.
+CREATE VIEW mesh.contributions AS
+SELECT NULL::bigint AS mesh_id, NULL::text AS attribute, NULL::jsonb AS value, NULL::integer AS confidence,
+       NULL::timestamptz AS observed_at, NULL::text AS connector, NULL::integer AS rule_id, NULL::text AS source,
+       NULL::text AS anchor, NULL::boolean AS empty_is_value
+WHERE false;
+
+-- Attributes where sources disagree, with the value that won.
+CREATE VIEW mesh.conflicts AS
+SELECT k.mesh_id, o.object_type, k.attribute, o.attrs -> k.attribute AS resolved_value,
+       jsonb_object_agg(k.connector, jsonb_build_object('value', k.value, 'confidence', k.confidence)) AS contributions,
+       count(DISTINCT k.value #>> '{}') AS distinct_values
+FROM mesh.contributions k JOIN mesh.mesh_object o ON o.id = k.mesh_id
+WHERE NOT mesh.is_empty(k.value)
+GROUP BY k.mesh_id, o.object_type, k.attribute, o.attrs
+HAVING count(DISTINCT k.value #>> '{}') > 1;
+
+-- The statements a delta sync runs now, for reading and EXPLAIN.
+CREATE VIEW mesh.compiled_sql AS
+SELECT s.step, c.name AS connector, x.object_type, x.sql
+FROM unnest(ARRAY['join', 'resolve', 'unresolved', 'referrers', 'plan']) WITH ORDINALITY s(step, n)
+CROSS JOIN LATERAL mesh._compile(s.step, false) x
+LEFT JOIN mesh.connector c ON c.id = x.connector_id
+ORDER BY s.n;
+
+-- Health per connector and direction. Status rules:
+--   Disabled  the connector is disabled
+--   Running   a run of it is running now
+--   Error     its last run in this direction failed
+--   Warning   its last run ended with object errors, or objects of it have errors now,
+--             or exports to it are blocked or failing
+--   Never run no run in this direction yet
+--   Healthy   otherwise
+CREATE VIEW mesh.dashboard AS
+WITH dir AS (
+    SELECT c.id, c.name, c.kind, c.enabled, d.direction
+    FROM mesh.connector c
+    CROSS JOIN LATERAL (VALUES ('import'), ('export')) d(direction)
+    WHERE d.direction = 'import'
+       OR EXISTS (SELECT 1 FROM mesh.flow_rule f WHERE f.connector_id = c.id AND f.direction = 'export')
+       OR EXISTS (SELECT 1 FROM mesh.provisioning p WHERE p.connector_id = c.id)
+), last AS (
+    SELECT DISTINCT ON (r.connector_id, dir)
+           r.connector_id, CASE WHEN r.profile = 'export' THEN 'export' ELSE 'import' END AS dir,
+           r.status, r.started_at, r.finished_at, r.added + r.updated + r.deleted + r.unchanged AS processed
+    FROM mesh.run r WHERE r.connector_id IS NOT NULL AND r.profile IN ('full_import', 'delta_import', 'export')
+    ORDER BY r.connector_id, dir, r.id DESC
+), objects AS (
+    SELECT co.connector_id, count(*) FILTER (WHERE NOT co.deleted) AS imported,
+           count(*) FILTER (WHERE NOT co.deleted AND co.mesh_id IS NOT NULL) AS joined
+    FROM mesh.connector_object co GROUP BY co.connector_id
+), pending AS (
+    SELECT pe.connector_id, count(*) AS pending,
+           count(*) FILTER (WHERE pe.status IN ('failed', 'blocked')) AS troubled
+    FROM mesh.pending_export pe GROUP BY pe.connector_id
+), errs AS (
+    SELECT e.connector_id, count(*) AS errors, (array_agg(e.message ORDER BY e.last_seen DESC))[1] AS last_error
+    FROM mesh.run_error e GROUP BY e.connector_id
+), running AS (
+    SELECT DISTINCT r.connector_id FROM mesh.run r WHERE r.status = 'running' AND r.finished_at IS NULL
+)
+SELECT d.name AS connector, d.kind, d.direction,
+       CASE d.direction WHEN 'import' THEN d.name || ' -> Mesh' ELSE 'Mesh -> ' || d.name END AS flow,
+       CASE
+           WHEN NOT d.enabled THEN 'Disabled'
+           WHEN EXISTS (SELECT 1 FROM running x WHERE x.connector_id = d.id) THEN 'Running'
+           WHEN l.status = 'failed' THEN 'Error'
+           WHEN l.status = 'warning' OR coalesce(e.errors, 0) > 0
+                OR (d.direction = 'export' AND coalesce(p.troubled, 0) > 0) THEN 'Warning'
+           WHEN l.status IS NULL THEN 'Never run'
+           ELSE 'Healthy'
+       END AS status,
+       CASE d.direction WHEN 'import' THEN coalesce(o.imported, 0) ELSE coalesce(o.joined, 0) END AS objects,
+       CASE d.direction WHEN 'import' THEN format('%s objects imported', to_char(coalesce(o.imported, 0), 'FM999,999,999,990'))
+                        ELSE format('%s objects exported', to_char(coalesce(o.joined, 0), 'FM999,999,999,990')) END AS summary,
+       CASE WHEN d.direction = 'export' THEN coalesce(p.pending, 0) END AS pending_exports,
+       coalesce(e.errors, 0) AS errors,
+       l.finished_at AS last_run_at,
+       CASE WHEN l.finished_at IS NULL THEN 'never'
+            WHEN now() - l.finished_at < interval '1 minute' THEN 'just now'
+            WHEN now() - l.finished_at < interval '1 hour' THEN format('%s min ago', extract(minute FROM now() - l.finished_at)::int)
+            WHEN now() - l.finished_at < interval '1 day' THEN format('%s h ago', floor(extract(epoch FROM now() - l.finished_at) / 3600)::int)
+            ELSE format('%s days ago', extract(day FROM now() - l.finished_at)::int) END AS last_run,
+       round(l.processed / greatest(extract(epoch FROM l.finished_at - l.started_at), 0.001))::bigint AS objects_per_second,
+       e.last_error
+FROM dir d
+LEFT JOIN last l ON l.connector_id = d.id AND l.dir = d.direction
+LEFT JOIN objects o ON o.connector_id = d.id
+LEFT JOIN pending p ON p.connector_id = d.id
+LEFT JOIN errs e ON e.connector_id = d.id
+ORDER BY d.name, d.direction DESC;
+
+-- ---------------------------------------------------------------------------------------
+-- The SQL surface for runs.
+
+-- Runs full_import, delta_import or export of one connector now; one summary row.
+CREATE FUNCTION mesh.run(connector text, profile text) RETURNS SETOF mesh.run_history
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE rid bigint;
+BEGIN
+    rid := mesh._run(connector, profile);
+    RETURN QUERY SELECT * FROM mesh.run_history h WHERE h.run_id = rid;
+END $$;
+
+-- Joins, projects, resolves and plans exports for what changed (everything when full).
+CREATE FUNCTION mesh.sync(full boolean DEFAULT false) RETURNS SETOF mesh.run_history
+LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE rid bigint;
+BEGIN
+    rid := mesh._sync($1);
+    RETURN QUERY SELECT * FROM mesh.run_history h WHERE h.run_id = rid;
+END $$;
+
+-- Delta import of every enabled connector, sync, then export to every connector with
+-- export flows or provisioning: one summary row per step.
+CREATE FUNCTION mesh.cycle() RETURNS SETOF mesh.run_history
+LANGUAGE plpgsql AS $$
+DECLARE
+    cyc bigint;
+    c record;
+BEGIN
+    INSERT INTO mesh.run (profile) VALUES ('cycle') RETURNING id INTO cyc;
+    FOR c IN SELECT cn.name FROM mesh.connector cn WHERE cn.enabled ORDER BY cn.id LOOP
+        PERFORM mesh._run(c.name, 'delta_import', cyc);
+    END LOOP;
+    PERFORM mesh._sync(false, cyc);
+    FOR c IN SELECT cn.name FROM mesh.connector cn
+              WHERE cn.enabled
+                AND (EXISTS (SELECT 1 FROM mesh.flow_rule f WHERE f.connector_id = cn.id AND f.direction = 'export')
+                     OR EXISTS (SELECT 1 FROM mesh.provisioning p WHERE p.connector_id = cn.id))
+              ORDER BY cn.id LOOP
+        PERFORM mesh._run(c.name, 'export', cyc);
+    END LOOP;
+    UPDATE mesh.run r
+       SET finished_at = clock_timestamp(),
+           status = (SELECT CASE WHEN bool_or(k.status = 'failed') THEN 'failed'
+                                 WHEN bool_or(k.status = 'warning') THEN 'warning' ELSE 'success' END
+                       FROM mesh.run k WHERE k.parent_id = cyc),
+           errors = (SELECT coalesce(sum(k.errors), 0) FROM mesh.run k WHERE k.parent_id = cyc)
+     WHERE r.id = cyc;
+    RETURN QUERY SELECT * FROM mesh.run_history h WHERE h.parent_id = cyc ORDER BY h.run_id;
+END $$;
+
+-- Every contribution to one attribute of one mesh object, which won, and why.
+CREATE FUNCTION mesh.explain(object_id bigint, attribute text)
+RETURNS TABLE (connector text, source text, value jsonb, confidence integer, observed_at timestamptz,
+               counts boolean, winner boolean, reason text)
+LANGUAGE plpgsql STABLE AS $$
+#variable_conflict use_column
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM mesh.mesh_object o WHERE o.id = explain.object_id) THEN
+        RAISE EXCEPTION 'mesh object % does not exist', explain.object_id
+            USING ERRCODE = 'undefined_object', HINT = 'Mesh objects are listed in mesh.objects.';
+    END IF;
+    RETURN QUERY
+    WITH k AS (
+        SELECT k.*, (k.empty_is_value OR NOT mesh.is_empty(k.value)) AS counts
+        FROM mesh.contributions k WHERE k.mesh_id = explain.object_id AND k.attribute = explain.attribute
+    ), r AS (
+        SELECT k.*, CASE WHEN k.counts THEN row_number() OVER (PARTITION BY k.counts
+                         ORDER BY k.confidence DESC, k.observed_at DESC, k.connector) END AS rank
+        FROM k
+    ), w AS (SELECT * FROM r WHERE r.rank = 1), ru AS (SELECT * FROM r WHERE r.rank = 2)
+    SELECT r.connector, r.source, r.value, r.confidence, r.observed_at, r.counts, coalesce(r.rank = 1, false),
+           CASE
+               WHEN NOT r.counts THEN 'empty value: no contribution (the rule does not clear)'
+               WHEN r.rank = 1 THEN
+                   CASE WHEN ru.connector IS NULL THEN 'only contribution'
+                        WHEN r.confidence > ru.confidence THEN format('highest confidence (%s over %s)', r.confidence, ru.confidence)
+                        WHEN r.observed_at > ru.observed_at THEN format('confidence tied at %s; most recently observed', r.confidence)
+                        ELSE format('confidence and observation time tied; connector name %L sorts first', r.connector) END
+               WHEN r.confidence < w.confidence THEN format('lower confidence (%s < %s)', r.confidence, w.confidence)
+               WHEN r.observed_at < w.observed_at THEN 'confidence tied; observed earlier'
+               ELSE 'confidence and observation time tied; connector name sorts later'
+           END
+    FROM r LEFT JOIN w ON true LEFT JOIN ru ON true
+    ORDER BY r.rank NULLS LAST, r.connector;
+END $$;

@@ -1,0 +1,77 @@
+//! create / alter / drop connectors.
+
+use crate::connectors;
+use crate::engine;
+use crate::error::raise;
+use crate::store;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+/// Creates a connector; the configuration is checked before anything is written.
+#[pg_extern(volatile)]
+fn create_connector(
+    name: &str,
+    kind: &str,
+    config: default!(JsonB, "'{}'"),
+    secret: default!(Option<&str>, "NULL"),
+) -> i32 {
+    if name.trim().is_empty() {
+        crate::error::invalid("a connector needs a name", "");
+    }
+    let exists: Option<bool> = store::one("SELECT EXISTS (SELECT 1 FROM mesh.connector WHERE name = $1)", &[name.into()]);
+    if exists == Some(true) {
+        raise(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("connector \"{name}\" already exists"),
+            "Change it with mesh.alter_connector, or drop it first with mesh.drop_connector.",
+        );
+    }
+    if !config.0.is_object() {
+        crate::error::invalid("connector config must be a JSON object", "");
+    }
+    connectors::validate(kind, &config.0, secret.is_some());
+    store::one::<i32>(
+        "INSERT INTO mesh.connector (name, kind, config) VALUES ($1, $2, $3) RETURNING id",
+        &[name.into(), kind.into(), config.into()],
+    )
+    .expect("connector id")
+}
+
+/// Changes a connector's config, secret or enabled flag (NULL keeps the current one).
+#[pg_extern(volatile)]
+fn alter_connector(
+    name: &str,
+    config: default!(Option<JsonB>, "NULL"),
+    secret: default!(Option<&str>, "NULL"),
+    enabled: default!(Option<bool>, "NULL"),
+) {
+    let c = engine::connector(name);
+    if let Some(cfg) = &config {
+        if !cfg.0.is_object() {
+            crate::error::invalid("connector config must be a JSON object", "");
+        }
+        connectors::validate(&c.kind, &cfg.0, secret.is_some());
+    } else if secret.is_some() {
+        connectors::validate(&c.kind, &c.config, true);
+    }
+    let config_changed = config.is_some();
+    store::exec(
+        "UPDATE mesh.connector SET config = coalesce($2, config), enabled = coalesce($3, enabled), updated_at = now() WHERE id = $1",
+        &[c.id.into(), config.into(), enabled.into()],
+    );
+    if config_changed {
+        store::exec("UPDATE mesh.sync_state SET rules_changed = true", &[]);
+    }
+}
+
+/// Removes a connector with its rules, connector space and watermark. Mesh objects lose its
+/// contributions at the next sync.
+#[pg_extern(volatile)]
+fn drop_connector(name: &str) {
+    let c = engine::connector(name);
+    // Mesh objects it contributed to are recomputed by the next (full) sync.
+    store::exec("DELETE FROM mesh.pending_export WHERE connector_id = $1", &[c.id.into()]);
+    store::exec("DELETE FROM mesh.connector WHERE id = $1", &[c.id.into()]);
+    store::exec("UPDATE mesh.sync_state SET rules_changed = true", &[]);
+    engine::compile::rebuild_views();
+}

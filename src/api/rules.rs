@@ -1,0 +1,297 @@
+//! Flow rules, join rules, projection and provisioning. Every rule is checked when it is
+//! added: names must exist and expressions must compile, so a bad rule never reaches a sync.
+
+use crate::connectors;
+use crate::engine::{self, Connector};
+use crate::error::{invalid, raise, undefined};
+use crate::store::{self, subxact};
+use idmesh_core::compile::{self as core_compile, Deprovision, ImportFlow, JoinRule};
+use idmesh_core::source::Source;
+use idmesh_core::sql::{ident, is_mesh_attribute_name, literal};
+use pgrx::prelude::*;
+use pgrx::JsonB;
+
+fn object_type(name: &str) {
+    let known: Option<bool> = store::one("SELECT EXISTS (SELECT 1 FROM mesh.object_type WHERE name = $1)", &[name.into()]);
+    if known != Some(true) {
+        undefined("object type", name, "Known types are in mesh.object_type; add one with mesh.create_object_type(name).");
+    }
+}
+
+fn mesh_attribute(name: &str) {
+    if !is_mesh_attribute_name(name) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_NAME,
+            format!("\"{name}\" is not a valid mesh attribute name"),
+            "Mesh attribute names are letters, digits and underscores, starting with a letter.",
+        );
+    }
+}
+
+/// Runs a check statement; a failure becomes an error that names the rule part at fault.
+fn check_compiles(sql: &str, what: &str, text: &str) {
+    if let Err(e) = subxact(|| store::exec(sql, &[])) {
+        raise(e.code, format!("{what} \"{text}\" is not valid: {}", e.message), "Write an attribute name or an SQL expression over attribute names.");
+    }
+}
+
+/// The closest names, for "did you mean" hints.
+fn close_names(name: &str, known: &[String]) -> String {
+    let lower = name.to_lowercase();
+    let mut scored: Vec<(usize, &String)> = known.iter().map(|k| (distance(&lower, &k.to_lowercase()), k)).collect();
+    scored.sort();
+    let close: Vec<&str> = scored.iter().take(3).filter(|(d, _)| *d <= 3).map(|(_, k)| k.as_str()).collect();
+    if close.is_empty() {
+        format!("Known: {}.", known.join(", "))
+    } else {
+        format!("Did you mean: {}?", close.join(", "))
+    }
+}
+
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// A plain source attribute must be one the connector provides (where that is known).
+fn source_attribute(c: &Connector, source: &str) {
+    let Source::Attribute(attr) = Source::parse(source) else {
+        if let Some(known) = connectors::import_attributes(&c.kind, &c.config) {
+            for n in Source::parse(source).reads() {
+                if !known.iter().any(|k| k == &n) {
+                    pgrx::warning!("connector \"{}\" does not provide \"{n}\" ({})", c.name, close_names(&n, &known));
+                }
+            }
+        }
+        return;
+    };
+    if let Some(known) = connectors::import_attributes(&c.kind, &c.config) {
+        if !known.iter().any(|k| k == &attr) {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("connector \"{}\" has no attribute \"{attr}\"", c.name),
+                &close_names(&attr, &known),
+            );
+        }
+    }
+}
+
+fn rules_changed() {
+    store::exec("UPDATE mesh.sync_state SET rules_changed = true", &[]);
+}
+
+/// An index on a mesh attribute, so joins and reference lookups on it are index probes.
+fn index_mesh_attribute(attr: &str) {
+    let name = format!("mesh_object_attr_{}", attr.to_lowercase());
+    let name: String = name.chars().take(60).collect();
+    store::exec(
+        &format!("CREATE INDEX IF NOT EXISTS {} ON mesh.mesh_object ((attrs->>{}))", ident(&name), literal(attr)),
+        &[],
+    );
+}
+
+/// Adds an import flow: the connector's `source` (attribute or SQL expression) contributes
+/// to mesh attribute `target` with `confidence` (0-100).
+#[pg_extern(volatile)]
+fn add_import_flow(
+    connector: &str,
+    object_type: &str,
+    source: &str,
+    target: &str,
+    confidence: i32,
+    empty_is_value: default!(bool, false),
+    reference: default!(bool, false),
+) -> i32 {
+    let c = engine::connector(connector);
+    self::object_type(object_type);
+    mesh_attribute(target);
+    if !(0..=100).contains(&confidence) {
+        raise(
+            PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+            format!("confidence {confidence} is out of range"),
+            "Confidence is 0 to 100; the highest wins.",
+        );
+    }
+    source_attribute(&c, source);
+    let flow = ImportFlow {
+        id: 0,
+        connector_id: c.id,
+        connector_name: c.name.clone(),
+        object_type: object_type.into(),
+        source: source.into(),
+        target: target.into(),
+        confidence,
+        empty_is_value,
+        reference,
+    };
+    check_compiles(&core_compile::check_import_source_sql(&flow), "flow source", source);
+    let id = insert_flow(&c, "import", object_type, source, target, Some(confidence), empty_is_value, reference);
+    if reference {
+        index_mesh_attribute(target);
+    }
+    rules_changed();
+    engine::compile::rebuild_views();
+    id
+}
+
+#[allow(clippy::too_many_arguments)]
+fn insert_flow(
+    c: &Connector,
+    direction: &str,
+    object_type: &str,
+    source: &str,
+    target: &str,
+    confidence: Option<i32>,
+    empty_is_value: bool,
+    reference: bool,
+) -> i32 {
+    let taken: Option<bool> = store::one(
+        "SELECT EXISTS (SELECT 1 FROM mesh.flow_rule WHERE connector_id = $1 AND direction = $2 AND object_type = $3 AND target = $4)",
+        &[c.id.into(), direction.into(), object_type.into(), target.into()],
+    );
+    if taken == Some(true) {
+        raise(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("connector \"{}\" already has an {direction} flow to \"{target}\" for {object_type}", c.name),
+            "Remove it first with mesh.remove_flow(rule_id); rules are listed in mesh.flow_rule.",
+        );
+    }
+    store::one::<i32>(
+        "INSERT INTO mesh.flow_rule (connector_id, direction, object_type, source, target, confidence, empty_is_value, reference) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+        &[
+            c.id.into(),
+            direction.into(),
+            object_type.into(),
+            source.trim().into(),
+            target.into(),
+            confidence.into(),
+            empty_is_value.into(),
+            reference.into(),
+        ],
+    )
+    .expect("rule id")
+}
+
+/// Adds an export flow: mesh `source` (attribute or SQL expression over mesh attributes)
+/// is written to the connector's `target` attribute or column.
+#[pg_extern(volatile)]
+fn add_export_flow(
+    connector: &str,
+    object_type: &str,
+    source: &str,
+    target: &str,
+    empty_is_value: default!(bool, false),
+    reference: default!(bool, false),
+) -> i32 {
+    let c = engine::connector(connector);
+    self::object_type(object_type);
+    if let Some(known) = connectors::export_targets(&c.kind, &c.config) {
+        if !known.iter().any(|k| k == target) {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("connector \"{}\" cannot write \"{target}\"", c.name),
+                &close_names(target, &known),
+            );
+        }
+    } else if c.kind == "table" {
+        raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("connector \"{}\" has no export_table or export_functions", c.name),
+            "Set one with mesh.alter_connector(name, config => ...).",
+        );
+    }
+    if let Source::Attribute(a) = Source::parse(source) {
+        mesh_attribute(&a);
+    }
+    check_compiles(&core_compile::check_mesh_expression_sql(source, false), "export source", source);
+    let id = insert_flow(&c, "export", object_type, source, target, None, empty_is_value, reference);
+    rules_changed();
+    id
+}
+
+/// Removes a flow rule by id.
+#[pg_extern(volatile)]
+fn remove_flow(rule_id: i32) {
+    let n = store::exec("DELETE FROM mesh.flow_rule WHERE id = $1 RETURNING id", &[rule_id.into()]);
+    if n == 0 {
+        undefined("flow rule", &rule_id.to_string(), "Rules are listed in mesh.flow_rule.");
+    }
+    rules_changed();
+    engine::compile::rebuild_views();
+}
+
+/// Adds the next join rule for a connector and object type: connector-side `source` equals
+/// mesh attribute `mesh_attribute`. Rules are tried in order; two candidates is an error.
+#[pg_extern(volatile)]
+fn add_join_rule(connector: &str, object_type: &str, source: &str, mesh_attribute: &str) -> i32 {
+    let c = engine::connector(connector);
+    self::object_type(object_type);
+    self::mesh_attribute(mesh_attribute);
+    source_attribute(&c, source);
+    let position: i32 = store::one(
+        "SELECT coalesce(max(position), 0) + 1 FROM mesh.join_rule WHERE connector_id = $1 AND object_type = $2",
+        &[c.id.into(), object_type.into()],
+    )
+    .unwrap_or(1);
+    let rule = JoinRule {
+        connector_id: c.id,
+        object_type: object_type.into(),
+        position,
+        source: source.into(),
+        mesh_attribute: mesh_attribute.into(),
+    };
+    check_compiles(&core_compile::check_join_source_sql(&rule), "join source", source);
+    index_mesh_attribute(mesh_attribute);
+    rules_changed();
+    store::one::<i32>(
+        "INSERT INTO mesh.join_rule (connector_id, object_type, position, source, mesh_attribute) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        &[c.id.into(), object_type.into(), position.into(), source.trim().into(), mesh_attribute.into()],
+    )
+    .expect("join rule id")
+}
+
+/// Whether this connector may create mesh objects of this type when no join matches.
+#[pg_extern(volatile)]
+fn set_projection(connector: &str, object_type: &str, enabled: bool) {
+    let c = engine::connector(connector);
+    self::object_type(object_type);
+    store::exec(
+        "INSERT INTO mesh.projection (connector_id, object_type, enabled) VALUES ($1, $2, $3) \
+         ON CONFLICT (connector_id, object_type) DO UPDATE SET enabled = EXCLUDED.enabled",
+        &[c.id.into(), object_type.into(), enabled.into()],
+    );
+    rules_changed();
+}
+
+/// Provision objects in this connector for mesh objects of the type in `scope` (an SQL
+/// condition over mesh attributes; NULL = all). Options: deprovision (delete | disable |
+/// leave, default leave), disable ({attribute: value} written on disable).
+#[pg_extern(volatile)]
+fn set_provisioning(connector: &str, object_type: &str, scope: Option<&str>, options: default!(JsonB, "'{}'")) {
+    let c = engine::connector(connector);
+    self::object_type(object_type);
+    if !options.0.is_object() {
+        invalid("provisioning options must be a JSON object", "");
+    }
+    if let Err(msg) = Deprovision::from_options(&options.0) {
+        invalid(msg, "");
+    }
+    if let Some(s) = scope {
+        check_compiles(&core_compile::check_mesh_expression_sql(s, true), "provisioning scope", s);
+    }
+    store::exec(
+        "INSERT INTO mesh.provisioning (connector_id, object_type, scope, options) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (connector_id, object_type) DO UPDATE SET scope = EXCLUDED.scope, options = EXCLUDED.options",
+        &[c.id.into(), object_type.into(), scope.into(), options.into()],
+    );
+    rules_changed();
+}

@@ -1,0 +1,64 @@
+//! Connector kinds. Each kind is one module behind `idmesh_sdk::IdentityConnector`.
+//! Network connectors (AD, PostgreSQL, SQL Server) import no pgrx; the in-database
+//! `table` kind reads and writes through SPI on the backend thread.
+
+pub mod table;
+
+use crate::error::raise;
+use idmesh_sdk::IdentityConnector;
+use pgrx::prelude::*;
+use serde_json::Value;
+
+/// Checks a connector's configuration when it is created or altered: errors here stop
+/// `create_connector` before anything is written.
+pub fn validate(kind: &str, config: &Value, has_secret: bool) {
+    match kind {
+        "table" => {
+            if has_secret {
+                crate::error::invalid(
+                    "a table connector reads its own database and takes no secret",
+                    "Leave the secret out; grant the extension's user access to the source instead.",
+                );
+            }
+            table::TableConfig::parse(config);
+        }
+        "postgres" | "sqlserver" | "active_directory" | "process" => raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("connector kind \"{kind}\" is not available in this build yet"),
+            "Available now: table (a table, view or set-returning function of this database).",
+        ),
+        other => raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("unknown connector kind \"{other}\""),
+            "Kinds: table, postgres, sqlserver, active_directory, process.",
+        ),
+    }
+}
+
+/// Opens a connector for a run.
+pub fn open(kind: &str, name: &str, config: &Value) -> Box<dyn IdentityConnector> {
+    match kind {
+        "table" => Box::new(table::TableConnector::new(name, table::TableConfig::parse(config))),
+        other => raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            format!("connector kind \"{other}\" cannot run in this build"),
+            "",
+        ),
+    }
+}
+
+/// The target columns a connector's export flows may name (None: any name is accepted).
+pub fn export_targets(kind: &str, config: &Value) -> Option<Vec<String>> {
+    match kind {
+        "table" => table::TableConfig::parse(config).export_columns(),
+        _ => None,
+    }
+}
+
+/// The attributes a connector's imports provide (None: not known before a run).
+pub fn import_attributes(kind: &str, config: &Value) -> Option<Vec<String>> {
+    match kind {
+        "table" => Some(table::TableConfig::parse(config).source_columns().into_iter().map(|(n, _)| n).collect()),
+        _ => None,
+    }
+}

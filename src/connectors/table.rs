@@ -1,0 +1,566 @@
+//! The in-database connector (`table`): imports from a table, view or set-returning
+//! function of this database, exports into a table (upsert / insert / update / delete) or
+//! through the user's own SQL functions. The zero-network connector and the embedded default.
+//!
+//! Config keys:
+//! `source` (table, view or `schema.fn(args)`), `object_type` (default person),
+//! `anchor` (column or array of columns), `name_column`, `delta_column`, `overlap`
+//! (default 5 minutes for times), `soft_delete_column`, `export_table`, `export_mode`
+//! (upsert | insert | update), `export_functions` ({"add"|"update"|"disable"|"delete": "schema.fn"},
+//! each `fn(attributes jsonb, current jsonb)`), `batch_size` (default 5000).
+
+use crate::error::{invalid, raise};
+use crate::store::{self, subxact};
+use idmesh_core::delta::{predicate, DeltaKind};
+use idmesh_core::sql::{ident, literal};
+use idmesh_sdk::*;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExportMode {
+    Upsert,
+    Insert,
+    Update,
+}
+
+#[derive(Clone, Debug)]
+pub struct TableConfig {
+    /// A relation (canonical quoted name) or a function call.
+    pub source: String,
+    pub object_type: String,
+    pub anchor: Vec<String>,
+    pub name_column: Option<String>,
+    pub delta_column: Option<(String, String, DeltaKind)>,
+    pub overlap: String,
+    pub soft_delete_column: Option<(String, bool)>,
+    pub export_table: Option<String>,
+    pub export_mode: ExportMode,
+    pub export_functions: HashMap<String, String>,
+    pub batch_size: i64,
+}
+
+fn opt_str<'a>(config: &'a Value, key: &str) -> Option<&'a str> {
+    match config.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim()),
+        Some(_) => invalid(format!("table connector: \"{key}\" must be a non-empty string"), ""),
+    }
+}
+
+/// A relation name as PostgreSQL spells it, or None when it does not exist.
+fn regclass(name: &str) -> Option<String> {
+    store::one::<String>("SELECT to_regclass($1)::text", &[name.into()])
+}
+
+impl TableConfig {
+    pub fn parse(config: &Value) -> TableConfig {
+        const KNOWN: &[&str] = &[
+            "source", "object_type", "anchor", "name_column", "delta_column", "overlap", "soft_delete_column",
+            "export_table", "export_mode", "export_functions", "batch_size",
+        ];
+        if let Some(obj) = config.as_object() {
+            if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
+                invalid(format!("table connector: unknown setting \"{k}\""), &format!("Settings: {}.", KNOWN.join(", ")));
+            }
+        }
+        let source_text = opt_str(config, "source").unwrap_or_else(|| {
+            invalid(
+                "table connector: \"source\" is required",
+                "Name a table, a view or a set-returning function call, e.g. {\"source\": \"hr.employees\"}.",
+            )
+        });
+        let source = if source_text.ends_with(')') {
+            let text = source_text.to_string();
+            if let Err(e) = subxact(|| store::columns_of(&format!("SELECT * FROM {text}"))) {
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
+                    format!("table connector: source \"{source_text}\" cannot be read: {}", e.message),
+                    "A function source must be a set-returning function call, e.g. hr.people().",
+                );
+            }
+            text
+        } else {
+            regclass(source_text).unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                    format!("table connector: source \"{source_text}\" does not exist"),
+                    "Name an existing table or view (schema-qualified), or a function call like hr.people().",
+                )
+            })
+        };
+        let object_type = opt_str(config, "object_type").unwrap_or("person").to_string();
+        let known_type: Option<bool> =
+            store::one("SELECT EXISTS (SELECT 1 FROM mesh.object_type WHERE name = $1)", &[object_type.clone().into()]);
+        if known_type != Some(true) {
+            crate::error::undefined("object type", &object_type, "Create it with mesh.create_object_type(name).");
+        }
+        let anchor: Vec<String> = match config.get("anchor") {
+            Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
+            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty())) => {
+                a.iter().map(|v| v.as_str().unwrap().to_string()).collect()
+            }
+            _ => invalid(
+                "table connector: \"anchor\" is required: the column (or array of columns) that identifies a row",
+                "e.g. {\"anchor\": [\"employee_id\"]}",
+            ),
+        };
+        let mut cfg = TableConfig {
+            source,
+            object_type,
+            anchor,
+            name_column: opt_str(config, "name_column").map(str::to_string),
+            delta_column: None,
+            overlap: String::new(),
+            soft_delete_column: None,
+            export_table: None,
+            export_mode: ExportMode::Upsert,
+            export_functions: HashMap::new(),
+            batch_size: config.get("batch_size").and_then(Value::as_i64).unwrap_or(5000),
+        };
+        if !(1..=100_000).contains(&cfg.batch_size) {
+            invalid("table connector: \"batch_size\" must be between 1 and 100000", "");
+        }
+        let columns = cfg.source_columns();
+        let column_type = |c: &str, what: &str| -> String {
+            columns.iter().find(|(n, _)| n == c).map(|(_, t)| t.clone()).unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                    format!("table connector: {what} column \"{c}\" is not a column of {}", cfg.source),
+                    &format!("Columns: {}.", columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")),
+                )
+            })
+        };
+        for a in &cfg.anchor {
+            column_type(a, "anchor");
+        }
+        if let Some(n) = &cfg.name_column {
+            column_type(n, "name");
+        }
+        if let Some(d) = opt_str(config, "delta_column") {
+            let ty = column_type(d, "delta");
+            let kind = DeltaKind::of_type(&ty).unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+                    format!("table connector: delta column \"{d}\" has type {ty}"),
+                    "A delta column is a timestamp, date or integer that grows when a row changes.",
+                )
+            });
+            cfg.overlap = opt_str(config, "overlap").unwrap_or(kind.default_overlap()).to_string();
+            let overlap_ok = match kind {
+                DeltaKind::Time => subxact(|| store::exec("SELECT $1::text::interval", &[cfg.overlap.clone().into()])),
+                DeltaKind::Number => subxact(|| store::exec("SELECT $1::text::numeric", &[cfg.overlap.clone().into()])),
+            };
+            if overlap_ok.is_err() {
+                invalid(format!("table connector: overlap \"{}\" does not fit delta column type {ty}", cfg.overlap), "");
+            }
+            cfg.delta_column = Some((d.to_string(), ty, kind));
+        }
+        if let Some(sd) = opt_str(config, "soft_delete_column") {
+            let ty = column_type(sd, "soft-delete");
+            cfg.soft_delete_column = Some((sd.to_string(), ty == "boolean"));
+        }
+        if let Some(t) = opt_str(config, "export_table") {
+            let table = regclass(t).unwrap_or_else(|| {
+                raise(
+                    PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                    format!("table connector: export_table \"{t}\" does not exist"),
+                    "",
+                )
+            });
+            let tcols = store::columns_of(&format!("SELECT * FROM {table}"));
+            for a in &cfg.anchor {
+                if !tcols.iter().any(|(n, _)| n == a) {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                        format!("table connector: anchor column \"{a}\" is not a column of export_table {table}"),
+                        "Exports find rows by the anchor columns.",
+                    );
+                }
+            }
+            cfg.export_table = Some(table);
+        }
+        cfg.export_mode = match opt_str(config, "export_mode").unwrap_or("upsert") {
+            "upsert" => ExportMode::Upsert,
+            "insert" => ExportMode::Insert,
+            "update" => ExportMode::Update,
+            other => invalid(format!("table connector: unknown export_mode \"{other}\""), "Use upsert, insert or update."),
+        };
+        if let Some(f) = config.get("export_functions").filter(|v| !v.is_null()) {
+            let obj = f.as_object().unwrap_or_else(|| invalid("table connector: \"export_functions\" must be an object", ""));
+            for (op, func) in obj {
+                if !["add", "update", "disable", "delete"].contains(&op.as_str()) {
+                    invalid(format!("table connector: export_functions has unknown operation \"{op}\""), "Operations: add, update, disable, delete.");
+                }
+                let func = func.as_str().unwrap_or_default();
+                let sig = format!("{func}(jsonb, jsonb)");
+                let found: Option<String> = store::one("SELECT to_regprocedure($1)::text", &[sig.clone().into()]);
+                if found.is_none() {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
+                        format!("table connector: export function {sig} does not exist"),
+                        "Export functions take (attributes jsonb, current jsonb).",
+                    );
+                }
+                cfg.export_functions.insert(op.clone(), func.to_string());
+            }
+        }
+        cfg
+    }
+
+    pub fn source_columns(&self) -> Vec<(String, String)> {
+        store::columns_of(&format!("SELECT * FROM {}", self.source))
+    }
+
+    /// Columns export flows may write: the export table's, or any for export functions.
+    pub fn export_columns(&self) -> Option<Vec<String>> {
+        if !self.export_functions.is_empty() {
+            return None;
+        }
+        let t = self.export_table.as_ref()?;
+        Some(store::columns_of(&format!("SELECT * FROM {t}")).into_iter().map(|(n, _)| n).collect())
+    }
+
+    fn anchor_sql(&self, alias: &str) -> String {
+        let parts: Vec<String> = self.anchor.iter().map(|a| format!("{alias}.{}::text", ident(a))).collect();
+        if parts.len() == 1 {
+            parts[0].clone()
+        } else {
+            let any_null: Vec<String> = self.anchor.iter().map(|a| format!("{alias}.{} IS NULL", ident(a))).collect();
+            format!("CASE WHEN {} THEN NULL ELSE concat_ws(E'\\x1f', {}) END", any_null.join(" OR "), parts.join(", "))
+        }
+    }
+
+    fn read_sql(&self, delta: bool) -> String {
+        let name = match &self.name_column {
+            Some(n) => format!("coalesce(s.{}::text, {})", ident(n), self.anchor_sql("s")),
+            None => self.anchor_sql("s"),
+        };
+        let deleted = match &self.soft_delete_column {
+            Some((c, true)) => format!("coalesce(s.{}, false)", ident(c)),
+            Some((c, false)) => format!("s.{} IS NOT NULL", ident(c)),
+            None => "false".to_string(),
+        };
+        let filter = match (&self.delta_column, delta) {
+            (Some((col, ty, kind)), true) => format!(" WHERE {}", predicate(col, ty, *kind)),
+            _ => String::new(),
+        };
+        format!(
+            "SELECT {} AS anchor, {name} AS name, {deleted} AS deleted, to_jsonb(s) AS attrs FROM {} s{filter}",
+            self.anchor_sql("s"),
+            self.source
+        )
+    }
+
+    /// The anchor text of a row given as JSON (the same text `anchor_sql` gives).
+    fn anchor_of(&self, row: &Value) -> Option<String> {
+        let parts: Option<Vec<String>> = self.anchor.iter().map(|a| json_text(row.get(a)?)).collect();
+        parts.map(|p| encode_anchor(&p))
+    }
+
+    fn object_of(&self, row: Value) -> Option<SourceObject> {
+        let anchor = self.anchor_of(&row)?;
+        let name = self.name_column.as_ref().and_then(|n| row.get(n)).and_then(json_text);
+        let deleted = match &self.soft_delete_column {
+            Some((c, true)) => row.get(c).and_then(Value::as_bool).unwrap_or(false),
+            Some((c, false)) => !row.get(c).map_or(true, Value::is_null),
+            None => false,
+        };
+        let attributes = match row {
+            Value::Object(m) => m,
+            _ => return None,
+        };
+        Some(SourceObject { anchor, name, object_type: self.object_type.clone(), attributes, deleted })
+    }
+}
+
+/// A JSON scalar as the text PostgreSQL's `::text` gives for the column (None for null).
+fn json_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+pub struct TableConnector {
+    name: String,
+    config: TableConfig,
+}
+
+impl TableConnector {
+    pub fn new(name: &str, config: TableConfig) -> Self {
+        TableConnector { name: name.to_string(), config }
+    }
+
+    fn read(&self, sink: &mut dyn ImportSink, from: Option<&str>) -> Result<(), ConnectorError> {
+        let sql = self.config.read_sql(from.is_some());
+        let batch_size = self.config.batch_size;
+        let mut failure: Option<ConnectorError> = None;
+        Spi::connect(|client| {
+            let args: Vec<pgrx::datum::DatumWithOid> = match from {
+                Some(w) => vec![w.to_string().into(), self.config.overlap.clone().into()],
+                None => vec![],
+            };
+            let mut cursor = client.open_cursor(sql.as_str(), &args);
+            loop {
+                let table = cursor.fetch(batch_size)?;
+                if table.is_empty() {
+                    break;
+                }
+                let mut batch = Vec::with_capacity(table.len());
+                for row in table {
+                    let anchor: Option<String> = row.get(1)?;
+                    let name: Option<String> = row.get(2)?;
+                    let deleted: Option<bool> = row.get(3)?;
+                    let attrs: Option<JsonB> = row.get(4)?;
+                    let attributes = match attrs.map(|j| j.0) {
+                        Some(Value::Object(m)) => m,
+                        _ => Attributes::new(),
+                    };
+                    let Some(anchor) = anchor.filter(|a| !a.is_empty()) else {
+                        failure = Some(ConnectorError::data(format!(
+                            "a row of {} has no anchor (column {} is NULL)",
+                            self.config.source,
+                            self.config.anchor.join(", ")
+                        )));
+                        return Ok(());
+                    };
+                    batch.push(SourceObject {
+                        anchor,
+                        name,
+                        object_type: self.config.object_type.clone(),
+                        attributes,
+                        deleted: deleted.unwrap_or(false),
+                    });
+                }
+                if let Err(e) = sink.accept(batch) {
+                    failure = Some(e);
+                    return Ok(());
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(())
+        })
+        .map_err(|e| ConnectorError::data(format!("reading {}: {e}", self.config.source)))?;
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// The high value of the delta column now, read before the rows so a row changing
+    /// during the read is read again next time rather than missed.
+    fn high_watermark(&self) -> Option<Value> {
+        let (col, _, _) = self.config.delta_column.as_ref()?;
+        let high: Option<String> =
+            store::one(&format!("SELECT max(s.{})::text FROM {} s", ident(col), self.config.source), &[]);
+        Some(json!({ "column": col, "high": high }))
+    }
+
+    fn table(&self) -> Result<&str, String> {
+        self.config.export_table.as_deref().ok_or_else(|| {
+            format!("connector \"{}\" has no export_table or export function for this operation", self.name)
+        })
+    }
+
+    /// One set-based statement for a group of changes of one operation.
+    fn apply(&self, op: ExportOperation, changes: &[&ExportChange]) -> Result<Vec<ExportResult>, String> {
+        if let Some(func) = self.config.export_functions.get(op.as_str()) {
+            let payload: Vec<Value> = changes
+                .iter()
+                .map(|c| json!({"mesh_id": c.mesh_id, "attributes": c.attributes, "current": c.current}))
+                .collect();
+            store::exec(
+                &format!("SELECT {func}(x->'attributes', x->'current') FROM jsonb_array_elements($1) x"),
+                &[JsonB(Value::Array(payload)).into()],
+            );
+            return Ok(changes.iter().map(|c| ExportResult::ok(c.mesh_id, None)).collect());
+        }
+        let table = self.table()?;
+        let read_back = self.config.export_table.as_deref() == Some(self.config.source.as_str());
+        let key_of = |c: &ExportChange| -> Value {
+            let src = if op == ExportOperation::Add { &c.attributes } else { &c.current };
+            Value::Object(self.config.anchor.iter().map(|a| (a.clone(), src.get(a).cloned().unwrap_or(Value::Null))).collect())
+        };
+        let payload: Vec<Value> = changes
+            .iter()
+            .map(|c| json!({"mesh_id": c.mesh_id, "attributes": c.attributes, "key": key_of(c)}))
+            .collect();
+        let mut cols: Vec<&str> = changes.iter().flat_map(|c| c.attributes.keys().map(String::as_str)).collect();
+        cols.sort();
+        cols.dedup();
+        let key_match: Vec<String> =
+            self.config.anchor.iter().map(|a| format!("t.{0} = (e.k).{0}", ident(a))).collect();
+        let sql = match op {
+            ExportOperation::Add => {
+                if self.config.export_mode == ExportMode::Update {
+                    return Err(format!("connector \"{}\" exports in update mode and does not add rows", self.name));
+                }
+                for c in changes {
+                    if self.config.anchor.iter().any(|a| c.attributes.get(a).map_or(true, Value::is_null)) {
+                        return Err(format!(
+                            "a new row needs its anchor column(s) {} from the export flows",
+                            self.config.anchor.join(", ")
+                        ));
+                    }
+                }
+                let col_list: Vec<String> = cols.iter().map(|c| ident(c)).collect();
+                let values: Vec<String> = cols.iter().map(|c| format!("r.{}", ident(c))).collect();
+                let conflict = if self.config.export_mode == ExportMode::Upsert {
+                    let sets: Vec<String> = cols.iter().map(|c| format!("{0} = EXCLUDED.{0}", ident(c))).collect();
+                    let anchors: Vec<String> = self.config.anchor.iter().map(|a| ident(a)).collect();
+                    format!(" ON CONFLICT ({}) DO UPDATE SET {}", anchors.join(", "), sets.join(", "))
+                } else {
+                    String::new()
+                };
+                format!(
+                    "INSERT INTO {table} AS t ({}) SELECT {} FROM jsonb_array_elements($1) x \
+                     CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, x->'attributes') r{conflict} RETURNING to_jsonb(t.*)",
+                    col_list.join(", "),
+                    values.join(", ")
+                )
+            }
+            ExportOperation::Update | ExportOperation::Disable => {
+                let sets: Vec<String> = cols
+                    .iter()
+                    .map(|c| format!("{0} = CASE WHEN e.ch ? {1} THEN (e.r).{0} ELSE t.{0} END", ident(c), literal(c)))
+                    .collect();
+                format!(
+                    "UPDATE {table} AS t SET {} FROM (SELECT x->'attributes' AS ch, \
+                     jsonb_populate_record(NULL::{table}, x->'attributes') AS r, \
+                     jsonb_populate_record(NULL::{table}, x->'key') AS k FROM jsonb_array_elements($1) x) e \
+                     WHERE {} RETURNING to_jsonb(t.*)",
+                    sets.join(", "),
+                    key_match.join(" AND ")
+                )
+            }
+            ExportOperation::Delete => format!(
+                "DELETE FROM {table} AS t USING (SELECT jsonb_populate_record(NULL::{table}, x->'key') AS k \
+                 FROM jsonb_array_elements($1) x) e WHERE {} RETURNING to_jsonb(t.*)",
+                key_match.join(" AND ")
+            ),
+        };
+        let rows: Vec<Value> = Spi::connect_mut(|client| {
+            let table = client.update(sql.as_str(), None, &[JsonB(Value::Array(payload)).into()])?;
+            let mut out = Vec::with_capacity(table.len());
+            for row in table {
+                if let Some(j) = row.get::<JsonB>(1)? {
+                    out.push(j.0);
+                }
+            }
+            Ok::<_, pgrx::spi::Error>(out)
+        })
+        .map_err(|e| e.to_string())?;
+        let mut by_anchor: HashMap<String, Value> = HashMap::new();
+        for row in rows {
+            if let Some(a) = self.config.anchor_of(&row) {
+                by_anchor.insert(a, row);
+            }
+        }
+        Ok(changes
+            .iter()
+            .map(|c| {
+                let anchor = self.config.anchor_of(&key_of(c));
+                let row = anchor.as_ref().and_then(|a| by_anchor.remove(a));
+                match (op, row) {
+                    (ExportOperation::Delete, row) => {
+                        // Gone either way: the row we deleted, or one already gone.
+                        let mut obj = row.and_then(|r| self.config.object_of(r)).or_else(|| {
+                            anchor.clone().map(|a| SourceObject::new(a, self.config.object_type.clone(), Attributes::new()))
+                        });
+                        if let Some(o) = obj.as_mut() {
+                            o.deleted = true;
+                        }
+                        ExportResult::ok(c.mesh_id, obj)
+                    }
+                    (_, Some(row)) => ExportResult::ok(c.mesh_id, if read_back { self.config.object_of(row) } else { None }),
+                    (_, None) => ExportResult::failed_with_code(
+                        c.mesh_id,
+                        "02000",
+                        format!("no row of {table} has anchor {}", anchor.unwrap_or_default()),
+                    ),
+                }
+            })
+            .collect())
+    }
+}
+
+impl IdentityConnector for TableConnector {
+    fn kind(&self) -> &str {
+        "table"
+    }
+
+    fn full_import<'a>(&'a mut self, sink: &'a mut dyn ImportSink) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
+        Box::pin(async move {
+            let watermark = self.high_watermark().map(Watermark);
+            self.read(sink, None)?;
+            Ok(ImportEnd { watermark, forced_full: false, note: None })
+        })
+    }
+
+    fn delta_import<'a>(
+        &'a mut self,
+        from: &'a Watermark,
+        sink: &'a mut dyn ImportSink,
+    ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
+        Box::pin(async move {
+            let Some((col, _, _)) = self.config.delta_column.clone() else {
+                // No delta column: every import reads everything (and sees hard deletes).
+                let mut end = self.full_import(sink).await?;
+                end.forced_full = true;
+                end.note = Some("no delta_column configured: read everything".into());
+                return Ok(end);
+            };
+            let high = from.0.get("high").and_then(Value::as_str).map(str::to_string);
+            let same_column = from.0.get("column").and_then(Value::as_str) == Some(col.as_str());
+            match high {
+                Some(h) if same_column => {
+                    let watermark = self.high_watermark().map(|mut w| {
+                        if w.get("high").is_some_and(Value::is_null) {
+                            w["high"] = Value::String(h.clone()); // empty source: keep the position
+                        }
+                        Watermark(w)
+                    });
+                    self.read(sink, Some(&h))?;
+                    Ok(ImportEnd { watermark, forced_full: false, note: None })
+                }
+                _ => {
+                    let mut end = self.full_import(sink).await?;
+                    end.forced_full = true;
+                    end.note = Some("no usable watermark: full import".into());
+                    Ok(end)
+                }
+            }
+        })
+    }
+
+    fn export<'a>(&'a mut self, changes: &'a [ExportChange]) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(changes.len());
+            for op in [ExportOperation::Add, ExportOperation::Update, ExportOperation::Disable, ExportOperation::Delete] {
+                let group: Vec<&ExportChange> = changes.iter().filter(|c| c.operation == op).collect();
+                if group.is_empty() {
+                    continue;
+                }
+                // The whole group in one statement; if it fails, each change alone, so one
+                // bad row is an error on that object and the others go through.
+                match subxact(|| self.apply(op, &group)) {
+                    Ok(Ok(r)) => results.extend(r),
+                    Ok(Err(msg)) => results.extend(group.iter().map(|c| ExportResult::failed(c.mesh_id, msg.clone()))),
+                    Err(_) => {
+                        for c in &group {
+                            match subxact(|| self.apply(op, &[*c])) {
+                                Ok(Ok(r)) => results.extend(r),
+                                Ok(Err(msg)) => results.push(ExportResult::failed(c.mesh_id, msg)),
+                                Err(e) => results.push(ExportResult::failed_with_code(c.mesh_id, e.sqlstate(), e.message)),
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(results)
+        })
+    }
+}

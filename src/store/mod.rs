@@ -1,0 +1,104 @@
+//! SPI access: the only place that speaks SPI. Results come back as JSON where that keeps
+//! the glue small (configuration, rules); bulk data moves in set-based statements.
+
+use pgrx::datum::DatumWithOid;
+use pgrx::prelude::*;
+use pgrx::JsonB;
+use serde_json::Value;
+use std::panic::AssertUnwindSafe;
+
+/// Runs a statement whose first column of the first row is jsonb; Null when no row.
+pub fn json(sql: &str, args: &[DatumWithOid]) -> Value {
+    Spi::connect_mut(|c| {
+        let t = c.update(sql, Some(1), args)?;
+        if t.is_empty() {
+            return Ok::<_, pgrx::spi::Error>(Value::Null);
+        }
+        Ok(t.first().get_one::<JsonB>()?.map(|j| j.0).unwrap_or(Value::Null))
+    })
+    .unwrap_or_else(|e| panic!("SPI: {e}"))
+}
+
+/// Runs a statement; returns the number of rows it processed.
+pub fn exec(sql: &str, args: &[DatumWithOid]) -> u64 {
+    Spi::connect_mut(|c| c.update(sql, None, args).map(|t| t.len() as u64))
+        .unwrap_or_else(|e| panic!("SPI: {e}"))
+}
+
+/// A scalar result (first column of the first row).
+pub fn one<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid]) -> Option<T> {
+    Spi::connect_mut(|c| {
+        let t = c.update(sql, Some(1), args)?;
+        if t.is_empty() {
+            return Ok(None);
+        }
+        t.first().get_one::<T>()
+    })
+    .unwrap_or_else(|e| panic!("SPI: {e}"))
+}
+
+/// Column names and type names of a query's result, without running it.
+pub fn columns_of(sql: &str) -> Vec<(String, String)> {
+    Spi::connect_mut(|c| {
+        let t = c.update(&format!("SELECT * FROM ({sql}) q LIMIT 0"), None, &[])?;
+        let n = t.columns()?;
+        let mut out = Vec::with_capacity(n);
+        for i in 1..=n {
+            let name = t.column_name(i)?;
+            let oid = t.column_type_oid(i)?.value();
+            out.push((name, oid));
+        }
+        Ok::<_, pgrx::spi::Error>(out)
+    })
+    .unwrap_or_else(|e| panic!("SPI: {e}"))
+    .into_iter()
+    .map(|(name, oid)| {
+        let ty: String = one("SELECT format_type($1, NULL)", &[oid.into()]).unwrap_or_default();
+        (name, ty)
+    })
+    .collect()
+}
+
+/// An error caught from SQL run in a subtransaction.
+#[derive(Debug, Clone)]
+pub struct SqlError {
+    pub code: PgSqlErrorCode,
+    pub message: String,
+}
+
+impl SqlError {
+    pub fn sqlstate(&self) -> String {
+        crate::error::sqlstate(self.code)
+    }
+}
+
+/// Runs `f` in a subtransaction: on an error, everything `f` did is rolled back and the
+/// error comes back as a value, so one bad object does not fail a run.
+pub fn subxact<T>(f: impl FnOnce() -> T) -> Result<T, SqlError> {
+    let (ctx, owner) = unsafe {
+        let ctx = pg_sys::CurrentMemoryContext;
+        let owner = pg_sys::CurrentResourceOwner;
+        pg_sys::BeginInternalSubTransaction(std::ptr::null());
+        pg_sys::MemoryContextSwitchTo(ctx);
+        (ctx, owner)
+    };
+    let result = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f())))
+        .catch_others(|e| {
+            let (code, message) = match &e {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => (r.sql_error_code(), r.message().to_string()),
+            };
+            Err(SqlError { code, message })
+        })
+        .execute();
+    unsafe {
+        match result {
+            Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
+            Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
+        }
+        pg_sys::MemoryContextSwitchTo(ctx);
+        pg_sys::CurrentResourceOwner = owner;
+    }
+    result
+}

@@ -35,12 +35,16 @@ CREATE TABLE mesh.watermark (
 CREATE SEQUENCE mesh.change_seq;
 
 -- The unified identities.
+-- No foreign keys on the two hot tables (mesh_object, connector_object): the engine keeps
+-- them consistent set-based (types are checked at staging, drop_connector cleans up), and a
+-- foreign key costs a lookup and a queued trigger event per row, which would make memory
+-- grow with the size of a run.
 CREATE TABLE mesh.mesh_object (
     id           bigserial PRIMARY KEY,
-    object_type  text NOT NULL REFERENCES mesh.object_type,
+    object_type  text NOT NULL,
     attrs        jsonb NOT NULL DEFAULT '{}',
     deleted      boolean NOT NULL DEFAULT false,
-    projected_by integer REFERENCES mesh.connector ON DELETE SET NULL,
+    projected_by integer,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
@@ -49,15 +53,15 @@ CREATE INDEX mesh_object_deleted_idx ON mesh.mesh_object (id) WHERE deleted;
 
 -- The connector space: the engine's last-known copy of each object in each system.
 CREATE TABLE mesh.connector_object (
-    connector_id integer NOT NULL REFERENCES mesh.connector ON DELETE CASCADE,
+    connector_id integer NOT NULL,
     anchor       text NOT NULL,          -- immutable identity (objectGUID, key columns)
-    object_type  text NOT NULL REFERENCES mesh.object_type,
+    object_type  text NOT NULL,
     name         text NOT NULL,          -- DN or external name (may change: rename)
     name_key     text NOT NULL,          -- normalized name, for reference lookups
     attrs        jsonb NOT NULL,
     hash         text NOT NULL,          -- md5 of attrs: unchanged re-reads are recognized
     deleted      boolean NOT NULL DEFAULT false,
-    mesh_id      bigint REFERENCES mesh.mesh_object ON DELETE SET NULL,
+    mesh_id      bigint,
     -- disconnected by policy (out of scope, deprovisioned by "leave"/"disable"): never
     -- joined again automatically, so it cannot flap between joined and disconnected
     disconnected boolean NOT NULL DEFAULT false,
@@ -70,7 +74,6 @@ CREATE INDEX connector_object_name_idx ON mesh.connector_object (connector_id, n
 -- One object per connector per mesh object: a second one is a join error, never a merge.
 CREATE UNIQUE INDEX connector_object_mesh_idx ON mesh.connector_object (connector_id, mesh_id)
     WHERE mesh_id IS NOT NULL AND NOT deleted;
-CREATE INDEX connector_object_mesh_any_idx ON mesh.connector_object (mesh_id);
 CREATE INDEX connector_object_unjoined_idx ON mesh.connector_object (connector_id)
     WHERE mesh_id IS NULL AND NOT deleted;
 

@@ -18,6 +18,29 @@ EXCEPTION
             USING ERRCODE = 'invalid_name', HINT = 'Lower-case letters, digits and underscores, starting with a letter.';
 END $$;
 
+-- Statistics move with the data: a run that changes many rows analyzes what it changed, so
+-- the next statements of the same transaction get plans for the real sizes. Only the
+-- columns plans depend on (jsonb attribute columns are costly to analyze and not needed).
+CREATE FUNCTION mesh._analyze_if(tbl regclass, changed bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF changed > 2000 THEN
+        EXECUTE format('ANALYZE %s (%s)', tbl,
+            (SELECT string_agg(quote_ident(a.attname), ', ')
+               FROM pg_attribute a
+              WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid <> 'jsonb'::regtype));
+    END IF;
+END $$;
+
+-- Raised by the staging statement for a source row without its anchor.
+CREATE FUNCTION mesh._missing_anchor(object_type text) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'a source row of type % has no anchor (its anchor column is NULL or empty)', object_type
+        USING ERRCODE = 'not_null_violation',
+              HINT = 'Every row needs its anchor column(s) set. Nothing was imported and the watermark did not move.';
+END $$;
+
 -- ---------------------------------------------------------------------------------------
 -- Import merge: staging -> connector space, classified in one pass.
 
@@ -43,6 +66,7 @@ BEGIN
             USING ERRCODE = 'undefined_object', HINT = 'Add it with mesh.create_object_type(name). Nothing was imported.';
     END IF;
 
+    PERFORM mesh._analyze_if('mesh.staging', (SELECT count(*) FROM mesh.staging s WHERE s.run_id = p_run));
     WITH s AS (
         SELECT st.*, md5(st.attrs::text) AS hash FROM mesh.staging st WHERE st.run_id = p_run
     ), cls AS (
@@ -95,6 +119,7 @@ BEGIN
     GET DIAGNOSTICS confirmed = ROW_COUNT;
 
     DELETE FROM mesh.staging s WHERE s.run_id = p_run;
+    PERFORM mesh._analyze_if('mesh.connector_object', added + updated + deleted);
 END $$;
 
 -- Whether an object's attributes show every change (compared as text: 5 and "5" agree).
@@ -146,7 +171,7 @@ END $$;
 -- sync (everything when full, or when the rules changed).
 
 CREATE FUNCTION mesh._sync(p_full boolean DEFAULT false, p_parent bigint DEFAULT NULL) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET client_min_messages = warning AS $$
 DECLARE
     st mesh.sync_state;
     full_sync boolean;
@@ -175,21 +200,40 @@ BEGIN
     END IF;
 
     CREATE TEMP TABLE IF NOT EXISTS _mesh_affected (id bigint PRIMARY KEY);
+    CREATE TEMP TABLE IF NOT EXISTS _mesh_projected (id bigint PRIMARY KEY);
     CREATE TEMP TABLE IF NOT EXISTS _mesh_join (
         connector_id integer, anchor text, position integer, candidates bigint, mesh_ids bigint[],
         PRIMARY KEY (connector_id, anchor));
     CREATE TEMP TABLE IF NOT EXISTS _mesh_plan (
         connector_id integer, mesh_id bigint, object_type text, anchor text, name text, current jsonb,
-        observed_at timestamptz, want jsonb, nullable text[], in_scope boolean, mesh_deleted boolean,
-        provision boolean, deprovision text, disable jsonb, op text, changes jsonb);
-    TRUNCATE _mesh_affected, _mesh_join, _mesh_plan;
+        mesh_deleted boolean, op text, changes jsonb);
+    TRUNCATE _mesh_affected, _mesh_projected, _mesh_join, _mesh_plan;
 
     -- 1. Join objects not joined yet, rule by rule; then project the rest where allowed.
     FOR stmt IN SELECT * FROM mesh._compile('join', full_sync) LOOP
         EXECUTE stmt.sql USING fence;
     END LOOP;
+    PERFORM mesh._analyze_if('_mesh_join', (SELECT count(*) FROM _mesh_join));
     SELECT j, e INTO joined, errs FROM mesh._link_joins(run_id) AS l(j, e);
     projected := mesh._project(fence);
+    PERFORM mesh._analyze_if('mesh.mesh_object', projected);
+
+    -- Objects that found no match may match what was just projected: give the new mesh
+    -- objects the attributes joins compare, and join again.
+    IF projected > 0 THEN
+        FOR stmt IN SELECT * FROM mesh._compile('prejoin', full_sync) LOOP
+            EXECUTE stmt.sql;
+        END LOOP;
+        PERFORM mesh._analyze_if('mesh.mesh_object', projected);
+        TRUNCATE _mesh_join;
+        FOR stmt IN SELECT * FROM mesh._compile('join', full_sync) LOOP
+            EXECUTE stmt.sql USING NULL::bigint;
+        END LOOP;
+        PERFORM mesh._analyze_if('_mesh_join', (SELECT count(*) FROM _mesh_join));
+        SELECT j, e INTO n, errs FROM mesh._link_joins(run_id) AS l(j, e);
+        joined := joined + n;
+    END IF;
+    PERFORM mesh._analyze_if('mesh.connector_object', projected + joined);
 
     -- 2. What changed: mesh objects of changed connector objects (joined and projected
     --    ones included), and objects whose references can resolve now.
@@ -202,6 +246,7 @@ BEGIN
           JOIN mesh.connector_object c ON c.connector_id = u.connector_id AND c.name_key = u.name_key
                                       AND NOT c.deleted AND c.mesh_id IS NOT NULL
         ON CONFLICT DO NOTHING;
+        PERFORM mesh._analyze_if('_mesh_affected', (SELECT count(*) FROM _mesh_affected));
     END IF;
 
     -- 3. Lifecycle: a mesh object goes when its authoritative objects are gone.
@@ -214,31 +259,6 @@ BEGIN
         resolved := resolved + n;
     END LOOP;
 
-    -- 5. Objects that found no match may match what was just projected (joins compare
-    --    resolved mesh attributes): join again, then resolve the newly joined.
-    IF projected > 0 THEN
-        seq_mark := (SELECT last_value FROM mesh.change_seq);
-        TRUNCATE _mesh_join;
-        FOR stmt IN SELECT * FROM mesh._compile('join', full_sync) LOOP
-            EXECUTE stmt.sql USING NULL::bigint;
-        END LOOP;
-        SELECT j, e INTO n, errs FROM mesh._link_joins(run_id) AS l(j, e);
-        joined := joined + n;
-        IF n > 0 THEN
-            CREATE TEMP TABLE IF NOT EXISTS _mesh_affected_before (id bigint PRIMARY KEY);
-            TRUNCATE _mesh_affected_before;
-            INSERT INTO _mesh_affected_before SELECT a.id FROM _mesh_affected a;
-            TRUNCATE _mesh_affected;
-            INSERT INTO _mesh_affected SELECT DISTINCT c.mesh_id FROM mesh.connector_object c
-             WHERE c.change_seq > seq_mark AND c.mesh_id IS NOT NULL;
-            FOR stmt IN SELECT * FROM mesh._compile('resolve', false) LOOP
-                EXECUTE stmt.sql;
-                GET DIAGNOSTICS n = ROW_COUNT;
-                resolved := resolved + n;
-            END LOOP;
-            INSERT INTO _mesh_affected SELECT b.id FROM _mesh_affected_before b ON CONFLICT DO NOTHING;
-        END IF;
-    END IF;
     IF full_sync THEN
         DELETE FROM mesh.unresolved_reference;
     ELSE
@@ -258,8 +278,9 @@ BEGIN
         SELECT count(*) INTO affected FROM mesh.mesh_object;
     END IF;
     FOR stmt IN SELECT * FROM mesh._compile('plan', full_sync) LOOP
-        EXECUTE stmt.sql;
+        PERFORM mesh._plan(stmt.sql);
     END LOOP;
+    PERFORM mesh._analyze_if('_mesh_plan', (SELECT count(*) FROM _mesh_plan));
     planned := mesh._apply_plan(run_id);
 
     -- Objects of connectors that do not export, joined to deleted mesh objects: disconnect.
@@ -277,7 +298,7 @@ BEGIN
                         WHERE c.connector_id = e.connector_id AND c.anchor = e.anchor AND c.mesh_id IS NULL);
     DELETE FROM mesh.mesh_object o
      WHERE o.deleted
-       AND NOT EXISTS (SELECT 1 FROM mesh.connector_object c WHERE c.mesh_id = o.id)
+       AND NOT EXISTS (SELECT 1 FROM mesh.connector_object c WHERE c.mesh_id = o.id AND NOT c.deleted)
        AND NOT EXISTS (SELECT 1 FROM mesh.pending_export pe WHERE pe.mesh_id = o.id);
 
     UPDATE mesh.sync_state SET last_seq = (SELECT last_value FROM mesh.change_seq), rules_changed = false;
@@ -338,6 +359,8 @@ BEGIN
            AND NOT EXISTS (SELECT 1 FROM _mesh_join j WHERE j.connector_id = c.connector_id AND j.anchor = c.anchor)
     ), ins AS (
         INSERT INTO mesh.mesh_object (id, object_type, projected_by) SELECT p.id, p.object_type, p.connector_id FROM p
+    ), noted AS (
+        INSERT INTO _mesh_projected SELECT p.id FROM p
     )
     UPDATE mesh.connector_object c SET mesh_id = p.id, change_seq = nextval('mesh.change_seq')
       FROM p WHERE c.connector_id = p.connector_id AND c.anchor = p.anchor;
@@ -351,39 +374,64 @@ CREATE FUNCTION mesh._lifecycle(full_sync boolean) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE n bigint;
 BEGIN
-    UPDATE mesh.mesh_object o SET deleted = true, updated_at = now()
-     WHERE NOT o.deleted
-       AND (full_sync OR o.id IN (SELECT a.id FROM _mesh_affected a))
-       AND NOT EXISTS (
-            SELECT 1 FROM mesh.connector_object c
-              JOIN mesh.projection p ON p.connector_id = c.connector_id AND p.object_type = c.object_type AND p.enabled
-             WHERE c.mesh_id = o.id AND NOT c.deleted)
-       AND (EXISTS (SELECT 1 FROM mesh.projection p WHERE p.object_type = o.object_type AND p.enabled)
-            OR NOT EXISTS (SELECT 1 FROM mesh.connector_object c WHERE c.mesh_id = o.id AND NOT c.deleted));
+    -- One grouped pass over the joined objects (hash joins), not a lookup per mesh object.
+    EXECUTE format($q$
+        WITH cand AS (
+            SELECT o.id, o.object_type FROM mesh.mesh_object o %s WHERE NOT o.deleted
+        ), live AS (
+            SELECT c.mesh_id, bool_or(p.connector_id IS NOT NULL) AS authoritative
+              FROM mesh.connector_object c
+              JOIN cand ON cand.id = c.mesh_id
+              LEFT JOIN mesh.projection p ON p.connector_id = c.connector_id AND p.object_type = c.object_type AND p.enabled
+             WHERE NOT c.deleted
+             GROUP BY c.mesh_id
+        ), gone AS (
+            SELECT cand.id FROM cand LEFT JOIN live ON live.mesh_id = cand.id
+             WHERE NOT coalesce(live.authoritative, false)
+               AND (live.mesh_id IS NULL
+                    OR cand.object_type IN (SELECT p.object_type FROM mesh.projection p WHERE p.enabled))
+        )
+        UPDATE mesh.mesh_object o SET deleted = true, updated_at = now() FROM gone WHERE o.id = gone.id$q$,
+        CASE WHEN full_sync THEN '' ELSE 'JOIN _mesh_affected a ON a.id = o.id' END);
     GET DIAGNOSTICS n = ROW_COUNT;
     RETURN n;
 END $$;
 
--- Turns the desired state in _mesh_plan into pending exports (add / update / disable /
--- delete), disconnects what the policy leaves alone, and drops what is no longer needed.
+-- Turns one compiled desired-state query into operations and attribute changes in
+-- _mesh_plan, keeping only rows with something to do (or a pending export to revise).
+CREATE FUNCTION mesh._plan(desired text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format($q$
+        INSERT INTO _mesh_plan (connector_id, mesh_id, object_type, anchor, name, current, mesh_deleted, op, changes)
+        SELECT y.connector_id, y.mesh_id, y.object_type, y.anchor, y.name, y.current, y.mesh_deleted, y.op, y.changes
+        FROM (
+            SELECT d.*, x.op,
+                   CASE x.op
+                       WHEN 'add' THEN (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
+                                          FROM jsonb_each(d.want) e WHERE NOT mesh.is_empty(e.value))
+                       WHEN 'update' THEN mesh.diff(d.current, d.want, d.nullable)
+                       WHEN 'disable' THEN mesh.diff(d.current, d.disable, ARRAY(SELECT jsonb_object_keys(d.disable)))
+                       ELSE '{}'::jsonb END AS changes
+            FROM (%s) d
+            CROSS JOIN LATERAL (SELECT CASE
+                WHEN d.anchor IS NULL THEN
+                    CASE WHEN d.provision AND NOT d.mesh_deleted AND d.in_scope THEN 'add' END
+                WHEN d.mesh_deleted OR (d.provision AND NOT d.in_scope) THEN
+                    CASE d.deprovision WHEN 'delete' THEN 'delete' WHEN 'disable' THEN 'disable' ELSE 'disconnect' END
+                ELSE 'update' END AS op) x
+        ) y
+        WHERE y.op IN ('add', 'delete', 'disable', 'disconnect') OR y.changes <> '{}'
+           OR EXISTS (SELECT 1 FROM mesh.pending_export pe WHERE pe.connector_id = y.connector_id AND pe.mesh_id = y.mesh_id)
+    $q$, desired);
+END $$;
+
+-- Turns _mesh_plan into pending exports (add / update / disable / delete), disconnects what
+-- the policy leaves alone, and drops pending exports no longer needed.
 CREATE FUNCTION mesh._apply_plan(p_run bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE n bigint;
 BEGIN
-    UPDATE _mesh_plan p SET op = CASE
-        WHEN p.anchor IS NULL THEN
-            CASE WHEN p.provision AND NOT p.mesh_deleted AND p.in_scope THEN 'add' END
-        WHEN p.mesh_deleted OR (p.provision AND NOT p.in_scope) THEN
-            CASE p.deprovision WHEN 'delete' THEN 'delete' WHEN 'disable' THEN 'disable' ELSE 'disconnect' END
-        ELSE 'update' END;
-    UPDATE _mesh_plan p SET changes = CASE p.op
-        WHEN 'add' THEN (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
-                           FROM jsonb_each(p.want) e WHERE NOT mesh.is_empty(e.value))
-        WHEN 'update' THEN mesh.diff(p.current, p.want, p.nullable)
-        WHEN 'disable' THEN mesh.diff(p.current, p.disable, ARRAY(SELECT jsonb_object_keys(p.disable)))
-        ELSE '{}' END
-     WHERE p.op IS NOT NULL;
-
     -- Nothing to do (any more) for these.
     DELETE FROM mesh.pending_export pe USING _mesh_plan p
      WHERE pe.connector_id = p.connector_id AND pe.mesh_id = p.mesh_id

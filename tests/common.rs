@@ -1,1 +1,35 @@
-//! shared helpers
+//! Helpers for the integration tests: each test gets a fresh database with the extension
+//! created in it, on the cluster `scripts/cluster.sh start` runs (the Makefile starts it).
+
+use postgres::{Client, NoTls};
+
+pub fn host() -> String {
+    std::env::var("IDMESH_RUN").unwrap_or_else(|_| "/tmp/idmesh-run".into()) + "/sock"
+}
+
+pub fn port() -> u16 {
+    std::env::var("IDMESH_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5499)
+}
+
+pub fn connect(db: &str) -> Client {
+    Client::connect(&format!("host={} port={} user=postgres dbname={db}", host(), port()), NoTls)
+        .unwrap_or_else(|e| panic!("cannot reach the project's cluster ({e}); run `make integration` or scripts/cluster.sh start"))
+}
+
+/// A new, empty database with idmesh installed; dropped first if a previous run left it.
+pub fn fresh_database(name: &str) -> Client {
+    let mut admin = connect("postgres");
+    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    let mut c = connect(name);
+    c.batch_execute("CREATE EXTENSION idmesh").unwrap();
+    c
+}
+
+/// The SQLSTATE a statement fails with (panics if it succeeds).
+pub fn sqlstate_of(c: &mut Client, sql: &str) -> String {
+    match c.batch_execute(sql) {
+        Ok(()) => panic!("expected an error from: {sql}"),
+        Err(e) => e.code().map(|s| s.code().to_string()).unwrap_or_else(|| panic!("no SQLSTATE: {e}")),
+    }
+}

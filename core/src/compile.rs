@@ -96,11 +96,14 @@ pub enum Scope {
     Affected,
     /// All of them (full sync).
     All,
+    /// Only those projected by this sync (`_mesh_projected`).
+    Projected,
 }
 
 fn affected_join(scope: Scope, alias: &str) -> String {
     match scope {
         Scope::Affected => format!("JOIN _mesh_affected a ON a.id = {alias}.id\n"),
+        Scope::Projected => format!("JOIN _mesh_projected a ON a.id = {alias}.id\n"),
         Scope::All => String::new(),
     }
 }
@@ -242,6 +245,21 @@ pub fn resolution_sql(object_type: &str, flows: &[ImportFlow], scope: Scope) -> 
     )
 }
 
+/// For objects projected by this sync: only the attributes join rules compare, so objects
+/// of other connectors can join them in the same sync (the full resolution follows).
+pub fn join_attributes_sql(object_type: &str, flows: &[ImportFlow], join_attributes: &[String]) -> Option<String> {
+    let flows: Vec<ImportFlow> = flows
+        .iter()
+        .filter(|f| f.object_type == object_type && join_attributes.contains(&f.target))
+        .cloned()
+        .collect();
+    if flows.is_empty() {
+        return None;
+    }
+    let full = resolution_sql(object_type, &flows, Scope::Projected);
+    Some(full.replacen("SET attrs = r.attrs", "SET attrs = m.attrs || r.attrs", 1))
+}
+
 /// One SELECT per connector and object type listing every contribution (one row per flow
 /// per connector object); `mesh.contributions` is their UNION ALL.
 pub fn contributions_sql(flows: &[ImportFlow]) -> String {
@@ -325,7 +343,7 @@ pub fn unresolved_references_sql(flow: &ImportFlow, scope: Scope) -> Option<Stri
     let raw = src.jsonb(&format!("c{cid}"), &format!("x{cid}"), &slot(flow.id));
     let affected = match scope {
         Scope::Affected => format!("JOIN _mesh_affected a ON a.id = c{cid}.mesh_id\n"),
-        Scope::All => String::new(),
+        _ => String::new(),
     };
     Some(format!(
         "INSERT INTO mesh.unresolved_reference (mesh_id, rule_id, connector_id, name_key)\n\
@@ -342,7 +360,8 @@ pub fn unresolved_references_sql(flow: &ImportFlow, scope: Scope) -> Option<Stri
 }
 
 /// The desired state of one connector's objects of one type: for each mesh object in
-/// scope (or already linked), the values the export flows compute, into `_mesh_plan`.
+/// scope (or already linked), the values the export flows compute (a SELECT; the sync
+/// turns it into operations and attribute changes).
 pub fn export_plan_sql(
     connector_id: i32,
     object_type: &str,
@@ -384,10 +403,9 @@ pub fn export_plan_sql(
         None => ("false", "'leave'".to_string(), "NULL::jsonb".to_string()),
     };
     format!(
-        "INSERT INTO _mesh_plan (connector_id, mesh_id, object_type, anchor, name, current, observed_at, want, \
-         nullable, in_scope, mesh_deleted, provision, deprovision, disable)\n\
-         SELECT {connector_id}, o.id, o.object_type, c.anchor, c.name, c.attrs, c.observed_at, {want}, \
-         ARRAY[{nullable}]::text[], {in_scope}, o.deleted, {provision}, {deprovision}, {disable}\n\
+        "SELECT {connector_id} AS connector_id, o.id AS mesh_id, o.object_type, c.anchor, c.name, c.attrs AS current, \
+         c.observed_at, {want} AS want, ARRAY[{nullable}]::text[] AS nullable, {in_scope} AS in_scope, \
+         o.deleted AS mesh_deleted, {provision} AS provision, {deprovision}::text AS deprovision, {disable} AS disable\n\
          FROM mesh.mesh_object o\n{affected}\
          LEFT JOIN mesh.connector_object c ON c.connector_id = {connector_id} AND c.mesh_id = o.id AND NOT c.deleted\n\
          {expr_scope}\n\
@@ -503,7 +521,17 @@ mod tests {
         assert!(sql.contains("ARRAY['manager_id']::text[]"));
         assert!(sql.contains("COALESCE((x.in_scope)::boolean, false)"));
         assert!(sql.contains("o.attrs->>'department' AS \"department\""));
-        assert!(sql.contains("true, 'delete', NULL::jsonb"));
+        assert!(sql.contains("true AS provision, 'delete'::text AS deprovision, NULL::jsonb AS disable"), "{sql}");
+    }
+
+    #[test]
+    fn join_attributes_only_for_projected_objects() {
+        let flows = vec![flow(1, 1, "HR", "id", "employee_id", 100), flow(2, 1, "HR", "title", "title", 90)];
+        let sql = join_attributes_sql("person", &flows, &["employee_id".to_string()]).unwrap();
+        assert!(sql.contains("JOIN _mesh_projected a ON a.id = o.id"));
+        assert!(sql.contains("SET attrs = m.attrs || r.attrs"));
+        assert!(sql.contains("'employee_id'") && !sql.contains("'title'"), "{sql}");
+        assert!(join_attributes_sql("person", &flows, &["mail".to_string()]).is_none());
     }
 
     #[test]

@@ -89,6 +89,13 @@ pub trait ImportSink {
     fn accept(&mut self, batch: Vec<SourceObject>) -> Result<(), ConnectorError>;
     /// Total number of objects expected, where the source knows it (for progress).
     fn expect_total(&mut self, _total: u64) {}
+    /// For connectors that live in the engine's own database only: stage the rows of an
+    /// SQL query (columns `anchor, name, deleted, attrs`; `$1..` bound to `params`) in one
+    /// set-based statement instead of moving them through batches. Returns the number of
+    /// rows staged, or None when this sink cannot (then send batches).
+    fn stage_query(&mut self, _sql: &str, _params: &[Option<String>], _object_type: &str) -> Option<Result<u64, ConnectorError>> {
+        None
+    }
 }
 
 /// How an import ended.

@@ -71,6 +71,8 @@ fn drop_connector(name: &str) {
     let c = engine::connector(name);
     // Mesh objects it contributed to are recomputed by the next (full) sync.
     store::exec("DELETE FROM mesh.pending_export WHERE connector_id = $1", &[c.id.into()]);
+    store::exec("DELETE FROM mesh.connector_object WHERE connector_id = $1", &[c.id.into()]);
+    store::exec("UPDATE mesh.mesh_object SET projected_by = NULL WHERE projected_by = $1", &[c.id.into()]);
     store::exec("DELETE FROM mesh.connector WHERE id = $1", &[c.id.into()]);
     store::exec("UPDATE mesh.sync_state SET rules_changed = true", &[]);
     engine::compile::rebuild_views();

@@ -297,56 +297,14 @@ impl TableConnector {
 
     fn read(&self, sink: &mut dyn ImportSink, from: Option<&str>) -> Result<(), ConnectorError> {
         let sql = self.config.read_sql(from.is_some());
-        let batch_size = self.config.batch_size;
-        let mut failure: Option<ConnectorError> = None;
-        Spi::connect(|client| {
-            let args: Vec<pgrx::datum::DatumWithOid> = match from {
-                Some(w) => vec![w.to_string().into(), self.config.overlap.clone().into()],
-                None => vec![],
-            };
-            let mut cursor = client.open_cursor(sql.as_str(), &args);
-            loop {
-                let table = cursor.fetch(batch_size)?;
-                if table.is_empty() {
-                    break;
-                }
-                let mut batch = Vec::with_capacity(table.len());
-                for row in table {
-                    let anchor: Option<String> = row.get(1)?;
-                    let name: Option<String> = row.get(2)?;
-                    let deleted: Option<bool> = row.get(3)?;
-                    let attrs: Option<JsonB> = row.get(4)?;
-                    let attributes = match attrs.map(|j| j.0) {
-                        Some(Value::Object(m)) => m,
-                        _ => Attributes::new(),
-                    };
-                    let Some(anchor) = anchor.filter(|a| !a.is_empty()) else {
-                        failure = Some(ConnectorError::data(format!(
-                            "a row of {} has no anchor (column {} is NULL)",
-                            self.config.source,
-                            self.config.anchor.join(", ")
-                        )));
-                        return Ok(());
-                    };
-                    batch.push(SourceObject {
-                        anchor,
-                        name,
-                        object_type: self.config.object_type.clone(),
-                        attributes,
-                        deleted: deleted.unwrap_or(false),
-                    });
-                }
-                if let Err(e) = sink.accept(batch) {
-                    failure = Some(e);
-                    return Ok(());
-                }
-            }
-            Ok::<_, pgrx::spi::Error>(())
-        })
-        .map_err(|e| ConnectorError::data(format!("reading {}: {e}", self.config.source)))?;
-        match failure {
-            Some(e) => Err(e),
-            None => Ok(()),
+        // Same database as the engine: stage straight from the source in one statement.
+        let params: Vec<Option<String>> = match from {
+            Some(w) => vec![Some(w.to_string()), Some(self.config.overlap.clone())],
+            None => vec![],
+        };
+        match sink.stage_query(&sql, &params, &self.config.object_type) {
+            Some(staged) => staged.map(|_| ()),
+            None => Err(ConnectorError::config("a table connector runs only inside the engine's own database")),
         }
     }
 

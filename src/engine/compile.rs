@@ -94,6 +94,21 @@ pub fn statements(step: &str, full: bool) -> Vec<(Option<i32>, String, String)> 
             types.dedup();
             types.into_iter().map(|t| (None, t.clone(), resolution_sql(&t, &flows, scope))).collect()
         }
+        "prejoin" => {
+            let flows = import_flows();
+            let rules = join_rules();
+            let mut types: Vec<String> = rules.iter().map(|r| r.object_type.clone()).collect();
+            types.sort();
+            types.dedup();
+            types
+                .into_iter()
+                .filter_map(|t| {
+                    let attrs: Vec<String> =
+                        rules.iter().filter(|r| r.object_type == t).map(|r| r.mesh_attribute.clone()).collect();
+                    join_attributes_sql(&t, &flows, &attrs).map(|sql| (None, t, sql))
+                })
+                .collect()
+        }
         "unresolved" => import_flows()
             .iter()
             .filter_map(|f| unresolved_references_sql(f, scope).map(|sql| (Some(f.connector_id), f.object_type.clone(), sql)))
@@ -126,7 +141,7 @@ pub fn statements(step: &str, full: bool) -> Vec<(Option<i32>, String, String)> 
         "contributions" => vec![(None, String::new(), contributions_sql(&import_flows()))],
         other => crate::error::invalid(
             format!("unknown compile step \"{other}\""),
-            "Steps: join, resolve, unresolved, referrers, plan, contributions.",
+            "Steps: join, prejoin, resolve, unresolved, referrers, plan, contributions.",
         ),
     }
 }

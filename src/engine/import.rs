@@ -51,6 +51,25 @@ impl ImportSink for StagingSink {
         );
         Ok(())
     }
+
+    fn stage_query(&mut self, sql: &str, params: &[Option<String>], object_type: &str) -> Option<Result<u64, ConnectorError>> {
+        let k = params.len();
+        let stage = format!(
+            "INSERT INTO mesh.staging (run_id, anchor, name, object_type, attrs, deleted) \
+             SELECT ${}, coalesce(nullif(q.anchor, ''), mesh._missing_anchor(${})), coalesce(q.name, q.anchor), ${}, q.attrs, q.deleted \
+             FROM ({sql}) q",
+            k + 1,
+            k + 2,
+            k + 3
+        );
+        let mut args: Vec<pgrx::datum::DatumWithOid> = params.iter().map(|p| p.clone().into()).collect();
+        args.push(self.run_id.into());
+        args.push(object_type.to_string().into());
+        args.push(object_type.to_string().into());
+        let n = store::exec(&stage, &args);
+        self.seen += n;
+        Some(Ok(n))
+    }
 }
 
 /// A current-thread runtime: network I/O in futures, every SPI call on this thread.

@@ -1,0 +1,129 @@
+//! The README's worked example on in-database sources, driven as a client would: over a
+//! connection, statement by statement, each in its own transaction.
+
+use idmesh_integration_tests::*;
+use serde_json::Value;
+
+fn setup_sources(c: &mut postgres::Client) {
+    c.batch_execute(
+        "CREATE SCHEMA hr;
+         CREATE TABLE hr.employees (employee_id integer PRIMARY KEY, display_name text, title text,
+             department text, email text, modified_at timestamptz NOT NULL DEFAULT clock_timestamp());
+         INSERT INTO hr.employees (employee_id, display_name, title, department)
+              SELECT g, 'Person ' || g, 'Title ' || (g % 7), 'Dept ' || (g % 3) FROM generate_series(1, 200) g;
+         CREATE SCHEMA dir;
+         CREATE TABLE dir.accounts (guid uuid PRIMARY KEY DEFAULT gen_random_uuid(), employee_id text,
+             mail text, title text);
+         INSERT INTO dir.accounts (employee_id, mail, title)
+              SELECT g::text, 'p' || g || '@corp.local', 'Old title' FROM generate_series(1, 150) g;",
+    )
+    .unwrap();
+}
+
+#[test]
+fn worked_example_cycle_dashboard_and_explain() {
+    let mut c = fresh_database("idmesh_it_example");
+    setup_sources(&mut c);
+    c.batch_execute(
+        r#"SELECT mesh.create_connector('HR Database', 'table', '{"source": "hr.employees", "anchor": ["employee_id"],
+               "delta_column": "modified_at", "export_table": "hr.employees", "export_mode": "update"}');
+           SELECT mesh.create_connector('Directory', 'table', '{"source": "dir.accounts", "anchor": "guid",
+               "export_table": "dir.accounts", "export_mode": "update"}');
+           SELECT mesh.set_projection('HR Database', 'person', true);
+           SELECT mesh.add_import_flow('HR Database', 'person', 'employee_id', 'employee_id', 100);
+           SELECT mesh.add_join_rule('Directory', 'person', 'employee_id', 'employee_id');
+           SELECT mesh.add_import_flow('HR Database', 'person', 'title', 'title', 90);
+           SELECT mesh.add_import_flow('Directory', 'person', 'title', 'title', 50);
+           SELECT mesh.add_import_flow('Directory', 'person', 'mail', 'email', 80);
+           SELECT mesh.add_export_flow('HR Database', 'person', 'email', 'email');
+           SELECT mesh.add_export_flow('Directory', 'person', 'title', 'title');"#,
+    )
+    .unwrap();
+
+    let steps = c.query("SELECT connector, profile, status, added, updated, errors FROM mesh.cycle()", &[]).unwrap();
+    let step = |conn: &str, profile: &str| {
+        steps
+            .iter()
+            .find(|r| r.get::<_, Option<String>>(0).as_deref().unwrap_or("") == conn && r.get::<_, String>(1) == profile)
+            .unwrap_or_else(|| panic!("no {conn}/{profile} step"))
+    };
+    assert_eq!(step("HR Database", "delta_import").get::<_, i32>(3), 200);
+    assert_eq!(step("Directory", "delta_import").get::<_, i32>(3), 150);
+    assert_eq!(step("", "full_sync").get::<_, i32>(3), 200, "200 people projected");
+    assert_eq!(step("HR Database", "export").get::<_, i32>(4), 150, "150 emails written to HR");
+    assert_eq!(step("Directory", "export").get::<_, i32>(4), 150, "150 titles written to the directory");
+    for r in &steps {
+        assert_eq!(r.get::<_, String>(2), "success");
+    }
+    let (mails, titles): (i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM hr.employees WHERE email LIKE 'p%@corp.local'),
+                        (SELECT count(*) FROM dir.accounts a JOIN hr.employees e ON e.employee_id::text = a.employee_id
+                          WHERE a.title = e.title)",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((mails, titles), (150, 150));
+
+    // No change, no work: a second cycle is quiet everywhere.
+    let quiet = c.query("SELECT added + updated + deleted + errors FROM mesh.cycle()", &[]).unwrap();
+    assert!(quiet.iter().all(|r| r.get::<_, i32>(0) == 0));
+
+    // The dashboard, as the product page shows it.
+    let dash = c
+        .query("SELECT flow, status, summary FROM mesh.dashboard ORDER BY flow", &[])
+        .unwrap()
+        .iter()
+        .map(|r| format!("{} | {} | {}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2)))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        dash,
+        vec![
+            "Directory -> Mesh | Healthy | 150 objects imported",
+            "HR Database -> Mesh | Healthy | 200 objects imported",
+            "Mesh -> Directory | Healthy | 150 objects exported",
+            "Mesh -> HR Database | Healthy | 200 objects exported",
+        ]
+    );
+
+    // explain: why the title is what it is.
+    let id: i64 = c.query_one("SELECT id FROM mesh.objects WHERE attrs->>'employee_id' = '7'", &[]).unwrap().get(0);
+    let rows = c.query("SELECT connector, winner, reason FROM mesh.explain($1, 'title')", &[&id]).unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].get::<_, String>(0), "HR Database");
+    assert!(rows[0].get::<_, bool>(1));
+    // After the export, both agree: the tie is on value, HR still wins on confidence.
+    assert_eq!(rows[0].get::<_, String>(2), "highest confidence (90 over 50)");
+
+    // The compiled SQL is there to read.
+    let n: i64 = c.query_one("SELECT count(*) FROM mesh.compiled_sql WHERE step = 'resolve'", &[]).unwrap().get(0);
+    assert_eq!(n, 1);
+}
+
+#[test]
+fn client_sees_sqlstates_and_nothing_changes() {
+    let mut c = fresh_database("idmesh_it_errors");
+    setup_sources(&mut c);
+    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('Nobody', 'full_import')"), "42704");
+    assert_eq!(
+        sqlstate_of(&mut c, r#"SELECT mesh.create_connector('HR', 'table', '{"source": "hr.missing", "anchor": "x"}')"#),
+        "42P01"
+    );
+    assert_eq!(
+        sqlstate_of(&mut c, r#"SELECT mesh.create_connector('AD', 'active_directory', '{"url": "ldaps://dc1"}')"#),
+        "0A000"
+    );
+    c.batch_execute(r#"SELECT mesh.create_connector('HR', 'table', '{"source": "hr.employees", "anchor": "employee_id"}')"#)
+        .unwrap();
+    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.add_import_flow('HR', 'person', 'title', 'title', -1)"), "22003");
+    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.add_import_flow('HR', 'person', 'title ||', 'title', 5)"), "42601");
+    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('HR', 'sideways')"), "22023");
+    let v: Value = c
+        .query_one("SELECT jsonb_build_object('rules', (SELECT count(*) FROM mesh.flow_rule), 'runs', (SELECT count(*) FROM mesh.run))", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(v, serde_json::json!({"rules": 0, "runs": 0}));
+}

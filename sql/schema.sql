@@ -169,7 +169,7 @@ CREATE UNIQUE INDEX run_error_object_idx
 -- Changes computed for a connected system and not yet confirmed.
 CREATE TABLE mesh.pending_export (
     id           bigserial PRIMARY KEY,
-    connector_id integer NOT NULL REFERENCES mesh.connector ON DELETE CASCADE,
+    connector_id integer NOT NULL,          -- no foreign key: hot table (see mesh_object)
     mesh_id      bigint NOT NULL,
     object_type  text NOT NULL,
     operation    text NOT NULL CHECK (operation IN ('add', 'update', 'disable', 'delete')),

@@ -462,6 +462,7 @@ BEGIN
            attempts = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes THEN pe.attempts ELSE 0 END
      WHERE pe.status <> 'blocked' OR pe.changes IS DISTINCT FROM EXCLUDED.changes;
     GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM mesh._analyze_if('mesh.pending_export', n);
     RETURN n;
 END $$;
 

@@ -14,15 +14,25 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: &str) -> ! 
 }
 
 pub fn undefined(what: &str, name: &str, hint: &str) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT, format!("{what} \"{name}\" does not exist"), hint)
+    raise(
+        PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+        format!("{what} \"{name}\" does not exist"),
+        hint,
+    )
 }
 
 pub fn invalid(message: impl Into<String>, hint: &str) -> ! {
-    raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, hint)
+    raise(
+        PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+        message,
+        hint,
+    )
 }
 
 /// The five-character SQLSTATE of an error code.
 pub fn sqlstate(code: PgSqlErrorCode) -> String {
     let v = code as i32;
-    (0..5).map(|i| (((v >> (6 * i)) & 0x3F) as u8 + b'0') as char).collect()
+    (0..5)
+        .map(|i| (((v >> (6 * i)) & 0x3F) as u8 + b'0') as char)
+        .collect()
 }

@@ -8,7 +8,10 @@ pub fn host() -> String {
 }
 
 pub fn port() -> u16 {
-    std::env::var("IDMESH_PORT").ok().and_then(|p| p.parse().ok()).unwrap_or(5499)
+    std::env::var("IDMESH_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(5499)
 }
 
 pub fn connect(db: &str) -> Client {
@@ -19,8 +22,12 @@ pub fn connect(db: &str) -> Client {
 /// A new, empty database with idmesh installed; dropped first if a previous run left it.
 pub fn fresh_database(name: &str) -> Client {
     let mut admin = connect("postgres");
-    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).unwrap();
-    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
     let mut c = connect(name);
     c.batch_execute("CREATE EXTENSION idmesh").unwrap();
     c
@@ -30,6 +37,9 @@ pub fn fresh_database(name: &str) -> Client {
 pub fn sqlstate_of(c: &mut Client, sql: &str) -> String {
     match c.batch_execute(sql) {
         Ok(()) => panic!("expected an error from: {sql}"),
-        Err(e) => e.code().map(|s| s.code().to_string()).unwrap_or_else(|| panic!("no SQLSTATE: {e}")),
+        Err(e) => e
+            .code()
+            .map(|s| s.code().to_string())
+            .unwrap_or_else(|| panic!("no SQLSTATE: {e}")),
     }
 }

@@ -40,18 +40,38 @@ fn worked_example_cycle_dashboard_and_explain() {
     )
     .unwrap();
 
-    let steps = c.query("SELECT connector, profile, status, added, updated, errors FROM mesh.cycle()", &[]).unwrap();
+    let steps = c
+        .query(
+            "SELECT connector, profile, status, added, updated, errors FROM mesh.cycle()",
+            &[],
+        )
+        .unwrap();
     let step = |conn: &str, profile: &str| {
         steps
             .iter()
-            .find(|r| r.get::<_, Option<String>>(0).as_deref().unwrap_or("") == conn && r.get::<_, String>(1) == profile)
+            .find(|r| {
+                r.get::<_, Option<String>>(0).as_deref().unwrap_or("") == conn
+                    && r.get::<_, String>(1) == profile
+            })
             .unwrap_or_else(|| panic!("no {conn}/{profile} step"))
     };
     assert_eq!(step("HR Database", "delta_import").get::<_, i32>(3), 200);
     assert_eq!(step("Directory", "delta_import").get::<_, i32>(3), 150);
-    assert_eq!(step("", "full_sync").get::<_, i32>(3), 200, "200 people projected");
-    assert_eq!(step("HR Database", "export").get::<_, i32>(4), 150, "150 emails written to HR");
-    assert_eq!(step("Directory", "export").get::<_, i32>(4), 150, "150 titles written to the directory");
+    assert_eq!(
+        step("", "full_sync").get::<_, i32>(3),
+        200,
+        "200 people projected"
+    );
+    assert_eq!(
+        step("HR Database", "export").get::<_, i32>(4),
+        150,
+        "150 emails written to HR"
+    );
+    assert_eq!(
+        step("Directory", "export").get::<_, i32>(4),
+        150,
+        "150 titles written to the directory"
+    );
     for r in &steps {
         assert_eq!(r.get::<_, String>(2), "success");
     }
@@ -69,15 +89,30 @@ fn worked_example_cycle_dashboard_and_explain() {
     assert_eq!((mails, titles), (150, 150));
 
     // No change, no work: a second cycle is quiet everywhere.
-    let quiet = c.query("SELECT added + updated + deleted + errors FROM mesh.cycle()", &[]).unwrap();
+    let quiet = c
+        .query(
+            "SELECT added + updated + deleted + errors FROM mesh.cycle()",
+            &[],
+        )
+        .unwrap();
     assert!(quiet.iter().all(|r| r.get::<_, i32>(0) == 0));
 
     // The dashboard, as the product page shows it.
     let dash = c
-        .query("SELECT flow, status, summary FROM mesh.dashboard ORDER BY flow", &[])
+        .query(
+            "SELECT flow, status, summary FROM mesh.dashboard ORDER BY flow",
+            &[],
+        )
         .unwrap()
         .iter()
-        .map(|r| format!("{} | {} | {}", r.get::<_, String>(0), r.get::<_, String>(1), r.get::<_, String>(2)))
+        .map(|r| {
+            format!(
+                "{} | {} | {}",
+                r.get::<_, String>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(2)
+            )
+        })
         .collect::<Vec<_>>();
     assert_eq!(
         dash,
@@ -90,16 +125,36 @@ fn worked_example_cycle_dashboard_and_explain() {
     );
 
     // explain: why the title is what it is.
-    let id: i64 = c.query_one("SELECT id FROM mesh.objects WHERE attrs->>'employee_id' = '7'", &[]).unwrap().get(0);
-    let rows = c.query("SELECT connector, winner, reason FROM mesh.explain($1, 'title')", &[&id]).unwrap();
+    let id: i64 = c
+        .query_one(
+            "SELECT id FROM mesh.objects WHERE attrs->>'employee_id' = '7'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    let rows = c
+        .query(
+            "SELECT connector, winner, reason FROM mesh.explain($1, 'title')",
+            &[&id],
+        )
+        .unwrap();
     assert_eq!(rows.len(), 2);
     assert_eq!(rows[0].get::<_, String>(0), "HR Database");
     assert!(rows[0].get::<_, bool>(1));
     // After the export, both agree: the tie is on value, HR still wins on confidence.
-    assert_eq!(rows[0].get::<_, String>(2), "highest confidence (90 over 50)");
+    assert_eq!(
+        rows[0].get::<_, String>(2),
+        "highest confidence (90 over 50)"
+    );
 
     // The compiled SQL is there to read.
-    let n: i64 = c.query_one("SELECT count(*) FROM mesh.compiled_sql WHERE step = 'resolve'", &[]).unwrap().get(0);
+    let n: i64 = c
+        .query_one(
+            "SELECT count(*) FROM mesh.compiled_sql WHERE step = 'resolve'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(n, 1);
 }
 
@@ -107,20 +162,44 @@ fn worked_example_cycle_dashboard_and_explain() {
 fn client_sees_sqlstates_and_nothing_changes() {
     let mut c = fresh_database("idmesh_it_errors");
     setup_sources(&mut c);
-    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('Nobody', 'full_import')"), "42704");
     assert_eq!(
-        sqlstate_of(&mut c, r#"SELECT mesh.create_connector('HR', 'table', '{"source": "hr.missing", "anchor": "x"}')"#),
+        sqlstate_of(&mut c, "SELECT mesh.run('Nobody', 'full_import')"),
+        "42704"
+    );
+    assert_eq!(
+        sqlstate_of(
+            &mut c,
+            r#"SELECT mesh.create_connector('HR', 'table', '{"source": "hr.missing", "anchor": "x"}')"#
+        ),
         "42P01"
     );
     assert_eq!(
-        sqlstate_of(&mut c, r#"SELECT mesh.create_connector('AD', 'active_directory', '{"url": "ldaps://dc1"}')"#),
+        sqlstate_of(
+            &mut c,
+            r#"SELECT mesh.create_connector('AD', 'active_directory', '{"url": "ldaps://dc1"}')"#
+        ),
         "0A000"
     );
     c.batch_execute(r#"SELECT mesh.create_connector('HR', 'table', '{"source": "hr.employees", "anchor": "employee_id"}')"#)
         .unwrap();
-    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.add_import_flow('HR', 'person', 'title', 'title', -1)"), "22003");
-    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.add_import_flow('HR', 'person', 'title ||', 'title', 5)"), "42601");
-    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('HR', 'sideways')"), "22023");
+    assert_eq!(
+        sqlstate_of(
+            &mut c,
+            "SELECT mesh.add_import_flow('HR', 'person', 'title', 'title', -1)"
+        ),
+        "22003"
+    );
+    assert_eq!(
+        sqlstate_of(
+            &mut c,
+            "SELECT mesh.add_import_flow('HR', 'person', 'title ||', 'title', 5)"
+        ),
+        "42601"
+    );
+    assert_eq!(
+        sqlstate_of(&mut c, "SELECT mesh.run('HR', 'sideways')"),
+        "22023"
+    );
     let v: Value = c
         .query_one("SELECT jsonb_build_object('rules', (SELECT count(*) FROM mesh.flow_rule), 'runs', (SELECT count(*) FROM mesh.run))", &[])
         .unwrap()

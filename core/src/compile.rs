@@ -135,7 +135,11 @@ fn import_counts(f: &ImportFlow, value: &str) -> String {
 /// The winner of one mesh attribute as a CASE over its flows in resolution order.
 pub fn attribute_case(flows: &[&ImportFlow]) -> String {
     let mut sorted: Vec<&ImportFlow> = flows.to_vec();
-    sorted.sort_by(|a, b| b.confidence.cmp(&a.confidence).then(a.connector_name.cmp(&b.connector_name)));
+    sorted.sort_by(|a, b| {
+        b.confidence
+            .cmp(&a.confidence)
+            .then(a.connector_name.cmp(&b.connector_name))
+    });
     let mut arms = Vec::new();
     let mut i = 0;
     while i < sorted.len() {
@@ -148,7 +152,11 @@ pub fn attribute_case(flows: &[&ImportFlow]) -> String {
             .iter()
             .map(|f| {
                 let v = import_value(f, &Source::parse(&f.source));
-                let shown = if f.empty_is_value { format!("mesh.nullif_empty({v})") } else { v.clone() };
+                let shown = if f.empty_is_value {
+                    format!("mesh.nullif_empty({v})")
+                } else {
+                    v.clone()
+                };
                 (import_counts(f, &v), shown, *f)
             })
             .collect();
@@ -160,7 +168,11 @@ pub fn attribute_case(flows: &[&ImportFlow]) -> String {
             let rows: Vec<String> = parts
                 .iter()
                 .map(|(ok, v, f)| {
-                    format!("(({ok}), {v}, c{}.observed_at, {})", f.connector_id, literal(&f.connector_name))
+                    format!(
+                        "(({ok}), {v}, c{}.observed_at, {})",
+                        f.connector_id,
+                        literal(&f.connector_name)
+                    )
                 })
                 .collect();
             arms.push(format!(
@@ -183,7 +195,10 @@ fn build_object(pairs: &[(String, String)]) -> String {
     let chunks: Vec<String> = pairs
         .chunks(40)
         .map(|chunk| {
-            let args: Vec<String> = chunk.iter().map(|(k, v)| format!("{}, {v}", literal(k))).collect();
+            let args: Vec<String> = chunk
+                .iter()
+                .map(|(k, v)| format!("{}, {v}", literal(k)))
+                .collect();
             format!("jsonb_build_object({})", args.join(", "))
         })
         .collect();
@@ -221,14 +236,18 @@ fn connector_joins(flows: &[&ImportFlow], mesh_alias: &str) -> String {
 /// Recomputes the attributes of the mesh objects of one type from the connector objects
 /// joined to them; updates only objects whose attributes change.
 pub fn resolution_sql(object_type: &str, flows: &[ImportFlow], scope: Scope) -> String {
-    let flows: Vec<&ImportFlow> = flows.iter().filter(|f| f.object_type == object_type).collect();
+    let flows: Vec<&ImportFlow> = flows
+        .iter()
+        .filter(|f| f.object_type == object_type)
+        .collect();
     let mut targets: Vec<&str> = flows.iter().map(|f| f.target.as_str()).collect();
     targets.sort();
     targets.dedup();
     let pairs: Vec<(String, String)> = targets
         .iter()
         .map(|t| {
-            let group: Vec<&ImportFlow> = flows.iter().copied().filter(|f| f.target == *t).collect();
+            let group: Vec<&ImportFlow> =
+                flows.iter().copied().filter(|f| f.target == *t).collect();
             (t.to_string(), attribute_case(&group))
         })
         .collect();
@@ -247,7 +266,11 @@ pub fn resolution_sql(object_type: &str, flows: &[ImportFlow], scope: Scope) -> 
 
 /// For objects projected by this sync: only the attributes join rules compare, so objects
 /// of other connectors can join them in the same sync (the full resolution follows).
-pub fn join_attributes_sql(object_type: &str, flows: &[ImportFlow], join_attributes: &[String]) -> Option<String> {
+pub fn join_attributes_sql(
+    object_type: &str,
+    flows: &[ImportFlow],
+    join_attributes: &[String],
+) -> Option<String> {
     let flows: Vec<ImportFlow> = flows
         .iter()
         .filter(|f| f.object_type == object_type && join_attributes.contains(&f.target))
@@ -263,7 +286,10 @@ pub fn join_attributes_sql(object_type: &str, flows: &[ImportFlow], join_attribu
 /// One SELECT per connector and object type listing every contribution (one row per flow
 /// per connector object); `mesh.contributions` is their UNION ALL.
 pub fn contributions_sql(flows: &[ImportFlow]) -> String {
-    let mut groups: Vec<(i32, &str)> = flows.iter().map(|f| (f.connector_id, f.object_type.as_str())).collect();
+    let mut groups: Vec<(i32, &str)> = flows
+        .iter()
+        .map(|f| (f.connector_id, f.object_type.as_str()))
+        .collect();
     groups.sort();
     groups.dedup();
     if groups.is_empty() {
@@ -339,7 +365,12 @@ pub fn unresolved_references_sql(flow: &ImportFlow, scope: Scope) -> Option<Stri
     }
     let cid = flow.connector_id;
     let src = Source::parse(&flow.source);
-    let scope_sql = expression_scope(&format!("c{cid}"), &format!("x{cid}"), &[(slot(flow.id), &src)]).unwrap_or_default();
+    let scope_sql = expression_scope(
+        &format!("c{cid}"),
+        &format!("x{cid}"),
+        &[(slot(flow.id), &src)],
+    )
+    .unwrap_or_default();
     let raw = src.jsonb(&format!("c{cid}"), &format!("x{cid}"), &slot(flow.id));
     let affected = match scope {
         Scope::Affected => format!("JOIN _mesh_affected a ON a.id = c{cid}.mesh_id\n"),
@@ -369,13 +400,20 @@ pub fn export_plan_sql(
     provisioning: Option<&Provisioning>,
     scope: Scope,
 ) -> String {
-    let flows: Vec<&ExportFlow> =
-        flows.iter().filter(|f| f.connector_id == connector_id && f.object_type == object_type).collect();
-    let parsed: Vec<(String, Source)> = flows.iter().map(|f| (slot(f.id), Source::parse(&f.source))).collect();
-    let scope_src = provisioning.and_then(|p| p.scope.as_ref()).map(|s| Source::Expression {
-        text: s.clone(),
-        names: crate::sql::used_names(s),
-    });
+    let flows: Vec<&ExportFlow> = flows
+        .iter()
+        .filter(|f| f.connector_id == connector_id && f.object_type == object_type)
+        .collect();
+    let parsed: Vec<(String, Source)> = flows
+        .iter()
+        .map(|f| (slot(f.id), Source::parse(&f.source)))
+        .collect();
+    let scope_src = provisioning
+        .and_then(|p| p.scope.as_ref())
+        .map(|s| Source::Expression {
+            text: s.clone(),
+            names: crate::sql::used_names(s),
+        });
     let mut refs: Vec<(String, &Source)> = parsed.iter().map(|(s, src)| (s.clone(), src)).collect();
     if let Some(s) = &scope_src {
         refs.push(("in_scope".to_string(), s));
@@ -386,12 +424,24 @@ pub fn export_plan_sql(
         .zip(parsed.iter())
         .map(|(f, (slot, src))| {
             let raw = src.jsonb("o", "x", slot);
-            let v = if f.reference { format!("mesh.ref_name({connector_id}, {raw})") } else { raw };
+            let v = if f.reference {
+                format!("mesh.ref_name({connector_id}, {raw})")
+            } else {
+                raw
+            };
             (f.target.clone(), v)
         })
         .collect();
-    let nullable: Vec<String> = flows.iter().filter(|f| f.empty_is_value).map(|f| literal(&f.target)).collect();
-    let in_scope = if scope_src.is_some() { "COALESCE((x.in_scope)::boolean, false)" } else { "true" };
+    let nullable: Vec<String> = flows
+        .iter()
+        .filter(|f| f.empty_is_value)
+        .map(|f| literal(&f.target))
+        .collect();
+    let in_scope = if scope_src.is_some() {
+        "COALESCE((x.in_scope)::boolean, false)"
+    } else {
+        "true"
+    };
     let (provision, deprovision, disable) = match provisioning {
         Some(p) => {
             let disable = match &p.deprovision {
@@ -452,7 +502,10 @@ mod tests {
         let a = flow(1, 1, "Alpha", "title", "title", 50);
         let b = flow(2, 2, "Beta", "title", "title", 50);
         let sql = attribute_case(&[&a, &b]);
-        assert!(sql.contains("ORDER BY t.observed_at DESC, t.connector LIMIT 1"), "{sql}");
+        assert!(
+            sql.contains("ORDER BY t.observed_at DESC, t.connector LIMIT 1"),
+            "{sql}"
+        );
         assert!(sql.contains("'Alpha'") && sql.contains("'Beta'"));
     }
 
@@ -461,7 +514,10 @@ mod tests {
         let mut a = flow(1, 1, "HR", "title", "title", 90);
         a.empty_is_value = true;
         let sql = attribute_case(&[&a]);
-        assert_eq!(sql, "CASE WHEN c1.anchor IS NOT NULL THEN mesh.nullif_empty(c1.attrs->'title') END");
+        assert_eq!(
+            sql,
+            "CASE WHEN c1.anchor IS NOT NULL THEN mesh.nullif_empty(c1.attrs->'title') END"
+        );
     }
 
     #[test]
@@ -483,7 +539,9 @@ mod tests {
 
     #[test]
     fn many_attributes_split_build_object() {
-        let flows: Vec<ImportFlow> = (0..90).map(|i| flow(i, 1, "HR", &format!("a{i}"), &format!("a{i}"), 50)).collect();
+        let flows: Vec<ImportFlow> = (0..90)
+            .map(|i| flow(i, 1, "HR", &format!("a{i}"), &format!("a{i}"), 50))
+            .collect();
         let sql = resolution_sql("person", &flows, Scope::All);
         assert_eq!(sql.matches("jsonb_build_object(").count(), 3);
     }
@@ -501,53 +559,111 @@ mod tests {
 
     #[test]
     fn join_statement_uses_rule_attribute() {
-        let r = JoinRule { connector_id: 2, object_type: "person".into(), position: 1, source: "employeeID".into(), mesh_attribute: "employee_id".into() };
+        let r = JoinRule {
+            connector_id: 2,
+            object_type: "person".into(),
+            position: 1,
+            source: "employeeID".into(),
+            mesh_attribute: "employee_id".into(),
+        };
         let sql = join_sql(&r);
-        assert!(sql.contains("o.attrs->>'employee_id' = c.attrs->>'employeeID'"), "{sql}");
-        let r2 = JoinRule { source: "lower(mail)".into(), ..r };
+        assert!(
+            sql.contains("o.attrs->>'employee_id' = c.attrs->>'employeeID'"),
+            "{sql}"
+        );
+        let r2 = JoinRule {
+            source: "lower(mail)".into(),
+            ..r
+        };
         assert!(join_sql(&r2).contains("(x.v #>> '{}')"));
     }
 
     #[test]
     fn export_plan_with_scope_and_reference() {
         let flows = vec![
-            ExportFlow { id: 1, connector_id: 3, object_type: "person".into(), source: "email".into(), target: "mail".into(), empty_is_value: false, reference: false },
-            ExportFlow { id: 2, connector_id: 3, object_type: "person".into(), source: "manager".into(), target: "manager_id".into(), empty_is_value: true, reference: true },
+            ExportFlow {
+                id: 1,
+                connector_id: 3,
+                object_type: "person".into(),
+                source: "email".into(),
+                target: "mail".into(),
+                empty_is_value: false,
+                reference: false,
+            },
+            ExportFlow {
+                id: 2,
+                connector_id: 3,
+                object_type: "person".into(),
+                source: "manager".into(),
+                target: "manager_id".into(),
+                empty_is_value: true,
+                reference: true,
+            },
         ];
-        let prov = Provisioning { connector_id: 3, object_type: "person".into(), scope: Some("department IS NOT NULL".into()), deprovision: Deprovision::Delete };
+        let prov = Provisioning {
+            connector_id: 3,
+            object_type: "person".into(),
+            scope: Some("department IS NOT NULL".into()),
+            deprovision: Deprovision::Delete,
+        };
         let sql = export_plan_sql(3, "person", &flows, Some(&prov), Scope::Affected);
         assert!(sql.contains("'mail', o.attrs->'email'"), "{sql}");
         assert!(sql.contains("mesh.ref_name(3, o.attrs->'manager')"));
         assert!(sql.contains("ARRAY['manager_id']::text[]"));
         assert!(sql.contains("COALESCE((x.in_scope)::boolean, false)"));
         assert!(sql.contains("o.attrs->>'department' AS \"department\""));
-        assert!(sql.contains("true AS provision, 'delete'::text AS deprovision, NULL::jsonb AS disable"), "{sql}");
+        assert!(
+            sql.contains(
+                "true AS provision, 'delete'::text AS deprovision, NULL::jsonb AS disable"
+            ),
+            "{sql}"
+        );
     }
 
     #[test]
     fn join_attributes_only_for_projected_objects() {
-        let flows = vec![flow(1, 1, "HR", "id", "employee_id", 100), flow(2, 1, "HR", "title", "title", 90)];
+        let flows = vec![
+            flow(1, 1, "HR", "id", "employee_id", 100),
+            flow(2, 1, "HR", "title", "title", 90),
+        ];
         let sql = join_attributes_sql("person", &flows, &["employee_id".to_string()]).unwrap();
         assert!(sql.contains("JOIN _mesh_projected a ON a.id = o.id"));
         assert!(sql.contains("SET attrs = m.attrs || r.attrs"));
-        assert!(sql.contains("'employee_id'") && !sql.contains("'title'"), "{sql}");
+        assert!(
+            sql.contains("'employee_id'") && !sql.contains("'title'"),
+            "{sql}"
+        );
         assert!(join_attributes_sql("person", &flows, &["mail".to_string()]).is_none());
     }
 
     #[test]
     fn deprovision_options() {
-        assert_eq!(Deprovision::from_options(&json!({})).unwrap(), Deprovision::Leave);
-        assert_eq!(Deprovision::from_options(&json!({"deprovision": "delete"})).unwrap(), Deprovision::Delete);
+        assert_eq!(
+            Deprovision::from_options(&json!({})).unwrap(),
+            Deprovision::Leave
+        );
+        assert_eq!(
+            Deprovision::from_options(&json!({"deprovision": "delete"})).unwrap(),
+            Deprovision::Delete
+        );
         assert!(Deprovision::from_options(&json!({"deprovision": "disable"})).is_err());
-        assert!(Deprovision::from_options(&json!({"deprovision": "shred"})).unwrap_err().contains("shred"));
-        let d = Deprovision::from_options(&json!({"deprovision": "disable", "disable": {"active": false}})).unwrap();
+        assert!(Deprovision::from_options(&json!({"deprovision": "shred"}))
+            .unwrap_err()
+            .contains("shred"));
+        let d = Deprovision::from_options(
+            &json!({"deprovision": "disable", "disable": {"active": false}}),
+        )
+        .unwrap();
         assert_eq!(d, Deprovision::Disable(json!({"active": false})));
     }
 
     #[test]
     fn contributions_view_has_fixed_columns_when_empty() {
         assert!(contributions_sql(&[]).contains("WHERE false"));
-        let sql = contributions_sql(&[flow(1, 1, "HR", "title", "title", 90), flow(2, 2, "PB", "title", "title", 50)]);
+        let sql = contributions_sql(&[
+            flow(1, 1, "HR", "title", "title", 90),
+            flow(2, 2, "PB", "title", "title", 50),
+        ]);
         assert_eq!(sql.matches("UNION ALL").count(), 1);
     }
 }
@@ -566,17 +682,40 @@ pub fn referrers_sql(target: &str) -> String {
 pub fn check_import_source_sql(flow: &ImportFlow) -> String {
     let cid = flow.connector_id;
     let src = Source::parse(&flow.source);
-    let scope = expression_scope(&format!("c{cid}"), &format!("x{cid}"), &[(slot(flow.id), &src)]).unwrap_or_default();
-    format!("SELECT {} FROM mesh.connector_object c{cid} {scope} LIMIT 0", import_value(flow, &src))
+    let scope = expression_scope(
+        &format!("c{cid}"),
+        &format!("x{cid}"),
+        &[(slot(flow.id), &src)],
+    )
+    .unwrap_or_default();
+    format!(
+        "SELECT {} FROM mesh.connector_object c{cid} {scope} LIMIT 0",
+        import_value(flow, &src)
+    )
 }
 
 /// A statement that checks an expression over mesh attributes compiles; with `condition`
 /// it must also be a boolean condition.
 pub fn check_mesh_expression_sql(expr: &str, condition: bool) -> String {
     let names = crate::sql::used_names(expr);
-    let cols: Vec<String> =
-        names.iter().map(|n| format!("o.attrs->>{} AS {}", literal(&n.key), crate::sql::ident(&n.column))).collect();
-    let inner = format!("SELECT {} FROM mesh.mesh_object o", if cols.is_empty() { "1 AS one".to_string() } else { cols.join(", ") });
+    let cols: Vec<String> = names
+        .iter()
+        .map(|n| {
+            format!(
+                "o.attrs->>{} AS {}",
+                literal(&n.key),
+                crate::sql::ident(&n.column)
+            )
+        })
+        .collect();
+    let inner = format!(
+        "SELECT {} FROM mesh.mesh_object o",
+        if cols.is_empty() {
+            "1 AS one".to_string()
+        } else {
+            cols.join(", ")
+        }
+    );
     if condition {
         format!("SELECT 1 FROM ({inner}) s WHERE ({expr}) LIMIT 0")
     } else {
@@ -588,5 +727,8 @@ pub fn check_mesh_expression_sql(expr: &str, condition: bool) -> String {
 pub fn check_join_source_sql(rule: &JoinRule) -> String {
     let src = Source::parse(&rule.source);
     let scope = expression_scope("c", "x", &[("v".to_string(), &src)]).unwrap_or_default();
-    format!("SELECT {} FROM mesh.connector_object c {scope} LIMIT 0", src.text("c", "x", "v"))
+    format!(
+        "SELECT {} FROM mesh.connector_object c {scope} LIMIT 0",
+        src.text("c", "x", "v")
+    )
 }

@@ -19,7 +19,9 @@ impl DeltaKind {
         let t = type_name.to_ascii_lowercase();
         if t.starts_with("timestamp") || t == "date" {
             Some(DeltaKind::Time)
-        } else if ["smallint", "integer", "bigint"].contains(&t.as_str()) || t.starts_with("numeric") {
+        } else if ["smallint", "integer", "bigint"].contains(&t.as_str())
+            || t.starts_with("numeric")
+        {
             Some(DeltaKind::Number)
         } else {
             None
@@ -41,7 +43,10 @@ pub fn predicate(column: &str, type_name: &str, kind: DeltaKind) -> String {
         DeltaKind::Time => "interval",
         DeltaKind::Number => type_name,
     };
-    format!("s.{} > ($1::text::{type_name} - $2::text::{overlap_type})", ident(column))
+    format!(
+        "s.{} > ($1::text::{type_name} - $2::text::{overlap_type})",
+        ident(column)
+    )
 }
 
 #[cfg(test)]
@@ -50,7 +55,10 @@ mod tests {
 
     #[test]
     fn kinds() {
-        assert_eq!(DeltaKind::of_type("timestamp with time zone"), Some(DeltaKind::Time));
+        assert_eq!(
+            DeltaKind::of_type("timestamp with time zone"),
+            Some(DeltaKind::Time)
+        );
         assert_eq!(DeltaKind::of_type("date"), Some(DeltaKind::Time));
         assert_eq!(DeltaKind::of_type("bigint"), Some(DeltaKind::Number));
         assert_eq!(DeltaKind::of_type("numeric(20,0)"), Some(DeltaKind::Number));
@@ -63,6 +71,9 @@ mod tests {
             predicate("modified_at", "timestamp with time zone", DeltaKind::Time),
             "s.\"modified_at\" > ($1::text::timestamp with time zone - $2::text::interval)"
         );
-        assert_eq!(predicate("rv", "bigint", DeltaKind::Number), "s.\"rv\" > ($1::text::bigint - $2::text::bigint)");
+        assert_eq!(
+            predicate("rv", "bigint", DeltaKind::Number),
+            "s.\"rv\" > ($1::text::bigint - $2::text::bigint)"
+        );
     }
 }

@@ -57,7 +57,9 @@ pub fn winner(contributions: &[Contribution]) -> Option<usize> {
 /// The resolved value: the winner's value, or None (attribute absent) when nothing counts
 /// or the winner clears it.
 pub fn resolve<'a>(contributions: &[Contribution<'a>]) -> Option<&'a Value> {
-    winner(contributions).and_then(|i| contributions[i].value).filter(|v| !is_empty(Some(v)))
+    winner(contributions)
+        .and_then(|i| contributions[i].value)
+        .filter(|v| !is_empty(Some(v)))
 }
 
 /// Why the winner won, in words for `mesh.explain`.
@@ -65,10 +67,16 @@ pub fn reason(winner: &Contribution, runner_up: Option<&Contribution>) -> String
     match runner_up {
         None => "only contribution".to_string(),
         Some(r) if winner.confidence != r.confidence => {
-            format!("highest confidence ({} over {})", winner.confidence, r.confidence)
+            format!(
+                "highest confidence ({} over {})",
+                winner.confidence, r.confidence
+            )
         }
         Some(r) if winner.observed_at != r.observed_at => {
-            format!("confidence tied at {}; most recently observed", winner.confidence)
+            format!(
+                "confidence tied at {}; most recently observed",
+                winner.confidence
+            )
         }
         Some(r) => format!(
             "confidence and observation time tied; connector name '{}' sorts before '{}'",
@@ -82,27 +90,55 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn c<'a>(v: Option<&'a Value>, conf: i32, t: i64, name: &'a str, empty_is_value: bool) -> Contribution<'a> {
-        Contribution { value: v, confidence: conf, observed_at: t, connector: name, empty_is_value }
+    fn c<'a>(
+        v: Option<&'a Value>,
+        conf: i32,
+        t: i64,
+        name: &'a str,
+        empty_is_value: bool,
+    ) -> Contribution<'a> {
+        Contribution {
+            value: v,
+            confidence: conf,
+            observed_at: t,
+            connector: name,
+            empty_is_value,
+        }
     }
 
     #[test]
     fn highest_confidence_wins() {
         let hr = json!("Engineer");
         let pb = json!("Developer");
-        let cs = [c(Some(&pb), 50, 10, "Phonebook", false), c(Some(&hr), 90, 1, "HR", false)];
+        let cs = [
+            c(Some(&pb), 50, 10, "Phonebook", false),
+            c(Some(&hr), 90, 1, "HR", false),
+        ];
         assert_eq!(resolve(&cs), Some(&hr));
-        assert_eq!(reason(&cs[1], Some(&cs[0])), "highest confidence (90 over 50)");
+        assert_eq!(
+            reason(&cs[1], Some(&cs[0])),
+            "highest confidence (90 over 50)"
+        );
     }
 
     #[test]
     fn empty_value_is_no_contribution_unless_rule_says_clear() {
         let pb = json!("Developer");
         let empty = json!("");
-        let cs = [c(Some(&empty), 90, 1, "HR", false), c(Some(&pb), 50, 1, "Phonebook", false)];
+        let cs = [
+            c(Some(&empty), 90, 1, "HR", false),
+            c(Some(&pb), 50, 1, "Phonebook", false),
+        ];
         assert_eq!(resolve(&cs), Some(&pb), "next best wins when HR is empty");
-        let cs = [c(Some(&empty), 90, 1, "HR", true), c(Some(&pb), 50, 1, "Phonebook", false)];
-        assert_eq!(resolve(&cs), None, "an empty value that counts clears the attribute");
+        let cs = [
+            c(Some(&empty), 90, 1, "HR", true),
+            c(Some(&pb), 50, 1, "Phonebook", false),
+        ];
+        assert_eq!(
+            resolve(&cs),
+            None,
+            "an empty value that counts clears the attribute"
+        );
         assert_eq!(winner(&cs), Some(0));
     }
 
@@ -110,11 +146,17 @@ mod tests {
     fn ties_break_by_time_then_name_whatever_the_input_order() {
         let a = json!("a");
         let b = json!("b");
-        let x = [c(Some(&a), 50, 5, "Alpha", false), c(Some(&b), 50, 9, "Beta", false)];
+        let x = [
+            c(Some(&a), 50, 5, "Alpha", false),
+            c(Some(&b), 50, 9, "Beta", false),
+        ];
         let y = [x[1].clone(), x[0].clone()];
         assert_eq!(resolve(&x), Some(&b));
         assert_eq!(resolve(&y), Some(&b));
-        let x = [c(Some(&a), 50, 5, "Zed", false), c(Some(&b), 50, 5, "Ann", false)];
+        let x = [
+            c(Some(&a), 50, 5, "Zed", false),
+            c(Some(&b), 50, 5, "Ann", false),
+        ];
         assert_eq!(resolve(&x), Some(&b));
         assert!(reason(&x[1], Some(&x[0])).contains("'Ann' sorts before 'Zed'"));
     }

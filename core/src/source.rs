@@ -20,7 +20,10 @@ impl Source {
         if is_attribute_name(t) {
             Source::Attribute(t.to_string())
         } else {
-            Source::Expression { text: t.to_string(), names: used_names(t) }
+            Source::Expression {
+                text: t.to_string(),
+                names: used_names(t),
+            }
         }
     }
 
@@ -79,12 +82,20 @@ pub fn expression_scope(obj: &str, cols: &str, sources: &[(String, &Source)]) ->
     let inner = if columns.is_empty() {
         "SELECT".to_string() // constant expressions: a row with no columns
     } else {
-        let cols_sql: Vec<String> =
-            columns.iter().map(|n| format!("{obj}.attrs->>{} AS {}", literal(&n.key), ident(&n.column))).collect();
+        let cols_sql: Vec<String> = columns
+            .iter()
+            .map(|n| format!("{obj}.attrs->>{} AS {}", literal(&n.key), ident(&n.column)))
+            .collect();
         format!("SELECT {}", cols_sql.join(", "))
     };
-    let values: Vec<String> = exprs.iter().map(|(slot, text, _)| format!("to_jsonb(({text})) AS {slot}")).collect();
-    Some(format!("LEFT JOIN LATERAL (SELECT {} FROM ({inner}) s) {cols} ON true", values.join(", ")))
+    let values: Vec<String> = exprs
+        .iter()
+        .map(|(slot, text, _)| format!("to_jsonb(({text})) AS {slot}"))
+        .collect();
+    Some(format!(
+        "LEFT JOIN LATERAL (SELECT {} FROM ({inner}) s) {cols} ON true",
+        values.join(", ")
+    ))
 }
 
 #[cfg(test)]

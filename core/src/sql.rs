@@ -36,11 +36,59 @@ pub struct UsedName {
 
 /// Words that are never attribute references in an expression.
 const KEYWORDS: &[&str] = &[
-    "and", "or", "not", "null", "true", "false", "is", "in", "like", "ilike", "similar", "between",
-    "case", "when", "then", "else", "end", "as", "distinct", "from", "coalesce", "nullif", "cast",
-    "array", "any", "all", "some", "select", "where", "exists", "collate", "at", "time", "zone",
-    "interval", "escape", "isnull", "notnull", "unknown", "both", "leading", "trailing", "for",
-    "position", "substring", "overlay", "placing", "extract", "greatest", "least", "row", "asc", "desc",
+    "and",
+    "or",
+    "not",
+    "null",
+    "true",
+    "false",
+    "is",
+    "in",
+    "like",
+    "ilike",
+    "similar",
+    "between",
+    "case",
+    "when",
+    "then",
+    "else",
+    "end",
+    "as",
+    "distinct",
+    "from",
+    "coalesce",
+    "nullif",
+    "cast",
+    "array",
+    "any",
+    "all",
+    "some",
+    "select",
+    "where",
+    "exists",
+    "collate",
+    "at",
+    "time",
+    "zone",
+    "interval",
+    "escape",
+    "isnull",
+    "notnull",
+    "unknown",
+    "both",
+    "leading",
+    "trailing",
+    "for",
+    "position",
+    "substring",
+    "overlay",
+    "placing",
+    "extract",
+    "greatest",
+    "least",
+    "row",
+    "asc",
+    "desc",
 ];
 
 /// Finds the identifiers an SQL expression refers to as columns: not inside string
@@ -58,7 +106,9 @@ pub fn used_names(expr: &str) -> Vec<UsedName> {
     let mut after_cast = false;
     while i < b.len() {
         let c = b[i];
-        if c == b'\'' || ((c == b'e' || c == b'E') && b.get(i + 1) == Some(&b'\'') && !prev_is_ident(b, i)) {
+        if c == b'\''
+            || ((c == b'e' || c == b'E') && b.get(i + 1) == Some(&b'\'') && !prev_is_ident(b, i))
+        {
             let escapes = c != b'\'';
             i += if escapes { 2 } else { 1 };
             while i < b.len() {
@@ -135,7 +185,11 @@ pub fn used_names(expr: &str) -> Vec<UsedName> {
             let word = &expr[start..i];
             let lower = word.to_ascii_lowercase();
             let qualified = start > 0 && b[start - 1] == b'.';
-            if !after_cast && !qualified && !followed_by_paren(b, i) && !KEYWORDS.contains(&lower.as_str()) {
+            if !after_cast
+                && !qualified
+                && !followed_by_paren(b, i)
+                && !KEYWORDS.contains(&lower.as_str())
+            {
                 push(word.to_string(), lower);
             }
             after_cast = false;
@@ -192,9 +246,15 @@ mod tests {
 
     #[test]
     fn finds_columns_not_functions_types_keywords_or_literals() {
-        assert_eq!(keys("lower(givenName) || ' ' || sn"), vec!["givenName", "sn"]);
+        assert_eq!(
+            keys("lower(givenName) || ' ' || sn"),
+            vec!["givenName", "sn"]
+        );
         assert_eq!(keys("employee_id::int + 1"), vec!["employee_id"]);
-        assert_eq!(keys("CASE WHEN dept IS NULL THEN 'none' ELSE dept END"), vec!["dept"]);
+        assert_eq!(
+            keys("CASE WHEN dept IS NULL THEN 'none' ELSE dept END"),
+            vec!["dept"]
+        );
         assert_eq!(keys("'it''s title' || title"), vec!["title"]);
         assert_eq!(keys("$$sn$$ || \"givenName\""), vec!["givenName"]);
         assert_eq!(keys("a -- b\n + /* c */ d"), vec!["a", "d"]);
@@ -205,6 +265,12 @@ mod tests {
     #[test]
     fn folds_unquoted_names_and_dedupes() {
         let u = used_names("givenName || GIVENNAME");
-        assert_eq!(u, vec![UsedName { key: "givenName".into(), column: "givenname".into() }]);
+        assert_eq!(
+            u,
+            vec![UsedName {
+                key: "givenName".into(),
+                column: "givenname".into()
+            }]
+        );
     }
 }

@@ -79,8 +79,18 @@ pub struct SourceObject {
 }
 
 impl SourceObject {
-    pub fn new(anchor: impl Into<String>, object_type: impl Into<String>, attributes: Attributes) -> Self {
-        SourceObject { anchor: anchor.into(), name: None, object_type: object_type.into(), attributes, deleted: false }
+    pub fn new(
+        anchor: impl Into<String>,
+        object_type: impl Into<String>,
+        attributes: Attributes,
+    ) -> Self {
+        SourceObject {
+            anchor: anchor.into(),
+            name: None,
+            object_type: object_type.into(),
+            attributes,
+            deleted: false,
+        }
     }
 }
 
@@ -93,7 +103,12 @@ pub trait ImportSink {
     /// SQL query (columns `anchor, name, deleted, attrs`; `$1..` bound to `params`) in one
     /// set-based statement instead of moving them through batches. Returns the number of
     /// rows staged, or None when this sink cannot (then send batches).
-    fn stage_query(&mut self, _sql: &str, _params: &[Option<String>], _object_type: &str) -> Option<Result<u64, ConnectorError>> {
+    fn stage_query(
+        &mut self,
+        _sql: &str,
+        _params: &[Option<String>],
+        _object_type: &str,
+    ) -> Option<Result<u64, ConnectorError>> {
         None
     }
 }
@@ -172,13 +187,32 @@ pub struct ExportResult {
 
 impl ExportResult {
     pub fn ok(mesh_id: i64, object: Option<SourceObject>) -> Self {
-        ExportResult { mesh_id, error: None, code: None, object }
+        ExportResult {
+            mesh_id,
+            error: None,
+            code: None,
+            object,
+        }
     }
     pub fn failed(mesh_id: i64, message: impl Into<String>) -> Self {
-        ExportResult { mesh_id, error: Some(message.into()), code: None, object: None }
+        ExportResult {
+            mesh_id,
+            error: Some(message.into()),
+            code: None,
+            object: None,
+        }
     }
-    pub fn failed_with_code(mesh_id: i64, code: impl Into<String>, message: impl Into<String>) -> Self {
-        ExportResult { mesh_id, error: Some(message.into()), code: Some(code.into()), object: None }
+    pub fn failed_with_code(
+        mesh_id: i64,
+        code: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ExportResult {
+            mesh_id,
+            error: Some(message.into()),
+            code: Some(code.into()),
+            object: None,
+        }
     }
 }
 
@@ -203,7 +237,10 @@ pub enum ErrorKind {
 
 impl ConnectorError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ConnectorError { kind, message: message.into() }
+        ConnectorError {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn config(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Config, message)
@@ -231,7 +268,10 @@ pub trait IdentityConnector {
     fn kind(&self) -> &str;
 
     /// Read every object in scope.
-    fn full_import<'a>(&'a mut self, sink: &'a mut dyn ImportSink) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>>;
+    fn full_import<'a>(
+        &'a mut self,
+        sink: &'a mut dyn ImportSink,
+    ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>>;
 
     /// Read what changed since `from` (re-reading some unchanged objects is allowed: the
     /// engine recognizes them by content and counts them unchanged).
@@ -242,7 +282,10 @@ pub trait IdentityConnector {
     ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>>;
 
     /// Apply changes; one result per change, in any order.
-    fn export<'a>(&'a mut self, changes: &'a [ExportChange]) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>>;
+    fn export<'a>(
+        &'a mut self,
+        changes: &'a [ExportChange],
+    ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>>;
 }
 
 /// Encodes multi-column anchors: values joined by the ASCII unit separator, so the same
@@ -259,12 +302,20 @@ mod tests {
     fn anchor_encoding_is_stable_and_unambiguous_for_single_values() {
         assert_eq!(encode_anchor(&["42".to_string()]), "42");
         assert_eq!(encode_anchor(&["a".into(), "b".into()]), "a\u{1f}b");
-        assert_ne!(encode_anchor(&["a b".into()]), encode_anchor(&["a".into(), "b".into()]));
+        assert_ne!(
+            encode_anchor(&["a b".into()]),
+            encode_anchor(&["a".into(), "b".into()])
+        );
     }
 
     #[test]
     fn export_operation_round_trips() {
-        for op in [ExportOperation::Add, ExportOperation::Update, ExportOperation::Disable, ExportOperation::Delete] {
+        for op in [
+            ExportOperation::Add,
+            ExportOperation::Update,
+            ExportOperation::Disable,
+            ExportOperation::Delete,
+        ] {
             assert_eq!(ExportOperation::parse(op.as_str()), Some(op));
         }
         assert_eq!(ExportOperation::parse("rename"), None);

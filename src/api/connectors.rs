@@ -18,7 +18,10 @@ fn create_connector(
     if name.trim().is_empty() {
         crate::error::invalid("a connector needs a name", "");
     }
-    let exists: Option<bool> = store::one("SELECT EXISTS (SELECT 1 FROM mesh.connector WHERE name = $1)", &[name.into()]);
+    let exists: Option<bool> = store::one(
+        "SELECT EXISTS (SELECT 1 FROM mesh.connector WHERE name = $1)",
+        &[name.into()],
+    );
     if exists == Some(true) {
         raise(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
@@ -70,9 +73,18 @@ fn alter_connector(
 fn drop_connector(name: &str) {
     let c = engine::connector(name);
     // Mesh objects it contributed to are recomputed by the next (full) sync.
-    store::exec("DELETE FROM mesh.pending_export WHERE connector_id = $1", &[c.id.into()]);
-    store::exec("DELETE FROM mesh.connector_object WHERE connector_id = $1", &[c.id.into()]);
-    store::exec("UPDATE mesh.mesh_object SET projected_by = NULL WHERE projected_by = $1", &[c.id.into()]);
+    store::exec(
+        "DELETE FROM mesh.pending_export WHERE connector_id = $1",
+        &[c.id.into()],
+    );
+    store::exec(
+        "DELETE FROM mesh.connector_object WHERE connector_id = $1",
+        &[c.id.into()],
+    );
+    store::exec(
+        "UPDATE mesh.mesh_object SET projected_by = NULL WHERE projected_by = $1",
+        &[c.id.into()],
+    );
     store::exec("DELETE FROM mesh.connector WHERE id = $1", &[c.id.into()]);
     store::exec("UPDATE mesh.sync_state SET rules_changed = true", &[]);
     engine::compile::rebuild_views();

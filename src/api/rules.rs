@@ -12,9 +12,16 @@ use pgrx::prelude::*;
 use pgrx::JsonB;
 
 fn object_type(name: &str) {
-    let known: Option<bool> = store::one("SELECT EXISTS (SELECT 1 FROM mesh.object_type WHERE name = $1)", &[name.into()]);
+    let known: Option<bool> = store::one(
+        "SELECT EXISTS (SELECT 1 FROM mesh.object_type WHERE name = $1)",
+        &[name.into()],
+    );
     if known != Some(true) {
-        undefined("object type", name, "Known types are in mesh.object_type; add one with mesh.create_object_type(name).");
+        undefined(
+            "object type",
+            name,
+            "Known types are in mesh.object_type; add one with mesh.create_object_type(name).",
+        );
     }
 }
 
@@ -31,16 +38,28 @@ fn mesh_attribute(name: &str) {
 /// Runs a check statement; a failure becomes an error that names the rule part at fault.
 fn check_compiles(sql: &str, what: &str, text: &str) {
     if let Err(e) = subxact(|| store::exec(sql, &[])) {
-        raise(e.code, format!("{what} \"{text}\" is not valid: {}", e.message), "Write an attribute name or an SQL expression over attribute names.");
+        raise(
+            e.code,
+            format!("{what} \"{text}\" is not valid: {}", e.message),
+            "Write an attribute name or an SQL expression over attribute names.",
+        );
     }
 }
 
 /// The closest names, for "did you mean" hints.
 fn close_names(name: &str, known: &[String]) -> String {
     let lower = name.to_lowercase();
-    let mut scored: Vec<(usize, &String)> = known.iter().map(|k| (distance(&lower, &k.to_lowercase()), k)).collect();
+    let mut scored: Vec<(usize, &String)> = known
+        .iter()
+        .map(|k| (distance(&lower, &k.to_lowercase()), k))
+        .collect();
     scored.sort();
-    let close: Vec<&str> = scored.iter().take(3).filter(|(d, _)| *d <= 3).map(|(_, k)| k.as_str()).collect();
+    let close: Vec<&str> = scored
+        .iter()
+        .take(3)
+        .filter(|(d, _)| *d <= 3)
+        .map(|(_, k)| k.as_str())
+        .collect();
     if close.is_empty() {
         format!("Known: {}.", known.join(", "))
     } else {
@@ -54,7 +73,11 @@ fn distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1];
         for (j, cb) in b.iter().enumerate() {
-            cur.push((prev[j] + usize::from(ca != *cb)).min(prev[j + 1] + 1).min(cur[j] + 1));
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
         }
         prev = cur;
     }
@@ -67,7 +90,11 @@ fn source_attribute(c: &Connector, source: &str) {
         if let Some(known) = connectors::import_attributes(&c.kind, &c.config) {
             for n in Source::parse(source).reads() {
                 if !known.iter().any(|k| k == &n) {
-                    pgrx::warning!("connector \"{}\" does not provide \"{n}\" ({})", c.name, close_names(&n, &known));
+                    pgrx::warning!(
+                        "connector \"{}\" does not provide \"{n}\" ({})",
+                        c.name,
+                        close_names(&n, &known)
+                    );
                 }
             }
         }
@@ -93,7 +120,11 @@ fn index_mesh_attribute(attr: &str) {
     let name = format!("mesh_object_attr_{}", attr.to_lowercase());
     let name: String = name.chars().take(60).collect();
     store::exec(
-        &format!("CREATE INDEX IF NOT EXISTS {} ON mesh.mesh_object ((attrs->>{}))", ident(&name), literal(attr)),
+        &format!(
+            "CREATE INDEX IF NOT EXISTS {} ON mesh.mesh_object ((attrs->>{}))",
+            ident(&name),
+            literal(attr)
+        ),
         &[],
     );
 }
@@ -132,8 +163,21 @@ fn add_import_flow(
         empty_is_value,
         reference,
     };
-    check_compiles(&core_compile::check_import_source_sql(&flow), "flow source", source);
-    let id = insert_flow(&c, "import", object_type, source, target, Some(confidence), empty_is_value, reference);
+    check_compiles(
+        &core_compile::check_import_source_sql(&flow),
+        "flow source",
+        source,
+    );
+    let id = insert_flow(
+        &c,
+        "import",
+        object_type,
+        source,
+        target,
+        Some(confidence),
+        empty_is_value,
+        reference,
+    );
     if reference {
         index_mesh_attribute(target);
     }
@@ -205,15 +249,31 @@ fn add_export_flow(
     } else if c.kind == "table" {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("connector \"{}\" has no export_table or export_functions", c.name),
+            format!(
+                "connector \"{}\" has no export_table or export_functions",
+                c.name
+            ),
             "Set one with mesh.alter_connector(name, config => ...).",
         );
     }
     if let Source::Attribute(a) = Source::parse(source) {
         mesh_attribute(&a);
     }
-    check_compiles(&core_compile::check_mesh_expression_sql(source, false), "export source", source);
-    let id = insert_flow(&c, "export", object_type, source, target, None, empty_is_value, reference);
+    check_compiles(
+        &core_compile::check_mesh_expression_sql(source, false),
+        "export source",
+        source,
+    );
+    let id = insert_flow(
+        &c,
+        "export",
+        object_type,
+        source,
+        target,
+        None,
+        empty_is_value,
+        reference,
+    );
     rules_changed();
     id
 }
@@ -221,9 +281,16 @@ fn add_export_flow(
 /// Removes a flow rule by id.
 #[pg_extern(volatile)]
 fn remove_flow(rule_id: i32) {
-    let n = store::exec("DELETE FROM mesh.flow_rule WHERE id = $1 RETURNING id", &[rule_id.into()]);
+    let n = store::exec(
+        "DELETE FROM mesh.flow_rule WHERE id = $1 RETURNING id",
+        &[rule_id.into()],
+    );
     if n == 0 {
-        undefined("flow rule", &rule_id.to_string(), "Rules are listed in mesh.flow_rule.");
+        undefined(
+            "flow rule",
+            &rule_id.to_string(),
+            "Rules are listed in mesh.flow_rule.",
+        );
     }
     rules_changed();
     engine::compile::rebuild_views();
@@ -249,7 +316,11 @@ fn add_join_rule(connector: &str, object_type: &str, source: &str, mesh_attribut
         source: source.into(),
         mesh_attribute: mesh_attribute.into(),
     };
-    check_compiles(&core_compile::check_join_source_sql(&rule), "join source", source);
+    check_compiles(
+        &core_compile::check_join_source_sql(&rule),
+        "join source",
+        source,
+    );
     index_mesh_attribute(mesh_attribute);
     rules_changed();
     store::one::<i32>(
@@ -276,7 +347,12 @@ fn set_projection(connector: &str, object_type: &str, enabled: bool) {
 /// condition over mesh attributes; NULL = all). Options: deprovision (delete | disable |
 /// leave, default leave), disable ({attribute: value} written on disable).
 #[pg_extern(volatile)]
-fn set_provisioning(connector: &str, object_type: &str, scope: Option<&str>, options: default!(JsonB, "'{}'")) {
+fn set_provisioning(
+    connector: &str,
+    object_type: &str,
+    scope: Option<&str>,
+    options: default!(JsonB, "'{}'"),
+) {
     let c = engine::connector(connector);
     self::object_type(object_type);
     if !options.0.is_object() {
@@ -286,7 +362,11 @@ fn set_provisioning(connector: &str, object_type: &str, scope: Option<&str>, opt
         invalid(msg, "");
     }
     if let Some(s) = scope {
-        check_compiles(&core_compile::check_mesh_expression_sql(s, true), "provisioning scope", s);
+        check_compiles(
+            &core_compile::check_mesh_expression_sql(s, true),
+            "provisioning scope",
+            s,
+        );
     }
     store::exec(
         "INSERT INTO mesh.provisioning (connector_id, object_type, scope, options) VALUES ($1, $2, $3, $4) \

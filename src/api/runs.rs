@@ -14,7 +14,14 @@ fn _run(connector: &str, profile: &str, parent_run: default!(Option<i64>, "NULL"
 fn _compile(
     step: &str,
     full: bool,
-) -> TableIterator<'static, (name!(connector_id, Option<i32>), name!(object_type, String), name!(sql, String))> {
+) -> TableIterator<
+    'static,
+    (
+        name!(connector_id, Option<i32>),
+        name!(object_type, String),
+        name!(sql, String),
+    ),
+> {
     TableIterator::new(engine::compile::statements(step, full))
 }
 

@@ -38,7 +38,10 @@ pub fn validate(kind: &str, config: &Value, has_secret: bool) {
 /// Opens a connector for a run.
 pub fn open(kind: &str, name: &str, config: &Value) -> Box<dyn IdentityConnector> {
     match kind {
-        "table" => Box::new(table::TableConnector::new(name, table::TableConfig::parse(config))),
+        "table" => Box::new(table::TableConnector::new(
+            name,
+            table::TableConfig::parse(config),
+        )),
         other => raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("connector kind \"{other}\" cannot run in this build"),
@@ -58,7 +61,13 @@ pub fn export_targets(kind: &str, config: &Value) -> Option<Vec<String>> {
 /// The attributes a connector's imports provide (None: not known before a run).
 pub fn import_attributes(kind: &str, config: &Value) -> Option<Vec<String>> {
     match kind {
-        "table" => Some(table::TableConfig::parse(config).source_columns().into_iter().map(|(n, _)| n).collect()),
+        "table" => Some(
+            table::TableConfig::parse(config)
+                .source_columns()
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect(),
+        ),
         _ => None,
     }
 }

@@ -46,7 +46,10 @@ fn opt_str<'a>(config: &'a Value, key: &str) -> Option<&'a str> {
     match config.get(key) {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim()),
-        Some(_) => invalid(format!("table connector: \"{key}\" must be a non-empty string"), ""),
+        Some(_) => invalid(
+            format!("table connector: \"{key}\" must be a non-empty string"),
+            "",
+        ),
     }
 }
 
@@ -58,12 +61,24 @@ fn regclass(name: &str) -> Option<String> {
 impl TableConfig {
     pub fn parse(config: &Value) -> TableConfig {
         const KNOWN: &[&str] = &[
-            "source", "object_type", "anchor", "name_column", "delta_column", "overlap", "soft_delete_column",
-            "export_table", "export_mode", "export_functions", "batch_size",
+            "source",
+            "object_type",
+            "anchor",
+            "name_column",
+            "delta_column",
+            "overlap",
+            "soft_delete_column",
+            "export_table",
+            "export_mode",
+            "export_functions",
+            "batch_size",
         ];
         if let Some(obj) = config.as_object() {
             if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-                invalid(format!("table connector: unknown setting \"{k}\""), &format!("Settings: {}.", KNOWN.join(", ")));
+                invalid(
+                    format!("table connector: unknown setting \"{k}\""),
+                    &format!("Settings: {}.", KNOWN.join(", ")),
+                );
             }
         }
         let source_text = opt_str(config, "source").unwrap_or_else(|| {
@@ -77,7 +92,10 @@ impl TableConfig {
             if let Err(e) = subxact(|| store::columns_of(&format!("SELECT * FROM {text}"))) {
                 raise(
                     PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
-                    format!("table connector: source \"{source_text}\" cannot be read: {}", e.message),
+                    format!(
+                        "table connector: source \"{source_text}\" cannot be read: {}",
+                        e.message
+                    ),
                     "A function source must be a set-returning function call, e.g. hr.people().",
                 );
             }
@@ -91,11 +109,19 @@ impl TableConfig {
                 )
             })
         };
-        let object_type = opt_str(config, "object_type").unwrap_or("person").to_string();
-        let known_type: Option<bool> =
-            store::one("SELECT EXISTS (SELECT 1 FROM mesh.object_type WHERE name = $1)", &[object_type.clone().into()]);
+        let object_type = opt_str(config, "object_type")
+            .unwrap_or("person")
+            .to_string();
+        let known_type: Option<bool> = store::one(
+            "SELECT EXISTS (SELECT 1 FROM mesh.object_type WHERE name = $1)",
+            &[object_type.clone().into()],
+        );
         if known_type != Some(true) {
-            crate::error::undefined("object type", &object_type, "Create it with mesh.create_object_type(name).");
+            crate::error::undefined(
+                "object type",
+                &object_type,
+                "Create it with mesh.create_object_type(name).",
+            );
         }
         let anchor: Vec<String> = match config.get("anchor") {
             Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
@@ -118,20 +144,40 @@ impl TableConfig {
             export_table: None,
             export_mode: ExportMode::Upsert,
             export_functions: HashMap::new(),
-            batch_size: config.get("batch_size").and_then(Value::as_i64).unwrap_or(5000),
+            batch_size: config
+                .get("batch_size")
+                .and_then(Value::as_i64)
+                .unwrap_or(5000),
         };
         if !(1..=100_000).contains(&cfg.batch_size) {
-            invalid("table connector: \"batch_size\" must be between 1 and 100000", "");
+            invalid(
+                "table connector: \"batch_size\" must be between 1 and 100000",
+                "",
+            );
         }
         let columns = cfg.source_columns();
         let column_type = |c: &str, what: &str| -> String {
-            columns.iter().find(|(n, _)| n == c).map(|(_, t)| t.clone()).unwrap_or_else(|| {
-                raise(
-                    PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                    format!("table connector: {what} column \"{c}\" is not a column of {}", cfg.source),
-                    &format!("Columns: {}.", columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")),
-                )
-            })
+            columns
+                .iter()
+                .find(|(n, _)| n == c)
+                .map(|(_, t)| t.clone())
+                .unwrap_or_else(|| {
+                    raise(
+                        PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                        format!(
+                            "table connector: {what} column \"{c}\" is not a column of {}",
+                            cfg.source
+                        ),
+                        &format!(
+                            "Columns: {}.",
+                            columns
+                                .iter()
+                                .map(|(n, _)| n.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    )
+                })
         };
         for a in &cfg.anchor {
             column_type(a, "anchor");
@@ -148,13 +194,25 @@ impl TableConfig {
                     "A delta column is a timestamp, date or integer that grows when a row changes.",
                 )
             });
-            cfg.overlap = opt_str(config, "overlap").unwrap_or(kind.default_overlap()).to_string();
+            cfg.overlap = opt_str(config, "overlap")
+                .unwrap_or(kind.default_overlap())
+                .to_string();
             let overlap_ok = match kind {
-                DeltaKind::Time => subxact(|| store::exec("SELECT $1::text::interval", &[cfg.overlap.clone().into()])),
-                DeltaKind::Number => subxact(|| store::exec("SELECT $1::text::numeric", &[cfg.overlap.clone().into()])),
+                DeltaKind::Time => subxact(|| {
+                    store::exec("SELECT $1::text::interval", &[cfg.overlap.clone().into()])
+                }),
+                DeltaKind::Number => subxact(|| {
+                    store::exec("SELECT $1::text::numeric", &[cfg.overlap.clone().into()])
+                }),
             };
             if overlap_ok.is_err() {
-                invalid(format!("table connector: overlap \"{}\" does not fit delta column type {ty}", cfg.overlap), "");
+                invalid(
+                    format!(
+                        "table connector: overlap \"{}\" does not fit delta column type {ty}",
+                        cfg.overlap
+                    ),
+                    "",
+                );
             }
             cfg.delta_column = Some((d.to_string(), ty, kind));
         }
@@ -186,17 +244,29 @@ impl TableConfig {
             "upsert" => ExportMode::Upsert,
             "insert" => ExportMode::Insert,
             "update" => ExportMode::Update,
-            other => invalid(format!("table connector: unknown export_mode \"{other}\""), "Use upsert, insert or update."),
+            other => invalid(
+                format!("table connector: unknown export_mode \"{other}\""),
+                "Use upsert, insert or update.",
+            ),
         };
         if let Some(f) = config.get("export_functions").filter(|v| !v.is_null()) {
-            let obj = f.as_object().unwrap_or_else(|| invalid("table connector: \"export_functions\" must be an object", ""));
+            let obj = f.as_object().unwrap_or_else(|| {
+                invalid(
+                    "table connector: \"export_functions\" must be an object",
+                    "",
+                )
+            });
             for (op, func) in obj {
                 if !["add", "update", "disable", "delete"].contains(&op.as_str()) {
-                    invalid(format!("table connector: export_functions has unknown operation \"{op}\""), "Operations: add, update, disable, delete.");
+                    invalid(
+                        format!("table connector: export_functions has unknown operation \"{op}\""),
+                        "Operations: add, update, disable, delete.",
+                    );
                 }
                 let func = func.as_str().unwrap_or_default();
                 let sig = format!("{func}(jsonb, jsonb)");
-                let found: Option<String> = store::one("SELECT to_regprocedure($1)::text", &[sig.clone().into()]);
+                let found: Option<String> =
+                    store::one("SELECT to_regprocedure($1)::text", &[sig.clone().into()]);
                 if found.is_none() {
                     raise(
                         PgSqlErrorCode::ERRCODE_UNDEFINED_FUNCTION,
@@ -220,16 +290,33 @@ impl TableConfig {
             return None;
         }
         let t = self.export_table.as_ref()?;
-        Some(store::columns_of(&format!("SELECT * FROM {t}")).into_iter().map(|(n, _)| n).collect())
+        Some(
+            store::columns_of(&format!("SELECT * FROM {t}"))
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect(),
+        )
     }
 
     fn anchor_sql(&self, alias: &str) -> String {
-        let parts: Vec<String> = self.anchor.iter().map(|a| format!("{alias}.{}::text", ident(a))).collect();
+        let parts: Vec<String> = self
+            .anchor
+            .iter()
+            .map(|a| format!("{alias}.{}::text", ident(a)))
+            .collect();
         if parts.len() == 1 {
             parts[0].clone()
         } else {
-            let any_null: Vec<String> = self.anchor.iter().map(|a| format!("{alias}.{} IS NULL", ident(a))).collect();
-            format!("CASE WHEN {} THEN NULL ELSE concat_ws(E'\\x1f', {}) END", any_null.join(" OR "), parts.join(", "))
+            let any_null: Vec<String> = self
+                .anchor
+                .iter()
+                .map(|a| format!("{alias}.{} IS NULL", ident(a)))
+                .collect();
+            format!(
+                "CASE WHEN {} THEN NULL ELSE concat_ws(E'\\x1f', {}) END",
+                any_null.join(" OR "),
+                parts.join(", ")
+            )
         }
     }
 
@@ -256,13 +343,18 @@ impl TableConfig {
 
     /// The anchor text of a row given as JSON (the same text `anchor_sql` gives).
     fn anchor_of(&self, row: &Value) -> Option<String> {
-        let parts: Option<Vec<String>> = self.anchor.iter().map(|a| json_text(row.get(a)?)).collect();
+        let parts: Option<Vec<String>> =
+            self.anchor.iter().map(|a| json_text(row.get(a)?)).collect();
         parts.map(|p| encode_anchor(&p))
     }
 
     fn object_of(&self, row: Value) -> Option<SourceObject> {
         let anchor = self.anchor_of(&row)?;
-        let name = self.name_column.as_ref().and_then(|n| row.get(n)).and_then(json_text);
+        let name = self
+            .name_column
+            .as_ref()
+            .and_then(|n| row.get(n))
+            .and_then(json_text);
         let deleted = match &self.soft_delete_column {
             Some((c, true)) => row.get(c).and_then(Value::as_bool).unwrap_or(false),
             Some((c, false)) => !row.get(c).map_or(true, Value::is_null),
@@ -272,7 +364,13 @@ impl TableConfig {
             Value::Object(m) => m,
             _ => return None,
         };
-        Some(SourceObject { anchor, name, object_type: self.object_type.clone(), attributes, deleted })
+        Some(SourceObject {
+            anchor,
+            name,
+            object_type: self.object_type.clone(),
+            attributes,
+            deleted,
+        })
     }
 }
 
@@ -292,7 +390,10 @@ pub struct TableConnector {
 
 impl TableConnector {
     pub fn new(name: &str, config: TableConfig) -> Self {
-        TableConnector { name: name.to_string(), config }
+        TableConnector {
+            name: name.to_string(),
+            config,
+        }
     }
 
     fn read(&self, sink: &mut dyn ImportSink, from: Option<&str>) -> Result<(), ConnectorError> {
@@ -304,7 +405,9 @@ impl TableConnector {
         };
         match sink.stage_query(&sql, &params, &self.config.object_type) {
             Some(staged) => staged.map(|_| ()),
-            None => Err(ConnectorError::config("a table connector runs only inside the engine's own database")),
+            None => Err(ConnectorError::config(
+                "a table connector runs only inside the engine's own database",
+            )),
         }
     }
 
@@ -312,45 +415,80 @@ impl TableConnector {
     /// during the read is read again next time rather than missed.
     fn high_watermark(&self) -> Option<Value> {
         let (col, _, _) = self.config.delta_column.as_ref()?;
-        let high: Option<String> =
-            store::one(&format!("SELECT max(s.{})::text FROM {} s", ident(col), self.config.source), &[]);
+        let high: Option<String> = store::one(
+            &format!(
+                "SELECT max(s.{})::text FROM {} s",
+                ident(col),
+                self.config.source
+            ),
+            &[],
+        );
         Some(json!({ "column": col, "high": high }))
     }
 
     fn table(&self) -> Result<&str, String> {
         self.config.export_table.as_deref().ok_or_else(|| {
-            format!("connector \"{}\" has no export_table or export function for this operation", self.name)
+            format!(
+                "connector \"{}\" has no export_table or export function for this operation",
+                self.name
+            )
         })
     }
 
     /// One set-based statement for a group of changes of one operation.
-    fn apply(&self, op: ExportOperation, changes: &[&ExportChange]) -> Result<Vec<ExportResult>, String> {
+    fn apply(
+        &self,
+        op: ExportOperation,
+        changes: &[&ExportChange],
+    ) -> Result<Vec<ExportResult>, String> {
         if let Some(func) = self.config.export_functions.get(op.as_str()) {
             let payload: Vec<Value> = changes
                 .iter()
                 .map(|c| json!({"mesh_id": c.mesh_id, "attributes": c.attributes, "current": c.current}))
                 .collect();
             store::exec(
-                &format!("SELECT {func}(x->'attributes', x->'current') FROM jsonb_array_elements($1) x"),
+                &format!(
+                    "SELECT {func}(x->'attributes', x->'current') FROM jsonb_array_elements($1) x"
+                ),
                 &[JsonB(Value::Array(payload)).into()],
             );
-            return Ok(changes.iter().map(|c| ExportResult::ok(c.mesh_id, None)).collect());
+            return Ok(changes
+                .iter()
+                .map(|c| ExportResult::ok(c.mesh_id, None))
+                .collect());
         }
         let table = self.table()?;
         let read_back = self.config.export_table.as_deref() == Some(self.config.source.as_str());
         let key_of = |c: &ExportChange| -> Value {
-            let src = if op == ExportOperation::Add { &c.attributes } else { &c.current };
-            Value::Object(self.config.anchor.iter().map(|a| (a.clone(), src.get(a).cloned().unwrap_or(Value::Null))).collect())
+            let src = if op == ExportOperation::Add {
+                &c.attributes
+            } else {
+                &c.current
+            };
+            Value::Object(
+                self.config
+                    .anchor
+                    .iter()
+                    .map(|a| (a.clone(), src.get(a).cloned().unwrap_or(Value::Null)))
+                    .collect(),
+            )
         };
         let payload: Vec<Value> = changes
             .iter()
             .map(|c| json!({"mesh_id": c.mesh_id, "attributes": c.attributes, "key": key_of(c)}))
             .collect();
-        let mut cols: Vec<&str> = changes.iter().flat_map(|c| c.attributes.keys().map(String::as_str)).collect();
+        let mut cols: Vec<&str> = changes
+            .iter()
+            .flat_map(|c| c.attributes.keys().map(String::as_str))
+            .collect();
         cols.sort();
         cols.dedup();
-        let key_match: Vec<String> =
-            self.config.anchor.iter().map(|a| format!("t.{0} = (e.k).{0}", ident(a))).collect();
+        let key_match: Vec<String> = self
+            .config
+            .anchor
+            .iter()
+            .map(|a| format!("t.{0} = (e.k).{0}", ident(a)))
+            .collect();
         let sql = match op {
             ExportOperation::Add => {
                 if self.config.export_mode == ExportMode::Update {
@@ -400,17 +538,15 @@ impl TableConnector {
                 key_match.join(" AND ")
             ),
         };
-        let rows: Vec<Value> = Spi::connect_mut(|client| {
-            let table = client.update(sql.as_str(), None, &[JsonB(Value::Array(payload)).into()])?;
-            let mut out = Vec::with_capacity(table.len());
-            for row in table {
-                if let Some(j) = row.get::<JsonB>(1)? {
-                    out.push(j.0);
-                }
-            }
-            Ok::<_, pgrx::spi::Error>(out)
-        })
-        .map_err(|e| e.to_string())?;
+        let rows = match store::json(
+            &format!(
+                "WITH done AS ({sql}) SELECT coalesce(jsonb_agg(d.to_jsonb), '[]') FROM done d"
+            ),
+            &[JsonB(Value::Array(payload)).into()],
+        ) {
+            Value::Array(rows) => rows,
+            _ => Vec::new(),
+        };
         let mut by_anchor: HashMap<String, Value> = HashMap::new();
         for row in rows {
             if let Some(a) = self.config.anchor_of(&row) {
@@ -426,18 +562,34 @@ impl TableConnector {
                     (ExportOperation::Delete, row) => {
                         // Gone either way: the row we deleted, or one already gone.
                         let mut obj = row.and_then(|r| self.config.object_of(r)).or_else(|| {
-                            anchor.clone().map(|a| SourceObject::new(a, self.config.object_type.clone(), Attributes::new()))
+                            anchor.clone().map(|a| {
+                                SourceObject::new(
+                                    a,
+                                    self.config.object_type.clone(),
+                                    Attributes::new(),
+                                )
+                            })
                         });
                         if let Some(o) = obj.as_mut() {
                             o.deleted = true;
                         }
                         ExportResult::ok(c.mesh_id, obj)
                     }
-                    (_, Some(row)) => ExportResult::ok(c.mesh_id, if read_back { self.config.object_of(row) } else { None }),
+                    (_, Some(row)) => ExportResult::ok(
+                        c.mesh_id,
+                        if read_back {
+                            self.config.object_of(row)
+                        } else {
+                            None
+                        },
+                    ),
                     (_, None) => ExportResult::failed_with_code(
                         c.mesh_id,
                         "02000",
-                        format!("no row of {table} has anchor {}", anchor.unwrap_or_default()),
+                        format!(
+                            "no row of {table} has anchor {}",
+                            anchor.unwrap_or_default()
+                        ),
                     ),
                 }
             })
@@ -450,11 +602,18 @@ impl IdentityConnector for TableConnector {
         "table"
     }
 
-    fn full_import<'a>(&'a mut self, sink: &'a mut dyn ImportSink) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
+    fn full_import<'a>(
+        &'a mut self,
+        sink: &'a mut dyn ImportSink,
+    ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
         Box::pin(async move {
             let watermark = self.high_watermark().map(Watermark);
             self.read(sink, None)?;
-            Ok(ImportEnd { watermark, forced_full: false, note: None })
+            Ok(ImportEnd {
+                watermark,
+                forced_full: false,
+                note: None,
+            })
         })
     }
 
@@ -471,7 +630,11 @@ impl IdentityConnector for TableConnector {
                 end.note = Some("no delta_column configured: read everything".into());
                 return Ok(end);
             };
-            let high = from.0.get("high").and_then(Value::as_str).map(str::to_string);
+            let high = from
+                .0
+                .get("high")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             let same_column = from.0.get("column").and_then(Value::as_str) == Some(col.as_str());
             match high {
                 Some(h) if same_column => {
@@ -482,7 +645,11 @@ impl IdentityConnector for TableConnector {
                         Watermark(w)
                     });
                     self.read(sink, Some(&h))?;
-                    Ok(ImportEnd { watermark, forced_full: false, note: None })
+                    Ok(ImportEnd {
+                        watermark,
+                        forced_full: false,
+                        note: None,
+                    })
                 }
                 _ => {
                     let mut end = self.full_import(sink).await?;
@@ -494,11 +661,20 @@ impl IdentityConnector for TableConnector {
         })
     }
 
-    fn export<'a>(&'a mut self, changes: &'a [ExportChange]) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
+    fn export<'a>(
+        &'a mut self,
+        changes: &'a [ExportChange],
+    ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
         Box::pin(async move {
             let mut results = Vec::with_capacity(changes.len());
-            for op in [ExportOperation::Add, ExportOperation::Update, ExportOperation::Disable, ExportOperation::Delete] {
-                let group: Vec<&ExportChange> = changes.iter().filter(|c| c.operation == op).collect();
+            for op in [
+                ExportOperation::Add,
+                ExportOperation::Update,
+                ExportOperation::Disable,
+                ExportOperation::Delete,
+            ] {
+                let group: Vec<&ExportChange> =
+                    changes.iter().filter(|c| c.operation == op).collect();
                 if group.is_empty() {
                     continue;
                 }
@@ -506,13 +682,21 @@ impl IdentityConnector for TableConnector {
                 // bad row is an error on that object and the others go through.
                 match subxact(|| self.apply(op, &group)) {
                     Ok(Ok(r)) => results.extend(r),
-                    Ok(Err(msg)) => results.extend(group.iter().map(|c| ExportResult::failed(c.mesh_id, msg.clone()))),
+                    Ok(Err(msg)) => results.extend(
+                        group
+                            .iter()
+                            .map(|c| ExportResult::failed(c.mesh_id, msg.clone())),
+                    ),
                     Err(_) => {
                         for c in &group {
                             match subxact(|| self.apply(op, &[*c])) {
                                 Ok(Ok(r)) => results.extend(r),
                                 Ok(Err(msg)) => results.push(ExportResult::failed(c.mesh_id, msg)),
-                                Err(e) => results.push(ExportResult::failed_with_code(c.mesh_id, e.sqlstate(), e.message)),
+                                Err(e) => results.push(ExportResult::failed_with_code(
+                                    c.mesh_id,
+                                    e.sqlstate(),
+                                    e.message,
+                                )),
                             }
                         }
                     }

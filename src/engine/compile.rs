@@ -5,11 +5,17 @@ use idmesh_core::compile::*;
 use serde_json::Value;
 
 fn rows(sql: &str) -> Vec<Value> {
-    store::json(sql, &[]).as_array().cloned().unwrap_or_default()
+    store::json(sql, &[])
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn s(v: &Value, k: &str) -> String {
-    v.get(k).and_then(Value::as_str).unwrap_or_default().to_string()
+    v.get(k)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string()
 }
 fn i(v: &Value, k: &str) -> i32 {
     v.get(k).and_then(Value::as_i64).unwrap_or_default() as i32
@@ -77,7 +83,8 @@ pub fn provisioning() -> Vec<Provisioning> {
             connector_id: i(r, "connector_id"),
             object_type: s(r, "object_type"),
             scope: r.get("scope").and_then(Value::as_str).map(str::to_string),
-            deprovision: Deprovision::from_options(r.get("options").unwrap_or(&Value::Null)).unwrap_or(Deprovision::Leave),
+            deprovision: Deprovision::from_options(r.get("options").unwrap_or(&Value::Null))
+                .unwrap_or(Deprovision::Leave),
         })
         .collect()
 }
@@ -86,13 +93,19 @@ pub fn provisioning() -> Vec<Provisioning> {
 pub fn statements(step: &str, full: bool) -> Vec<(Option<i32>, String, String)> {
     let scope = if full { Scope::All } else { Scope::Affected };
     match step {
-        "join" => join_rules().iter().map(|r| (Some(r.connector_id), r.object_type.clone(), join_sql(r))).collect(),
+        "join" => join_rules()
+            .iter()
+            .map(|r| (Some(r.connector_id), r.object_type.clone(), join_sql(r)))
+            .collect(),
         "resolve" => {
             let flows = import_flows();
             let mut types: Vec<String> = flows.iter().map(|f| f.object_type.clone()).collect();
             types.sort();
             types.dedup();
-            types.into_iter().map(|t| (None, t.clone(), resolution_sql(&t, &flows, scope))).collect()
+            types
+                .into_iter()
+                .map(|t| (None, t.clone(), resolution_sql(&t, &flows, scope)))
+                .collect()
         }
         "prejoin" => {
             let flows = import_flows();
@@ -103,22 +116,34 @@ pub fn statements(step: &str, full: bool) -> Vec<(Option<i32>, String, String)> 
             types
                 .into_iter()
                 .filter_map(|t| {
-                    let attrs: Vec<String> =
-                        rules.iter().filter(|r| r.object_type == t).map(|r| r.mesh_attribute.clone()).collect();
+                    let attrs: Vec<String> = rules
+                        .iter()
+                        .filter(|r| r.object_type == t)
+                        .map(|r| r.mesh_attribute.clone())
+                        .collect();
                     join_attributes_sql(&t, &flows, &attrs).map(|sql| (None, t, sql))
                 })
                 .collect()
         }
         "unresolved" => import_flows()
             .iter()
-            .filter_map(|f| unresolved_references_sql(f, scope).map(|sql| (Some(f.connector_id), f.object_type.clone(), sql)))
+            .filter_map(|f| {
+                unresolved_references_sql(f, scope)
+                    .map(|sql| (Some(f.connector_id), f.object_type.clone(), sql))
+            })
             .collect(),
         "referrers" => {
-            let mut targets: Vec<(String, String)> =
-                import_flows().into_iter().filter(|f| f.reference).map(|f| (f.object_type, f.target)).collect();
+            let mut targets: Vec<(String, String)> = import_flows()
+                .into_iter()
+                .filter(|f| f.reference)
+                .map(|f| (f.object_type, f.target))
+                .collect();
             targets.sort();
             targets.dedup();
-            targets.into_iter().map(|(t, target)| (None, t, referrers_sql(&target))).collect()
+            targets
+                .into_iter()
+                .map(|(t, target)| (None, t, referrers_sql(&target)))
+                .collect()
         }
         "plan" => {
             let flows = export_flows();
@@ -133,8 +158,14 @@ pub fn statements(step: &str, full: bool) -> Vec<(Option<i32>, String, String)> 
             pairs
                 .into_iter()
                 .map(|(cid, t)| {
-                    let p = prov.iter().find(|p| p.connector_id == cid && p.object_type == t);
-                    (Some(cid), t.clone(), export_plan_sql(cid, &t, &flows, p, scope))
+                    let p = prov
+                        .iter()
+                        .find(|p| p.connector_id == cid && p.object_type == t);
+                    (
+                        Some(cid),
+                        t.clone(),
+                        export_plan_sql(cid, &t, &flows, p, scope),
+                    )
                 })
                 .collect()
         }

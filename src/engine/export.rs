@@ -22,76 +22,110 @@ pub fn run(connector: &Connector, parent: Option<i64>) -> i64 {
     let rt = runtime();
     let mut counters = Counters::default();
     let mut last_id: i64 = 0;
-    let mut read_back = StagingSink { run_id, seen: 0, mesh_ids: None };
+    let mut read_back = StagingSink {
+        run_id,
+        seen: 0,
+        mesh_ids: None,
+    };
     loop {
-        let batch = store::json(
+        let more = store::in_batch_context(|| {
+            let batch = store::json(
             "SELECT coalesce(jsonb_agg(jsonb_build_object('id', pe.id, 'mesh_id', pe.mesh_id, 'operation', pe.operation, \
                  'object_type', pe.object_type, 'anchor', pe.anchor, 'name', pe.name, 'changes', pe.changes, \
-                 'current', coalesce(c.attrs, '{}')) ORDER BY pe.id), '[]') \
+                 'current', coalesce(c.attrs, '{}'))), '[]') \
              FROM (SELECT * FROM mesh.pending_export WHERE connector_id = $1 AND status IN ('pending', 'failed') AND id > $2 \
                    ORDER BY id LIMIT $3) pe \
              LEFT JOIN mesh.connector_object c ON c.connector_id = pe.connector_id AND c.anchor = pe.anchor",
             &[connector.id.into(), last_id.into(), BATCH.into()],
         );
-        let rows = batch.as_array().cloned().unwrap_or_default();
-        if rows.is_empty() {
-            break;
-        }
-        last_id = rows.last().and_then(|r| r["id"].as_i64()).unwrap_or(last_id);
-        let changes: Vec<ExportChange> = rows
-            .iter()
-            .filter_map(|r| {
-                Some(ExportChange {
-                    mesh_id: r["mesh_id"].as_i64()?,
-                    operation: ExportOperation::parse(r["operation"].as_str()?)?,
-                    object_type: r["object_type"].as_str()?.to_string(),
-                    anchor: r["anchor"].as_str().map(str::to_string),
-                    name: r["name"].as_str().map(str::to_string),
-                    attributes: attrs(&r["changes"]),
-                    current: attrs(&r["current"]),
+            let rows = batch.as_array().cloned().unwrap_or_default();
+            if rows.is_empty() {
+                return false;
+            }
+            last_id = rows
+                .iter()
+                .filter_map(|r| r["id"].as_i64())
+                .max()
+                .unwrap_or(last_id);
+            let changes: Vec<ExportChange> = rows
+                .iter()
+                .filter_map(|r| {
+                    Some(ExportChange {
+                        mesh_id: r["mesh_id"].as_i64()?,
+                        operation: ExportOperation::parse(r["operation"].as_str()?)?,
+                        object_type: r["object_type"].as_str()?.to_string(),
+                        anchor: r["anchor"].as_str().map(str::to_string),
+                        name: r["name"].as_str().map(str::to_string),
+                        attributes: attrs(&r["changes"]),
+                        current: attrs(&r["current"]),
+                    })
                 })
-            })
-            .collect();
-        let results = rt.block_on(conn.export(&changes)).unwrap_or_else(|e| fail(e, connector));
-        let mut outcomes = Vec::with_capacity(results.len());
-        let mut staged: Vec<SourceObject> = Vec::new();
-        let mut staged_ids: Vec<i64> = Vec::new();
-        for res in results {
-            let Some(change) = changes.iter().find(|c| c.mesh_id == res.mesh_id) else { continue };
-            match &res.error {
-                None => {
-                    match change.operation {
-                        ExportOperation::Add => counters.added += 1,
-                        ExportOperation::Delete => counters.deleted += 1,
-                        _ => counters.updated += 1,
-                    }
-                    let confirmed = res.object.is_some();
-                    if let Some(obj) = res.object {
-                        counters.confirmed += 1;
-                        staged_ids.push(res.mesh_id);
-                        staged.push(obj);
-                    }
-                    outcomes.push(json!({"mesh_id": res.mesh_id, "status": if confirmed { "confirmed" } else { "applied" },
+                .collect();
+            let results = rt
+                .block_on(conn.export(&changes))
+                .unwrap_or_else(|e| fail(e, connector));
+            let mut outcomes = Vec::with_capacity(results.len());
+            let mut staged: Vec<SourceObject> = Vec::new();
+            let mut staged_ids: Vec<i64> = Vec::new();
+            for res in results {
+                let Some(change) = changes.iter().find(|c| c.mesh_id == res.mesh_id) else {
+                    continue;
+                };
+                match &res.error {
+                    None => {
+                        match change.operation {
+                            ExportOperation::Add => counters.added += 1,
+                            ExportOperation::Delete => counters.deleted += 1,
+                            _ => counters.updated += 1,
+                        }
+                        let confirmed = res.object.is_some();
+                        if let Some(obj) = res.object {
+                            counters.confirmed += 1;
+                            staged_ids.push(res.mesh_id);
+                            staged.push(obj);
+                        }
+                        outcomes.push(json!({"mesh_id": res.mesh_id, "status": if confirmed { "confirmed" } else { "applied" },
                                          "operation": change.operation.as_str()}));
-                }
-                Some(msg) => {
-                    counters.errors += 1;
-                    outcomes.push(json!({"mesh_id": res.mesh_id, "status": "failed", "error": msg, "code": res.code,
+                    }
+                    Some(msg) => {
+                        counters.errors += 1;
+                        outcomes.push(json!({"mesh_id": res.mesh_id, "status": "failed", "error": msg, "code": res.code,
                                          "operation": change.operation.as_str(), "anchor": change.anchor}));
+                    }
                 }
             }
+            if !staged.is_empty() {
+                read_back.mesh_ids = Some(staged_ids);
+                read_back
+                    .accept(staged)
+                    .unwrap_or_else(|e| fail(e, connector));
+            }
+            store::exec(
+                "SELECT mesh._record_export_outcomes($1, $2, $3)",
+                &[
+                    run_id.into(),
+                    connector.id.into(),
+                    JsonB(Value::Array(outcomes)).into(),
+                ],
+            );
+            true
+        });
+        if !more {
+            break;
         }
-        if !staged.is_empty() {
-            read_back.mesh_ids = Some(staged_ids);
-            read_back.accept(staged).unwrap_or_else(|e| fail(e, connector));
-        }
-        store::exec("SELECT mesh._record_export_outcomes($1, $2, $3)", &[run_id.into(), connector.id.into(), JsonB(Value::Array(outcomes)).into()]);
     }
     if read_back.seen > 0 {
         // Objects read back from the target confirm their exports now.
-        store::exec("SELECT mesh._merge_import($1, $2, false)", &[run_id.into(), connector.id.into()]);
+        store::exec(
+            "SELECT mesh._merge_import($1, $2, false)",
+            &[run_id.into(), connector.id.into()],
+        );
     }
-    let status = if counters.errors > 0 { "warning" } else { "success" };
+    let status = if counters.errors > 0 {
+        "warning"
+    } else {
+        "success"
+    };
     finish_run(run_id, &counters, status, json!({}), None, None);
     run_id
 }

@@ -39,8 +39,14 @@ impl ImportSink for StagingSink {
                 })
             })
             .collect();
-        if let Some(bad) = rows.iter().find(|r| r["anchor"].as_str().map_or(true, str::is_empty)) {
-            return Err(ConnectorError::data(format!("an object without an anchor (name {})", bad["name"])));
+        if let Some(bad) = rows
+            .iter()
+            .find(|r| r["anchor"].as_str().map_or(true, str::is_empty))
+        {
+            return Err(ConnectorError::data(format!(
+                "an object without an anchor (name {})",
+                bad["name"]
+            )));
         }
         self.seen += rows.len() as u64;
         store::exec(
@@ -52,7 +58,12 @@ impl ImportSink for StagingSink {
         Ok(())
     }
 
-    fn stage_query(&mut self, sql: &str, params: &[Option<String>], object_type: &str) -> Option<Result<u64, ConnectorError>> {
+    fn stage_query(
+        &mut self,
+        sql: &str,
+        params: &[Option<String>],
+        object_type: &str,
+    ) -> Option<Result<u64, ConnectorError>> {
         let k = params.len();
         let stage = format!(
             "INSERT INTO mesh.staging (run_id, anchor, name, object_type, attrs, deleted) \
@@ -62,7 +73,8 @@ impl ImportSink for StagingSink {
             k + 2,
             k + 3
         );
-        let mut args: Vec<pgrx::datum::DatumWithOid> = params.iter().map(|p| p.clone().into()).collect();
+        let mut args: Vec<pgrx::datum::DatumWithOid> =
+            params.iter().map(|p| p.clone().into()).collect();
         args.push(self.run_id.into());
         args.push(object_type.to_string().into());
         args.push(object_type.to_string().into());
@@ -74,7 +86,10 @@ impl ImportSink for StagingSink {
 
 /// A current-thread runtime: network I/O in futures, every SPI call on this thread.
 pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime")
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
 }
 
 pub fn fail(err: ConnectorError, connector: &Connector) -> ! {
@@ -84,7 +99,8 @@ pub fn fail(err: ConnectorError, connector: &Connector) -> ! {
         ErrorKind::Data => PgSqlErrorCode::ERRCODE_DATA_EXCEPTION,
         ErrorKind::Cancelled => PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
     };
-    let code = if err.message.contains("without an anchor") || err.message.contains("has no anchor") {
+    let code = if err.message.contains("without an anchor") || err.message.contains("has no anchor")
+    {
         PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION
     } else {
         code
@@ -112,9 +128,16 @@ pub fn counters_of(merged: &Value) -> Counters {
 pub fn run(connector: &Connector, full: bool, parent: Option<i64>) -> i64 {
     let profile = if full { "full_import" } else { "delta_import" };
     let run_id = start_run(connector, profile, parent);
-    let before = store::json("SELECT value FROM mesh.watermark WHERE connector_id = $1", &[connector.id.into()]);
+    let before = store::json(
+        "SELECT value FROM mesh.watermark WHERE connector_id = $1",
+        &[connector.id.into()],
+    );
     let mut conn = connectors::open(&connector.kind, &connector.name, &connector.config);
-    let mut sink = StagingSink { run_id, seen: 0, mesh_ids: None };
+    let mut sink = StagingSink {
+        run_id,
+        seen: 0,
+        mesh_ids: None,
+    };
     let watermark = Watermark(before.clone());
     let ended = {
         let rt = runtime();
@@ -149,6 +172,13 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>) -> i64 {
         None => before.clone(),
     };
     let details = serde_json::json!({ "seen": sink.seen, "forced_full": end.forced_full && !full });
-    finish_run(run_id, &counters, "success", details, Some((&before, &after)), end.note);
+    finish_run(
+        run_id,
+        &counters,
+        "success",
+        details,
+        Some((&before, &after)),
+        end.note,
+    );
     run_id
 }

@@ -28,7 +28,11 @@ pub fn connector(name: &str) -> Connector {
         &[name.into()],
     );
     if row.is_null() {
-        undefined("connector", name, "List connectors with: SELECT name, kind FROM mesh.dashboard;");
+        undefined(
+            "connector",
+            name,
+            "List connectors with: SELECT name, kind FROM mesh.dashboard;",
+        );
     }
     Connector {
         id: row["id"].as_i64().unwrap_or_default() as i32,
@@ -55,12 +59,24 @@ pub fn start_run(connector: &Connector, profile: &str, parent: Option<i64>) -> i
     store::one::<i64>(
         "INSERT INTO mesh.run (parent_id, connector_id, connector_name, profile, status) \
          VALUES ($1, $2, $3, $4, 'running') RETURNING id",
-        &[parent.into(), connector.id.into(), connector.name.clone().into(), profile.into()],
+        &[
+            parent.into(),
+            connector.id.into(),
+            connector.name.clone().into(),
+            profile.into(),
+        ],
     )
     .expect("run id")
 }
 
-pub fn finish_run(run_id: i64, c: &Counters, status: &str, details: Value, watermark: Option<(&Value, &Value)>, message: Option<String>) {
+pub fn finish_run(
+    run_id: i64,
+    c: &Counters,
+    status: &str,
+    details: Value,
+    watermark: Option<(&Value, &Value)>,
+    message: Option<String>,
+) {
     let (before, after) = match watermark {
         Some((b, a)) => (Some(JsonB(b.clone())), Some(JsonB(a.clone()))),
         None => (None, None),

@@ -4,6 +4,7 @@
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::JsonB;
+use pgrx::PgMemoryContexts;
 use serde_json::Value;
 use std::panic::AssertUnwindSafe;
 
@@ -14,7 +15,10 @@ pub fn json(sql: &str, args: &[DatumWithOid]) -> Value {
         if t.is_empty() {
             return Ok::<_, pgrx::spi::Error>(Value::Null);
         }
-        Ok(t.first().get_one::<JsonB>()?.map(|j| j.0).unwrap_or(Value::Null))
+        Ok(t.first()
+            .get_one::<JsonB>()?
+            .map(|j| j.0)
+            .unwrap_or(Value::Null))
     })
     .unwrap_or_else(|e| panic!("SPI: {e}"))
 }
@@ -87,7 +91,9 @@ pub fn subxact<T>(f: impl FnOnce() -> T) -> Result<T, SqlError> {
             let (code, message) = match &e {
                 pg_sys::panic::CaughtError::PostgresError(r)
                 | pg_sys::panic::CaughtError::ErrorReport(r)
-                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => (r.sql_error_code(), r.message().to_string()),
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+                    (r.sql_error_code(), r.message().to_string())
+                }
             };
             Err(SqlError { code, message })
         })
@@ -101,4 +107,13 @@ pub fn subxact<T>(f: impl FnOnce() -> T) -> Result<T, SqlError> {
         pg_sys::CurrentResourceOwner = owner;
     }
     result
+}
+
+/// Runs one batch in a memory context of its own, deleted afterwards: what SPI and datum
+/// conversions allocate for a batch is freed with it, so a run's memory stays flat
+/// however many batches it has.
+pub fn in_batch_context<R>(f: impl FnOnce() -> R) -> R {
+    let mut ctx = PgMemoryContexts::new("idmesh batch");
+    // SAFETY: the context is created just above and lives until `ctx` drops after the call.
+    unsafe { ctx.switch_to(|_| f()) }
 }

@@ -417,3 +417,57 @@ fn one_bad_export_row_does_not_stop_the_others() {
     assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0);
     assert_eq!(js("SELECT to_jsonb(d) FROM mesh.dashboard d WHERE flow = 'Mesh -> Phonebook'")["status"], json!("Healthy"));
 }
+
+/// A set-returning function as the source, the user's own SQL functions as the export, and
+/// deprovisioning by delete.
+#[pg_test]
+fn function_source_export_functions_and_delete() {
+    hr_and_phonebook();
+    run("CREATE FUNCTION hr.active_people() RETURNS SETOF hr.employees LANGUAGE sql STABLE
+             AS $$ SELECT * FROM hr.employees WHERE NOT terminated $$");
+    run("CREATE TABLE pb.badges (badge_for integer PRIMARY KEY, holder text)");
+    run("CREATE TABLE pb.badge_log (op text, attrs jsonb, current jsonb)");
+    run("CREATE FUNCTION pb.issue_badge(a jsonb, c jsonb) RETURNS void LANGUAGE sql AS $$
+             INSERT INTO pb.badges VALUES ((a->>'badge_for')::int, a->>'holder');
+             INSERT INTO pb.badge_log VALUES ('add', a, c) $$");
+    run("CREATE FUNCTION pb.revoke_badge(a jsonb, c jsonb) RETURNS void LANGUAGE sql AS $$
+             DELETE FROM pb.badges WHERE badge_for = (c->>'badge_for')::int;
+             INSERT INTO pb.badge_log VALUES ('delete', a, c) $$");
+    run(r#"SELECT mesh.create_connector('Active HR', 'table', '{"source": "hr.active_people()", "anchor": "employee_id"}')"#);
+    run(r#"SELECT mesh.create_connector('Badges', 'table', '{"source": "pb.badges", "anchor": "badge_for",
+              "export_functions": {"add": "pb.issue_badge", "delete": "pb.revoke_badge"}}')"#);
+    run("SELECT mesh.set_projection('Active HR', 'person', true)");
+    run("SELECT mesh.add_import_flow('Active HR', 'person', 'employee_id', 'badge_number', 100)");
+    run("SELECT mesh.add_import_flow('Active HR', 'person', 'last_name', 'surname', 100)");
+    run("SELECT mesh.add_join_rule('Badges', 'person', 'badge_for', 'badge_number')");
+    run("SELECT mesh.add_export_flow('Badges', 'person', 'badge_number', 'badge_for')");
+    run("SELECT mesh.add_export_flow('Badges', 'person', 'surname', 'holder')");
+    run(r#"SELECT mesh.set_provisioning('Badges', 'person', NULL, '{"deprovision": "delete"}')"#);
+    // The HR and phonebook connectors of the fixture stay out of this test.
+    run("SELECT mesh.alter_connector('HR', enabled => false)");
+    run("SELECT mesh.alter_connector('Phonebook', enabled => false)");
+
+    let runs = cycle();
+    assert_eq!(runs["Active HR/delta_import"]["added"], json!(3), "{runs}");
+    assert_eq!(runs["Badges/export"]["added"], json!(3), "{runs}");
+    assert_eq!(int("SELECT count(*) FROM pb.badges"), 3);
+    assert_eq!(one::<String>("SELECT holder FROM pb.badges WHERE badge_for = 2").as_deref(), Some("Hopper"));
+    // No read-back through functions: the next import confirms, and joins the badges.
+    let runs = cycle();
+    assert_eq!(runs["Badges/delta_import"]["added"], json!(3), "{runs}");
+    assert_eq!(runs["Badges/export"]["added"], json!(0), "{runs}");
+    assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0);
+
+    // Grace leaves: the function source stops returning her, the badge is revoked.
+    run("UPDATE hr.employees SET terminated = true WHERE employee_id = 2");
+    let runs = cycle();
+    assert_eq!(runs["Active HR/delta_import"]["deleted"], json!(1), "{runs}");
+    assert_eq!(runs["Badges/export"]["deleted"], json!(1), "{runs}");
+    assert_eq!(int("SELECT count(*) FROM pb.badges WHERE badge_for = 2"), 0);
+    let log = js("SELECT current FROM pb.badge_log WHERE op = 'delete'");
+    assert_eq!(log["badge_for"], json!(2), "the delete function got the badge's current attributes: {log}");
+    let runs = cycle();
+    assert_eq!(runs["Badges/delta_import"]["deleted"], json!(1), "{runs}");
+    assert_eq!(int("SELECT count(*) FROM mesh.mesh_object"), 2, "Grace's mesh object is gone");
+    assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0);
+}

@@ -246,7 +246,11 @@ fn add_export_flow(
                 &close_names(target, &known),
             );
         }
-    } else if c.kind == "table" {
+    } else if c.kind == "table"
+        && c.config
+            .get("export_functions")
+            .map_or(true, |f| f.is_null())
+    {
         raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(

@@ -7,7 +7,7 @@
 //! `anchor` (column or array of columns), `name_column`, `delta_column`, `overlap`
 //! (default 5 minutes for times), `soft_delete_column`, `export_table`, `export_mode`
 //! (upsert | insert | update), `export_functions` ({"add"|"update"|"disable"|"delete": "schema.fn"},
-//! each `fn(attributes jsonb, current jsonb)`), `batch_size` (default 5000).
+//! each `fn(attributes jsonb, current jsonb)`).
 
 use crate::error::{invalid, raise};
 use crate::store::{self, subxact};
@@ -39,7 +39,6 @@ pub struct TableConfig {
     pub export_table: Option<String>,
     pub export_mode: ExportMode,
     pub export_functions: HashMap<String, String>,
-    pub batch_size: i64,
 }
 
 fn opt_str<'a>(config: &'a Value, key: &str) -> Option<&'a str> {
@@ -71,7 +70,6 @@ impl TableConfig {
             "export_table",
             "export_mode",
             "export_functions",
-            "batch_size",
         ];
         if let Some(obj) = config.as_object() {
             if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
@@ -144,17 +142,7 @@ impl TableConfig {
             export_table: None,
             export_mode: ExportMode::Upsert,
             export_functions: HashMap::new(),
-            batch_size: config
-                .get("batch_size")
-                .and_then(Value::as_i64)
-                .unwrap_or(5000),
         };
-        if !(1..=100_000).contains(&cfg.batch_size) {
-            invalid(
-                "table connector: \"batch_size\" must be between 1 and 100000",
-                "",
-            );
-        }
         let columns = cfg.source_columns();
         let column_type = |c: &str, what: &str| -> String {
             columns

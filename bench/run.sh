@@ -26,6 +26,14 @@ sample_memory() {
   echo "$peak" > "$out"
 }
 
+# One mesh.cycle() in database $1 under application_name $2: a line per step
+# (connector profile ms added updated unchanged).
+cycle_steps() {
+  PGAPPNAME=$2 "${PSQL[@]}" -d "$1" -At -F ' ' -c \
+    "SELECT coalesce(connector, 'mesh'), profile, round(extract(epoch FROM duration) * 1000), added, updated, unchanged
+       FROM mesh.cycle()"
+}
+
 one_run() {
   local n=$1 db=idmesh_bench_$1 app=idmesh_bench_$1 memfile
   memfile=$(mktemp)
@@ -71,16 +79,12 @@ SQL
   sample_memory "$app" "$memfile" &
   local sampler=$!
   local full
-  full=$(PGAPPNAME=$app "${PSQL[@]}" -d "$db" -At -F ' ' -c \
-    "SELECT coalesce(connector, 'mesh'), profile, round(extract(epoch FROM duration) * 1000), added, updated, unchanged
-       FROM mesh.cycle()")
+  full=$(cycle_steps "$db" "$app")
   wait "$sampler" || true
   local mem_full; mem_full=$(cat "$memfile")
   # The next cycle confirms what the first exported (imports read it back): steady state after it.
   local confirm
-  confirm=$("${PSQL[@]}" -d "$db" -At -F ' ' -c \
-    "SELECT coalesce(connector, 'mesh'), profile, round(extract(epoch FROM duration) * 1000), added, updated, unchanged
-       FROM mesh.cycle()")
+  confirm=$(cycle_steps "$db" "$app-confirm")
   # Delta: CHANGES rows change in each source, then a cycle.
   "${PSQL[@]}" -q -d "$db" -c \
     "UPDATE src.a SET title = 'Changed ' || id, modified_at = clock_timestamp() WHERE id <= $CHANGES" \
@@ -88,9 +92,7 @@ SQL
   sample_memory "$app" "$memfile" &
   sampler=$!
   local delta
-  delta=$(PGAPPNAME=$app "${PSQL[@]}" -d "$db" -At -F ' ' -c \
-    "SELECT coalesce(connector, 'mesh'), profile, round(extract(epoch FROM duration) * 1000), added, updated, unchanged
-       FROM mesh.cycle()")
+  delta=$(cycle_steps "$db" "$app")
   wait "$sampler" || true
   local mem_delta; mem_delta=$(cat "$memfile")
   rm -f "$memfile"

@@ -25,8 +25,10 @@ fn int(sql: &str) -> i64 {
 /// The SQLSTATE and message of a statement that should fail (run in a subtransaction, so
 /// whatever it did is rolled back), or "ok".
 fn outcome(sql: &str) -> String {
-    run("CREATE OR REPLACE FUNCTION pg_temp.outcome(q text) RETURNS text LANGUAGE plpgsql AS $f$
-         BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $f$");
+    run("DO $d$ BEGIN IF to_regprocedure('pg_temp.outcome(text)') IS NULL THEN
+           CREATE FUNCTION pg_temp.outcome(q text) RETURNS text LANGUAGE plpgsql AS $f$
+           BEGIN EXECUTE q; RETURN 'ok'; EXCEPTION WHEN OTHERS THEN RETURN SQLSTATE || ': ' || SQLERRM; END $f$;
+         END IF; END $d$");
     one::<String>(&format!("SELECT pg_temp.outcome($q${sql}$q$)")).unwrap()
 }
 

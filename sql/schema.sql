@@ -17,6 +17,11 @@ CREATE TABLE mesh.connector (
     -- AES-GCM ciphertext of the connection secret; never shown by a view.
     secret      bytea,
     enabled     boolean NOT NULL DEFAULT true,
+    -- Safety (mesh.set_safety): an export whose deletes and disables exceed either
+    -- threshold is held until an operator approves it; staging computes exports, never writes.
+    delete_threshold         integer NOT NULL DEFAULT 500 CHECK (delete_threshold >= 0),
+    delete_threshold_percent numeric NOT NULL DEFAULT 20 CHECK (delete_threshold_percent BETWEEN 0 AND 100),
+    staging     boolean NOT NULL DEFAULT false,
     created_at  timestamptz NOT NULL DEFAULT now(),
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
@@ -132,7 +137,7 @@ CREATE TABLE mesh.run (
     connector_name   text,
     profile          text NOT NULL CHECK (profile IN ('full_import', 'delta_import', 'sync', 'full_sync', 'export', 'cycle')),
     status           text NOT NULL DEFAULT 'running'
-                     CHECK (status IN ('queued', 'running', 'success', 'warning', 'failed', 'cancelled')),
+                     CHECK (status IN ('queued', 'running', 'success', 'warning', 'failed', 'cancelled', 'blocked')),
     started_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
     finished_at      timestamptz,
     added            integer NOT NULL DEFAULT 0,
@@ -177,13 +182,29 @@ CREATE TABLE mesh.pending_export (
     name         text,
     changes      jsonb NOT NULL DEFAULT '{}',   -- attribute -> new value
     previous     jsonb NOT NULL DEFAULT '{}',   -- attribute -> value before (as last imported)
-    status       text NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'applied', 'failed', 'blocked')),
+    -- pending: to do; applied: written, waiting for the import that confirms it; failed:
+    -- retried from retry_at on; blocked: held by a deletion threshold; approved: released
+    status       text NOT NULL DEFAULT 'pending'
+                 CHECK (status IN ('pending', 'applied', 'failed', 'blocked', 'approved')),
     attempts     integer NOT NULL DEFAULT 0,
     error        text,
+    retry_at     timestamptz,
     planned_at   timestamptz NOT NULL DEFAULT now(),
     applied_at   timestamptz,
     run_id       bigint,
     UNIQUE (connector_id, mesh_id)
+);
+
+-- Who changed which connector or rule, and who approved which held export, when.
+CREATE TABLE mesh.audit (
+    id        bigserial PRIMARY KEY,
+    at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+    -- the role acting: SET ROLE's role when one is set, else the login
+    actor     text NOT NULL DEFAULT coalesce(nullif(current_setting('role'), 'none'), session_user),
+    action    text NOT NULL,
+    object    text NOT NULL,
+    connector text,
+    detail    jsonb
 );
 
 -- Reference contributions whose target has not arrived yet: recomputed when it does.
@@ -230,6 +251,7 @@ SELECT pg_catalog.pg_extension_config_dump('mesh.run', '');
 SELECT pg_catalog.pg_extension_config_dump('mesh.run_error', '');
 SELECT pg_catalog.pg_extension_config_dump('mesh.pending_export', '');
 SELECT pg_catalog.pg_extension_config_dump('mesh.unresolved_reference', '');
+SELECT pg_catalog.pg_extension_config_dump('mesh.audit', '');
 
 -- ---------------------------------------------------------------------------------------
 -- Value helpers used by the compiled rules (inlined by the planner).

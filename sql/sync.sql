@@ -5,10 +5,17 @@
 
 CREATE INDEX connector_object_deleted_idx ON mesh.connector_object (connector_id) WHERE deleted;
 
+-- Every call that changes configuration or runs something takes this lock first and holds
+-- it to the end of its transaction: engine work in one database is serialized, so two
+-- sessions never interleave a sync with each other's imports (and never deadlock).
+CREATE FUNCTION mesh._lock() RETURNS void
+LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(7236828734091060) $$;
+
 -- Adds an object type to the mesh (person, group and contact are built in).
 CREATE FUNCTION mesh.create_object_type(name text) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM mesh._lock();
     INSERT INTO mesh.object_type VALUES (name);
 EXCEPTION
     WHEN unique_violation THEN
@@ -150,7 +157,10 @@ BEGIN
      WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status = 'confirmed';
     UPDATE mesh.pending_export pe
        SET status = o.status, attempts = pe.attempts + 1, error = o.error, run_id = p_run,
-           applied_at = CASE WHEN o.status = 'applied' THEN now() END
+           applied_at = CASE WHEN o.status = 'applied' THEN now() END,
+           -- back off: 30 s, 1 min, 2 min, ... at most an hour (mesh.retry() retries now)
+           retry_at = CASE WHEN o.status = 'failed'
+                           THEN clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END
       FROM jsonb_to_recordset(outcomes) AS o(mesh_id bigint, status text, error text)
      WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status IN ('applied', 'failed');
     DELETE FROM mesh.run_error e
@@ -189,7 +199,7 @@ DECLARE
     seq_mark bigint;
 BEGIN
     -- One sync at a time, and no import writes while it runs: what it saw is what it marks done.
-    LOCK TABLE mesh.connector_object IN SHARE ROW EXCLUSIVE MODE;
+    PERFORM mesh._lock();
     SELECT * INTO st FROM mesh.sync_state FOR UPDATE;
     full_sync := p_full OR st.rules_changed;
     fence := CASE WHEN full_sync THEN NULL ELSE st.last_seq END;
@@ -456,11 +466,13 @@ BEGIN
     ON CONFLICT (connector_id, mesh_id) DO UPDATE
        SET operation = EXCLUDED.operation, anchor = EXCLUDED.anchor, name = EXCLUDED.name,
            changes = EXCLUDED.changes, previous = EXCLUDED.previous, planned_at = now(), run_id = EXCLUDED.run_id,
-           -- an applied export waiting for its confirming import stays applied
-           status = CASE WHEN pe.status = 'applied' AND pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes
-                         THEN 'applied' ELSE 'pending' END,
-           attempts = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes THEN pe.attempts ELSE 0 END
-     WHERE pe.status <> 'blocked' OR pe.changes IS DISTINCT FROM EXCLUDED.changes;
+           -- the same change keeps its state (applied and waiting for confirmation, failed and
+           -- backing off, held, approved); a different change starts over
+           status = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes
+                         THEN pe.status ELSE 'pending' END,
+           retry_at = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes
+                           THEN pe.retry_at END,
+           attempts = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes THEN pe.attempts ELSE 0 END;
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM mesh._analyze_if('mesh.pending_export', n);
     RETURN n;
@@ -511,25 +523,19 @@ WHERE NOT mesh.is_empty(k.value)
 GROUP BY k.mesh_id, o.object_type, k.attribute, o.attrs
 HAVING count(DISTINCT k.value #>> '{}') > 1;
 
--- The statements a delta sync runs now, for reading and EXPLAIN.
-CREATE VIEW mesh.compiled_sql AS
-SELECT s.step, c.name AS connector, x.object_type, x.sql
-FROM unnest(ARRAY['join', 'resolve', 'unresolved', 'referrers', 'plan']) WITH ORDINALITY s(step, n)
-CROSS JOIN LATERAL mesh._compile(s.step, false) x
-LEFT JOIN mesh.connector c ON c.id = x.connector_id
-ORDER BY s.n;
-
 -- Health per connector and direction. Status rules:
 --   Disabled  the connector is disabled
 --   Running   a run of it is running now
 --   Error     its last run in this direction failed
+--   Staging   exports to it are computed but never written (staging mode)
+--   Blocked   an export to it is held by a deletion threshold (mesh.approve releases it)
 --   Warning   its last run ended with object errors, or objects of it have errors now,
---             or exports to it are blocked or failing
+--             or exports to it are failing
 --   Never run no run in this direction yet
 --   Healthy   otherwise
 CREATE VIEW mesh.dashboard AS
 WITH dir AS (
-    SELECT c.id, c.name, c.kind, c.enabled, d.direction
+    SELECT c.id, c.name, c.kind, c.enabled, c.staging, d.direction
     FROM mesh.connector c
     CROSS JOIN LATERAL (VALUES ('import'), ('export')) d(direction)
     WHERE d.direction = 'import'
@@ -547,7 +553,8 @@ WITH dir AS (
     FROM mesh.connector_object co GROUP BY co.connector_id
 ), pending AS (
     SELECT pe.connector_id, count(*) AS pending,
-           count(*) FILTER (WHERE pe.status IN ('failed', 'blocked')) AS troubled
+           count(*) FILTER (WHERE pe.status = 'failed') AS troubled,
+           count(*) FILTER (WHERE pe.status = 'blocked') AS held
     FROM mesh.pending_export pe GROUP BY pe.connector_id
 ), errs AS (
     SELECT e.connector_id, count(*) AS errors, (array_agg(e.message ORDER BY e.last_seen DESC))[1] AS last_error
@@ -561,6 +568,8 @@ SELECT d.name AS connector, d.kind, d.direction,
            WHEN NOT d.enabled THEN 'Disabled'
            WHEN EXISTS (SELECT 1 FROM running x WHERE x.connector_id = d.id) THEN 'Running'
            WHEN l.status = 'failed' THEN 'Error'
+           WHEN d.direction = 'export' AND d.staging THEN 'Staging'
+           WHEN d.direction = 'export' AND coalesce(p.held, 0) > 0 THEN 'Blocked'
            WHEN l.status = 'warning' OR coalesce(e.errors, 0) > 0
                 OR (d.direction = 'export' AND coalesce(p.troubled, 0) > 0) THEN 'Warning'
            WHEN l.status IS NULL THEN 'Never run'
@@ -632,6 +641,7 @@ BEGIN
     UPDATE mesh.run r
        SET finished_at = clock_timestamp(),
            status = (SELECT CASE WHEN bool_or(k.status = 'failed') THEN 'failed'
+                                 WHEN bool_or(k.status = 'blocked') THEN 'blocked'
                                  WHEN bool_or(k.status = 'warning') THEN 'warning' ELSE 'success' END
                        FROM mesh.run k WHERE k.parent_id = cyc),
            errors = (SELECT coalesce(sum(k.errors), 0) FROM mesh.run k WHERE k.parent_id = cyc)

@@ -16,12 +16,15 @@ mod error;
 mod store;
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/sync.sql", name = "sync", finalize);
+extension_sql_file!("../sql/sync.sql", name = "sync", requires = ["schema"]);
+extension_sql_file!("../sql/safety.sql", name = "safety", requires = ["sync"]);
+extension_sql_file!("../sql/roles.sql", name = "roles", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
     include!("../pgrx-tests/scenarios.rs");
+    include!("../pgrx-tests/safety.rs");
 }
 
 /// Required by `cargo pgrx test`.

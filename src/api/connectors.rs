@@ -15,6 +15,7 @@ fn create_connector(
     config: default!(JsonB, "'{}'"),
     secret: default!(Option<&str>, "NULL"),
 ) -> i32 {
+    store::lock();
     if name.trim().is_empty() {
         crate::error::invalid("a connector needs a name", "");
     }
@@ -48,6 +49,7 @@ fn alter_connector(
     secret: default!(Option<&str>, "NULL"),
     enabled: default!(Option<bool>, "NULL"),
 ) {
+    store::lock();
     let c = engine::connector(name);
     if let Some(cfg) = &config {
         if !cfg.0.is_object() {
@@ -71,6 +73,7 @@ fn alter_connector(
 /// contributions at the next sync.
 #[pg_extern(volatile)]
 fn drop_connector(name: &str) {
+    store::lock();
     let c = engine::connector(name);
     // Mesh objects it contributed to are recomputed by the next (full) sync.
     store::exec(

@@ -141,6 +141,7 @@ fn add_import_flow(
     empty_is_value: default!(bool, false),
     reference: default!(bool, false),
 ) -> i32 {
+    store::lock();
     let c = engine::connector(connector);
     self::object_type(object_type);
     mesh_attribute(target);
@@ -236,6 +237,7 @@ fn add_export_flow(
     empty_is_value: default!(bool, false),
     reference: default!(bool, false),
 ) -> i32 {
+    store::lock();
     let c = engine::connector(connector);
     self::object_type(object_type);
     if let Some(known) = connectors::export_targets(&c.kind, &c.config) {
@@ -285,6 +287,7 @@ fn add_export_flow(
 /// Removes a flow rule by id.
 #[pg_extern(volatile)]
 fn remove_flow(rule_id: i32) {
+    store::lock();
     let n = store::exec(
         "DELETE FROM mesh.flow_rule WHERE id = $1 RETURNING id",
         &[rule_id.into()],
@@ -304,6 +307,7 @@ fn remove_flow(rule_id: i32) {
 /// mesh attribute `mesh_attribute`. Rules are tried in order; two candidates is an error.
 #[pg_extern(volatile)]
 fn add_join_rule(connector: &str, object_type: &str, source: &str, mesh_attribute: &str) -> i32 {
+    store::lock();
     let c = engine::connector(connector);
     self::object_type(object_type);
     self::mesh_attribute(mesh_attribute);
@@ -337,6 +341,7 @@ fn add_join_rule(connector: &str, object_type: &str, source: &str, mesh_attribut
 /// Whether this connector may create mesh objects of this type when no join matches.
 #[pg_extern(volatile)]
 fn set_projection(connector: &str, object_type: &str, enabled: bool) {
+    store::lock();
     let c = engine::connector(connector);
     self::object_type(object_type);
     store::exec(
@@ -357,6 +362,7 @@ fn set_provisioning(
     scope: Option<&str>,
     options: default!(JsonB, "'{}'"),
 ) {
+    store::lock();
     let c = engine::connector(connector);
     self::object_type(object_type);
     if !options.0.is_object() {

@@ -18,6 +18,37 @@ fn attrs(v: &Value) -> Attributes {
 
 pub fn run(connector: &Connector, parent: Option<i64>) -> i64 {
     let run_id = start_run(connector, "export", parent);
+    // Staging mode and deletion thresholds decide before anything is written.
+    let gate = store::json(
+        "SELECT to_jsonb(g) FROM mesh._export_gate($1) g",
+        &[connector.id.into()],
+    );
+    let message = gate["message"].as_str().map(str::to_string);
+    match gate["verdict"].as_str() {
+        Some("staging") => {
+            finish_run(
+                run_id,
+                &Counters::default(),
+                "success",
+                json!({"staging": true}),
+                None,
+                message,
+            );
+            return run_id;
+        }
+        Some("blocked") => {
+            finish_run(
+                run_id,
+                &Counters::default(),
+                "blocked",
+                json!({"held": true}),
+                None,
+                message,
+            );
+            return run_id;
+        }
+        _ => {}
+    }
     let mut conn = connectors::open(&connector.kind, &connector.name, &connector.config);
     let rt = runtime();
     let mut counters = Counters::default();
@@ -33,7 +64,9 @@ pub fn run(connector: &Connector, parent: Option<i64>) -> i64 {
             "SELECT coalesce(jsonb_agg(jsonb_build_object('id', pe.id, 'mesh_id', pe.mesh_id, 'operation', pe.operation, \
                  'object_type', pe.object_type, 'anchor', pe.anchor, 'name', pe.name, 'changes', pe.changes, \
                  'current', coalesce(c.attrs, '{}'))), '[]') \
-             FROM (SELECT * FROM mesh.pending_export WHERE connector_id = $1 AND status IN ('pending', 'failed') AND id > $2 \
+             FROM (SELECT * FROM mesh.pending_export WHERE connector_id = $1 AND id > $2 \
+                   AND (status IN ('pending', 'approved') \
+                        OR (status = 'failed' AND coalesce(retry_at, '-infinity') <= clock_timestamp())) \
                    ORDER BY id LIMIT $3) pe \
              LEFT JOIN mesh.connector_object c ON c.connector_id = pe.connector_id AND c.anchor = pe.anchor",
             &[connector.id.into(), last_id.into(), BATCH.into()],

@@ -106,6 +106,7 @@ pub fn finish_run(
 
 /// Runs one profile of one connector in this session; returns the run id.
 pub fn run(name: &str, profile: &str, parent: Option<i64>) -> i64 {
+    store::lock();
     let connector = connector(name);
     if !connector.enabled {
         raise(

@@ -23,6 +23,11 @@ pub fn json(sql: &str, args: &[DatumWithOid]) -> Value {
     .unwrap_or_else(|e| panic!("SPI: {e}"))
 }
 
+/// Takes the engine's transaction-level lock (see `mesh._lock` in sql/sync.sql).
+pub fn lock() {
+    exec("SELECT mesh._lock()", &[]);
+}
+
 /// Runs a statement; returns the number of rows it processed.
 pub fn exec(sql: &str, args: &[DatumWithOid]) -> u64 {
     Spi::connect_mut(|c| c.update(sql, None, args).map(|t| t.len() as u64))

@@ -46,6 +46,10 @@ BEGIN
     SELECT count(*) INTO removals FROM mesh.pending_export pe
      WHERE pe.connector_id = p_connector AND pe.status IN ('pending', 'failed', 'blocked')
        AND pe.operation IN ('delete', 'disable');
+    IF removals = 0 THEN
+        verdict := 'go';
+        RETURN;
+    END IF;
     SELECT count(*) INTO total FROM mesh.connector_object co WHERE co.connector_id = p_connector AND NOT co.deleted;
     IF removals > c.delete_threshold
        OR (total >= 20 AND removals * 100 > c.delete_threshold_percent * total) THEN

@@ -206,3 +206,41 @@ fn client_sees_sqlstates_and_nothing_changes() {
         .get(0);
     assert_eq!(v, serde_json::json!({"rules": 0, "runs": 0}));
 }
+
+#[test]
+fn roles_over_real_logins() {
+    let mut c = fresh_database("idmesh_it_roles");
+    setup_sources(&mut c);
+    c.batch_execute(
+        r#"DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_reader') THEN CREATE ROLE it_reader LOGIN; END IF;
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_operator') THEN CREATE ROLE it_operator LOGIN; END IF;
+           END $$;
+           GRANT mesh_reader TO it_reader;
+           GRANT mesh_operator TO it_operator;
+           SELECT mesh.create_connector('HR', 'table', '{"source": "hr.employees", "anchor": "employee_id"}');
+           SELECT mesh.set_projection('HR', 'person', true);
+           SELECT mesh.add_import_flow('HR', 'person', 'title', 'title', 90);"#,
+    )
+    .unwrap();
+    let login = |user: &str| {
+        postgres::Client::connect(
+            &format!("host={} port={} user={user} dbname=idmesh_it_roles", host(), port()),
+            postgres::NoTls,
+        )
+        .unwrap()
+    };
+    let mut operator = login("it_operator");
+    let n: i64 = operator.query_one("SELECT count(*) FROM mesh.cycle()", &[]).unwrap().get(0);
+    assert_eq!(n, 2, "import and sync");
+    assert_eq!(sqlstate_of(&mut operator, "SELECT mesh.add_import_flow('HR', 'person', 'department', 'dept', 1)"), "42501");
+
+    let mut reader = login("it_reader");
+    let objects: i64 = reader.query_one("SELECT count(*) FROM mesh.objects", &[]).unwrap().get(0);
+    assert_eq!(objects, 200);
+    let status: String = reader.query_one("SELECT status FROM mesh.dashboard", &[]).unwrap().get(0);
+    assert_eq!(status, "Healthy");
+    assert_eq!(sqlstate_of(&mut reader, "SELECT * FROM mesh.cycle()"), "42501");
+    assert_eq!(sqlstate_of(&mut reader, "SELECT config, secret FROM mesh.connector"), "42501");
+    assert_eq!(sqlstate_of(&mut reader, "SELECT * FROM mesh.connector_object"), "42501");
+}

@@ -17,9 +17,10 @@ install: bootstrap
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
 
 unit: bootstrap
-	cargo test -p idmesh-core -p idmesh-sdk
+	cargo test -p idmesh-core -p idmesh-sdk -p idmesh-csv-connector
 
 pgrx-test: bootstrap
+	cargo build -p idmesh-csv-connector
 	mkdir -p $(PGRX_TEST_PGDATA) && chown postgres:postgres $(PGRX_TEST_PGDATA)
 	cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_TEST_PGDATA)
 

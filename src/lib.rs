@@ -13,7 +13,13 @@ mod api;
 mod connectors;
 mod engine;
 mod error;
+mod guc;
 mod store;
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    guc::init();
+}
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/sync.sql", name = "sync", requires = ["schema"]);
@@ -25,6 +31,7 @@ extension_sql_file!("../sql/roles.sql", name = "roles", finalize);
 mod tests {
     include!("../pgrx-tests/scenarios.rs");
     include!("../pgrx-tests/safety.rs");
+    include!("../pgrx-tests/process.rs");
 }
 
 /// Required by `cargo pgrx test`.

@@ -225,22 +225,50 @@ fn roles_over_real_logins() {
     .unwrap();
     let login = |user: &str| {
         postgres::Client::connect(
-            &format!("host={} port={} user={user} dbname=idmesh_it_roles", host(), port()),
+            &format!(
+                "host={} port={} user={user} dbname=idmesh_it_roles",
+                host(),
+                port()
+            ),
             postgres::NoTls,
         )
         .unwrap()
     };
     let mut operator = login("it_operator");
-    let n: i64 = operator.query_one("SELECT count(*) FROM mesh.cycle()", &[]).unwrap().get(0);
+    let n: i64 = operator
+        .query_one("SELECT count(*) FROM mesh.cycle()", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(n, 2, "import and sync");
-    assert_eq!(sqlstate_of(&mut operator, "SELECT mesh.add_import_flow('HR', 'person', 'department', 'dept', 1)"), "42501");
+    assert_eq!(
+        sqlstate_of(
+            &mut operator,
+            "SELECT mesh.add_import_flow('HR', 'person', 'department', 'dept', 1)"
+        ),
+        "42501"
+    );
 
     let mut reader = login("it_reader");
-    let objects: i64 = reader.query_one("SELECT count(*) FROM mesh.objects", &[]).unwrap().get(0);
+    let objects: i64 = reader
+        .query_one("SELECT count(*) FROM mesh.objects", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(objects, 200);
-    let status: String = reader.query_one("SELECT status FROM mesh.dashboard", &[]).unwrap().get(0);
+    let status: String = reader
+        .query_one("SELECT status FROM mesh.dashboard", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(status, "Healthy");
-    assert_eq!(sqlstate_of(&mut reader, "SELECT * FROM mesh.cycle()"), "42501");
-    assert_eq!(sqlstate_of(&mut reader, "SELECT config, secret FROM mesh.connector"), "42501");
-    assert_eq!(sqlstate_of(&mut reader, "SELECT * FROM mesh.connector_object"), "42501");
+    assert_eq!(
+        sqlstate_of(&mut reader, "SELECT * FROM mesh.cycle()"),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate_of(&mut reader, "SELECT config, secret FROM mesh.connector"),
+        "42501"
+    );
+    assert_eq!(
+        sqlstate_of(&mut reader, "SELECT * FROM mesh.connector_object"),
+        "42501"
+    );
 }

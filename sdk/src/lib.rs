@@ -41,6 +41,9 @@
 //! }
 //! ```
 
+pub mod protocol;
+pub use protocol::serve;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::future::Future;

@@ -2,6 +2,7 @@
 //! Network connectors (AD, PostgreSQL, SQL Server) import no pgrx; the in-database
 //! `table` kind reads and writes through SPI on the backend thread.
 
+pub mod process;
 pub mod table;
 
 use crate::error::raise;
@@ -22,10 +23,20 @@ pub fn validate(kind: &str, config: &Value, has_secret: bool) {
             }
             table::TableConfig::parse(config);
         }
-        "postgres" | "sqlserver" | "active_directory" | "process" => raise(
+        "process" => {
+            if has_secret {
+                crate::error::invalid(
+                    "a process connector takes no secret in this version",
+                    "Give the program its credentials through its own configuration.",
+                );
+            }
+            process::ProcessConfig::parse(config);
+        }
+        "postgres" | "sqlserver" | "active_directory" => raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("connector kind \"{kind}\" is not available in this build yet"),
-            "Available now: table (a table, view or set-returning function of this database).",
+            "Available now: table (a table, view or set-returning function of this database) and process \
+             (a connector program, see docs/connector-protocol.md).",
         ),
         other => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -41,6 +52,10 @@ pub fn open(kind: &str, name: &str, config: &Value) -> Box<dyn IdentityConnector
         "table" => Box::new(table::TableConnector::new(
             name,
             table::TableConfig::parse(config),
+        )),
+        "process" => Box::new(process::ProcessConnector::new(
+            name,
+            process::ProcessConfig::parse(config),
         )),
         other => raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,

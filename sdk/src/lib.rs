@@ -264,6 +264,35 @@ impl fmt::Display for ConnectorError {
 
 impl std::error::Error for ConnectorError {}
 
+/// One attribute a connected system has, as schema discovery reports it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SchemaAttribute {
+    pub name: String,
+    /// The system's own type or syntax name (`text`, `integer`, `DN`, `Unicode String`).
+    pub syntax: String,
+    #[serde(default)]
+    pub multi_valued: bool,
+    /// The value names another object (a DN, a foreign key).
+    #[serde(default)]
+    pub reference: bool,
+}
+
+/// One object class or table of a connected system and its attributes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SchemaClass {
+    /// The mesh object type its objects import as (person, group, ...).
+    pub object_type: String,
+    /// The system's own name for it (`user`, `hr.employees`).
+    pub source_class: String,
+    pub attributes: Vec<SchemaAttribute>,
+}
+
+/// What a connected system holds, so flow rules can be checked against it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Schema {
+    pub classes: Vec<SchemaClass>,
+}
+
 /// A connected system. Implementations stream imports through the sink in batches
 /// and answer every export change with one result.
 pub trait IdentityConnector {

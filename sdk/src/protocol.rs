@@ -52,6 +52,8 @@ pub enum Reply {
     },
     /// The answer to `Export`: one result per change.
     Results { results: Vec<ExportResult> },
+    /// The answer to `DiscoverSchema`.
+    Schema { schema: Schema },
     /// The request failed as a whole.
     Error { message: String },
 }

@@ -389,6 +389,7 @@ fn kind_of(reply: &Reply) -> &'static str {
         Reply::Total { .. } => "total",
         Reply::End { .. } => "end",
         Reply::Results { .. } => "results",
+        Reply::Schema { .. } => "schema",
         Reply::Error { .. } => "error",
     }
 }

@@ -242,3 +242,86 @@ impl IdentityConnector for CsvConnector {
 fn main() -> std::io::Result<()> {
     idmesh_sdk::serve(CsvConnector::from_settings)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connector(name: &str, content: &str) -> CsvConnector {
+        let file =
+            std::env::temp_dir().join(format!("idmesh-csv-test-{name}-{}.csv", std::process::id()));
+        std::fs::write(&file, content).unwrap();
+        CsvConnector {
+            file,
+            anchor: "id".into(),
+            object_type: "person".into(),
+        }
+    }
+
+    fn change(op: ExportOperation, anchor: Option<&str>, attrs: Value) -> ExportChange {
+        ExportChange {
+            mesh_id: 1,
+            operation: op,
+            object_type: "person".into(),
+            anchor: anchor.map(str::to_string),
+            name: None,
+            attributes: attrs.as_object().unwrap().clone(),
+            current: Attributes::new(),
+        }
+    }
+
+    #[test]
+    fn export_adds_updates_and_deletes_rows_with_quoting() {
+        let c = connector(
+            "export",
+            "id,name,title\n1,Ada,Engineer\n2,\"Hopper, Grace\",Admiral\n",
+        );
+        let (mut t, _) = c.read().unwrap();
+        assert_eq!(t.rows[1][1], "Hopper, Grace");
+        let up = c
+            .apply(
+                &mut t,
+                &change(
+                    ExportOperation::Update,
+                    Some("1"),
+                    json!({"title": "Countess"}),
+                ),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(up.attributes["title"], json!("Countess"));
+        let add = c
+            .apply(
+                &mut t,
+                &change(ExportOperation::Add, None, json!({"id": 3, "name": "Alan"})),
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(add.anchor, "3");
+        let del = c
+            .apply(
+                &mut t,
+                &change(ExportOperation::Delete, Some("2"), json!({})),
+            )
+            .unwrap()
+            .unwrap();
+        assert!(del.deleted);
+        assert!(c
+            .apply(
+                &mut t,
+                &change(ExportOperation::Update, Some("9"), json!({"title": "x"}))
+            )
+            .is_err());
+        assert!(c
+            .apply(
+                &mut t,
+                &change(ExportOperation::Update, Some("1"), json!({"nope": "x"}))
+            )
+            .unwrap_err()
+            .contains("nope"));
+        c.write(&t).unwrap();
+        let written = std::fs::read_to_string(&c.file).unwrap();
+        assert_eq!(written, "id,name,title\n1,Ada,Countess\n3,Alan,\n");
+        std::fs::remove_file(&c.file).unwrap();
+    }
+}

@@ -374,6 +374,8 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert!(outcome("SELECT mesh.set_provisioning('HR', 'person', $$department$$)").starts_with("42804"));
     assert!(outcome(r#"SELECT mesh.set_provisioning('HR', 'person', NULL, '{"deprovision": "shred"}')"#).starts_with("22023"));
     assert!(outcome("SELECT * FROM mesh.explain(424242, 'title')").starts_with("42704"));
+    let bg = outcome("SELECT mesh.enqueue('HR', 'delta_import')");
+    assert!(bg.starts_with("55000") && bg.contains("shared_preload_libraries"), "{bg}");
     assert_eq!(int("SELECT count(*) FROM mesh.connector"), 2);
     assert_eq!(int("SELECT count(*) FROM mesh.flow_rule"), 5);
 

@@ -13,17 +13,21 @@ as_pg() { if [ "$(id -un)" = postgres ]; then "$@"; else sudo -u postgres "$@"; 
 
 case "${1:-}" in
 start)
-  mkdir -p "$RUN" "$SOCK"
+  mkdir -p "$RUN" "$SOCK" "$RUN/connectors"
   chown postgres:postgres "$RUN" "$SOCK" 2>/dev/null || true
+  chmod 755 "$RUN" "$RUN/connectors"
   if [ ! -f "$DATA/PG_VERSION" ]; then
     as_pg "$BIN/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
     cat >> "$DATA/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PORT
 unix_socket_directories = '$SOCK'
-shared_preload_libraries = 'pg_cron'
-cron.database_name = 'postgres'
+shared_preload_libraries = 'pg_cron,idmesh'
+cron.database_name = 'idmesh_workers'
 cron.host = '$SOCK'
+idmesh.database = 'idmesh_workers'
+idmesh.connector_directory = '$RUN/connectors'
+idmesh.launcher_naptime = 200
 max_worker_processes = 16
 fsync = off
 synchronous_commit = off
@@ -37,6 +41,10 @@ CONF
   fi
   if ! as_pg "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
     as_pg "$BIN/pg_ctl" -D "$DATA" -l "$RUN/postgres.log" -w -t 60 start >/dev/null
+  fi
+  # The database the idmesh launcher (and pg_cron) serve.
+  if [ "$("$BIN/psql" -h "$SOCK" -p "$PORT" -U postgres -XAtc "SELECT count(*) FROM pg_database WHERE datname = 'idmesh_workers'" postgres)" = 0 ]; then
+    "$BIN/psql" -h "$SOCK" -p "$PORT" -U postgres -Xq -c "CREATE DATABASE idmesh_workers" postgres
   fi
   echo "cluster: running on $SOCK port $PORT"
   ;;

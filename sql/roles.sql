@@ -43,7 +43,7 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA mesh FROM PUBLIC;
 GRANT USAGE ON SCHEMA mesh TO mesh_reader;
 
 GRANT SELECT ON mesh.dashboard, mesh.run_history, mesh.errors, mesh.pending_exports, mesh.conflicts,
-                mesh.objects, mesh.contributions, mesh.compiled_sql, mesh.audit_log
+                mesh.objects, mesh.contributions, mesh.compiled_sql, mesh.audit_log, mesh.running
    TO mesh_reader;
 
 -- Pure helpers the views and the resolution SQL use (they read nothing secret).
@@ -58,7 +58,8 @@ GRANT EXECUTE ON FUNCTION mesh.is_empty(jsonb), mesh.nullif_empty(jsonb), mesh.n
 GRANT EXECUTE ON FUNCTION mesh.resolve_agg(jsonb, integer, timestamptz, text, boolean) TO mesh_reader;
 
 GRANT EXECUTE ON FUNCTION mesh.run(text, text), mesh.sync(boolean), mesh.cycle(), mesh.preview(text),
-                          mesh.preview_cycle(), mesh.approve(text), mesh.retry(text)
+                          mesh.preview_cycle(), mesh.approve(text), mesh.retry(text),
+                          mesh.enqueue(text, text), mesh.enqueue_cycle(), mesh.cancel(bigint)
    TO mesh_operator;
 
 GRANT EXECUTE ON FUNCTION mesh.create_connector(text, text, jsonb, text),
@@ -85,7 +86,8 @@ BEGIN
                 AND p.proname IN ('create_connector', 'alter_connector', 'drop_connector', 'create_object_type',
                                   'add_import_flow', 'add_export_flow', 'remove_flow', 'add_join_rule',
                                   'set_projection', 'set_provisioning', 'set_safety', 'run', 'sync', 'cycle',
-                                  'explain', 'preview', 'preview_cycle', 'approve', 'retry')
+                                  'explain', 'preview', 'preview_cycle', 'approve', 'retry',
+                                  'enqueue', 'enqueue_cycle', 'cancel')
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, mesh, public, pg_temp', f);
     END LOOP;

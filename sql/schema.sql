@@ -150,9 +150,19 @@ CREATE TABLE mesh.run (
     details          jsonb NOT NULL DEFAULT '{}',
     watermark_before jsonb,
     watermark_after  jsonb,
-    message          text
+    message          text,
+    -- background runs (mesh.enqueue): when the launcher started a worker for it, the
+    -- worker's pid, a cancel request, and progress while it runs
+    launched_at      timestamptz,
+    worker_pid       integer,
+    cancel_requested boolean NOT NULL DEFAULT false,
+    phase            text,
+    seen             bigint NOT NULL DEFAULT 0,
+    total            bigint,
+    progress_at      timestamptz
 );
 CREATE INDEX run_connector_idx ON mesh.run (connector_id, id DESC);
+CREATE INDEX run_queue_idx ON mesh.run (id) WHERE status IN ('queued', 'running');
 
 -- Per-object errors: the run goes on; the object is retried on later runs.
 CREATE TABLE mesh.run_error (

@@ -180,7 +180,8 @@ END $$;
 -- Sync: join, project, lifecycle, resolve, plan exports, for what changed since the last
 -- sync (everything when full, or when the rules changed).
 
-CREATE FUNCTION mesh._sync(p_full boolean DEFAULT false, p_parent bigint DEFAULT NULL) RETURNS bigint
+CREATE FUNCTION mesh._sync(p_full boolean DEFAULT false, p_parent bigint DEFAULT NULL, p_existing bigint DEFAULT NULL)
+RETURNS bigint
 LANGUAGE plpgsql SET client_min_messages = warning AS $$
 DECLARE
     st mesh.sync_state;
@@ -203,8 +204,13 @@ BEGIN
     SELECT * INTO st FROM mesh.sync_state FOR UPDATE;
     full_sync := p_full OR st.rules_changed;
     fence := CASE WHEN full_sync THEN NULL ELSE st.last_seq END;
-    INSERT INTO mesh.run (parent_id, profile) VALUES (p_parent, CASE WHEN full_sync THEN 'full_sync' ELSE 'sync' END)
-    RETURNING id INTO run_id;
+    IF p_existing IS NULL THEN
+        INSERT INTO mesh.run (parent_id, profile) VALUES (p_parent, CASE WHEN full_sync THEN 'full_sync' ELSE 'sync' END)
+        RETURNING id INTO run_id;
+    ELSE
+        run_id := p_existing;  -- a queued sync run a background worker executes
+        UPDATE mesh.run SET status = 'running', phase = 'syncing' WHERE id = run_id;
+    END IF;
     IF st.rules_changed THEN
         PERFORM mesh._rebuild_views();
     END IF;
@@ -622,30 +628,10 @@ END $$;
 -- export flows or provisioning: one summary row per step.
 CREATE FUNCTION mesh.cycle() RETURNS SETOF mesh.run_history
 LANGUAGE plpgsql AS $$
-DECLARE
-    cyc bigint;
-    c record;
+DECLARE cyc bigint;
 BEGIN
     INSERT INTO mesh.run (profile) VALUES ('cycle') RETURNING id INTO cyc;
-    FOR c IN SELECT cn.name FROM mesh.connector cn WHERE cn.enabled ORDER BY cn.id LOOP
-        PERFORM mesh._run(c.name, 'delta_import', cyc);
-    END LOOP;
-    PERFORM mesh._sync(false, cyc);
-    FOR c IN SELECT cn.name FROM mesh.connector cn
-              WHERE cn.enabled
-                AND (EXISTS (SELECT 1 FROM mesh.flow_rule f WHERE f.connector_id = cn.id AND f.direction = 'export')
-                     OR EXISTS (SELECT 1 FROM mesh.provisioning p WHERE p.connector_id = cn.id))
-              ORDER BY cn.id LOOP
-        PERFORM mesh._run(c.name, 'export', cyc);
-    END LOOP;
-    UPDATE mesh.run r
-       SET finished_at = clock_timestamp(),
-           status = (SELECT CASE WHEN bool_or(k.status = 'failed') THEN 'failed'
-                                 WHEN bool_or(k.status = 'blocked') THEN 'blocked'
-                                 WHEN bool_or(k.status = 'warning') THEN 'warning' ELSE 'success' END
-                       FROM mesh.run k WHERE k.parent_id = cyc),
-           errors = (SELECT coalesce(sum(k.errors), 0) FROM mesh.run k WHERE k.parent_id = cyc)
-     WHERE r.id = cyc;
+    PERFORM mesh._cycle(cyc);
     RETURN QUERY SELECT * FROM mesh.run_history h WHERE h.parent_id = cyc ORDER BY h.run_id;
 END $$;
 

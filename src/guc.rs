@@ -11,7 +11,46 @@ pub static CONNECTOR_DIRECTORY: GucSetting<Option<CString>> =
 /// Seconds a connector program may stay silent before its run fails and it is killed.
 pub static CONNECTOR_TIMEOUT: GucSetting<i32> = GucSetting::<i32>::new(60);
 
+/// The database the launcher serves (background runs, pg_cron's mesh.enqueue).
+pub static DATABASE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c"postgres"));
+
+/// How many background runs may run at once (several connectors in parallel).
+pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
+
+/// How often the launcher looks at the queue, in milliseconds.
+pub static LAUNCHER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(500);
+
 pub fn init() {
+    GucRegistry::define_string_guc(
+        c"idmesh.database",
+        c"Database the idmesh launcher serves.",
+        c"Background runs (mesh.enqueue) run in this database; the launcher reads it when it starts, so a change needs a server restart.",
+        &DATABASE,
+        // Sighup, not Postmaster: the library also loads lazily, where postmaster GUCs cannot be defined.
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"idmesh.max_workers",
+        c"Background runs that may run at once.",
+        c"Each takes a background worker slot (max_worker_processes).",
+        &MAX_WORKERS,
+        1,
+        64,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"idmesh.launcher_naptime",
+        c"How often the idmesh launcher looks at the run queue.",
+        c"",
+        &LAUNCHER_NAPTIME,
+        10,
+        60000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
     GucRegistry::define_string_guc(
         c"idmesh.connector_directory",
         c"Directory of the connector programs the process connector kind may start.",

@@ -15,15 +15,25 @@ mod engine;
 mod error;
 mod guc;
 mod store;
+mod worker;
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     guc::init();
+    // Background runs exist only when loaded at server start.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        worker::register_launcher();
+    }
 }
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
 extension_sql_file!("../sql/sync.sql", name = "sync", requires = ["schema"]);
 extension_sql_file!("../sql/safety.sql", name = "safety", requires = ["sync"]);
+extension_sql_file!(
+    "../sql/workers.sql",
+    name = "workers",
+    requires = ["safety"]
+);
 extension_sql_file!("../sql/roles.sql", name = "roles", finalize);
 
 #[cfg(any(test, feature = "pg_test"))]

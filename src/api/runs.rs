@@ -9,6 +9,12 @@ fn _run(connector: &str, profile: &str, parent_run: default!(Option<i64>, "NULL"
     engine::run(connector, profile, parent_run)
 }
 
+/// Runs a whole cycle under an existing cycle run (mesh.cycle() creates it).
+#[pg_extern(volatile)]
+fn _cycle(cycle_run: i64) {
+    engine::cycle(cycle_run)
+}
+
 /// The statements a sync step runs, compiled from the current rules.
 #[pg_extern(volatile)]
 fn _compile(

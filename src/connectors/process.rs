@@ -213,6 +213,9 @@ impl ProcessConnector {
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("IDMESH_CONNECTOR", &self.name)
             .kill_on_drop(true)
+            // Its own process group: signals for the backend (pg_terminate_backend signals
+            // the backend's group) reach the engine, which stops the program itself.
+            .process_group(0)
             .spawn()
             .map_err(|e| {
                 ConnectorError::connection(format!(

@@ -16,8 +16,8 @@ fn attrs(v: &Value) -> Attributes {
     v.as_object().cloned().unwrap_or_default()
 }
 
-pub fn run(connector: &Connector, parent: Option<i64>) -> i64 {
-    let run_id = start_run(connector, "export", parent);
+pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) -> i64 {
+    let run_id = start_run(connector, "export", parent, existing);
     // Staging mode and deletion thresholds decide before anything is written.
     let gate = store::json(
         "SELECT to_jsonb(g) FROM mesh._export_gate($1) g",
@@ -56,7 +56,9 @@ pub fn run(connector: &Connector, parent: Option<i64>) -> i64 {
     let mut read_back = StagingSink {
         run_id,
         seen: 0,
+        total: None,
         mesh_ids: None,
+        checkpoints: false,
     };
     loop {
         let more = store::in_batch_context(|| {
@@ -146,6 +148,9 @@ pub fn run(connector: &Connector, parent: Option<i64>) -> i64 {
         if !more {
             break;
         }
+        let done = counters.added + counters.updated + counters.deleted + counters.errors;
+        super::checkpoint(run_id, "exporting", done as u64, None)
+            .unwrap_or_else(|e| fail(e, connector));
     }
     if read_back.seen > 0 {
         // Objects read back from the target confirm their exports now.

@@ -15,6 +15,9 @@ use serde_json::Value;
 pub struct StagingSink {
     pub run_id: i64,
     pub seen: u64,
+    pub total: Option<u64>,
+    /// Each batch is a checkpoint (progress, and in a worker a commit and a cancel check).
+    pub checkpoints: bool,
     /// Mesh object each staged object belongs to (export read-back), by position.
     pub mesh_ids: Option<Vec<i64>>,
 }
@@ -55,7 +58,14 @@ impl ImportSink for StagingSink {
              FROM jsonb_to_recordset($2) AS x(anchor text, name text, object_type text, attrs jsonb, deleted boolean, mesh_id bigint)",
             &[self.run_id.into(), JsonB(Value::Array(rows)).into()],
         );
+        if self.checkpoints {
+            super::checkpoint(self.run_id, "reading", self.seen, self.total)?;
+        }
         Ok(())
+    }
+
+    fn expect_total(&mut self, total: u64) {
+        self.total = Some(total);
     }
 
     fn stage_query(
@@ -80,6 +90,11 @@ impl ImportSink for StagingSink {
         args.push(object_type.to_string().into());
         let n = store::exec(&stage, &args);
         self.seen += n;
+        if self.checkpoints {
+            if let Err(e) = super::checkpoint(self.run_id, "reading", self.seen, Some(self.seen)) {
+                return Some(Err(e));
+            }
+        }
         Some(Ok(n))
     }
 }
@@ -125,9 +140,9 @@ pub fn counters_of(merged: &Value) -> Counters {
     }
 }
 
-pub fn run(connector: &Connector, full: bool, parent: Option<i64>) -> i64 {
+pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Option<i64>) -> i64 {
     let profile = if full { "full_import" } else { "delta_import" };
-    let run_id = start_run(connector, profile, parent);
+    let run_id = start_run(connector, profile, parent, existing);
     let before = store::json(
         "SELECT value FROM mesh.watermark WHERE connector_id = $1",
         &[connector.id.into()],
@@ -136,7 +151,9 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>) -> i64 {
     let mut sink = StagingSink {
         run_id,
         seen: 0,
+        total: None,
         mesh_ids: None,
+        checkpoints: true,
     };
     let watermark = Watermark(before.clone());
     let ended = {
@@ -155,6 +172,10 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>) -> i64 {
     };
     let end = ended.unwrap_or_else(|e| fail(e, connector));
     let read_everything = full || end.forced_full;
+    store::exec(
+        "UPDATE mesh.run SET phase = 'merging' WHERE id = $1",
+        &[run_id.into()],
+    );
     let merged = store::json(
         "SELECT to_jsonb(m) FROM mesh._merge_import($1, $2, $3) m",
         &[run_id.into(), connector.id.into(), read_everything.into()],

@@ -8,9 +8,11 @@ pub mod import;
 
 use crate::error::{raise, undefined};
 use crate::store;
+use idmesh_sdk::{ConnectorError, ErrorKind};
 use pgrx::prelude::*;
 use pgrx::JsonB;
 use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A connector as stored.
 pub struct Connector {
@@ -55,8 +57,25 @@ pub struct Counters {
     pub errors: i64,
 }
 
-pub fn start_run(connector: &Connector, profile: &str, parent: Option<i64>) -> i64 {
-    store::one::<i64>(
+/// The run row a run records itself in: a new one, or the queued one a worker executes.
+pub fn start_run(
+    connector: &Connector,
+    profile: &str,
+    parent: Option<i64>,
+    existing: Option<i64>,
+) -> i64 {
+    if let Some(id) = existing {
+        store::exec(
+            "UPDATE mesh.run SET status = 'running', phase = 'starting' WHERE id = $1",
+            &[id.into()],
+        );
+        log!(
+            "idmesh: run {id} started: {profile} of \"{}\"",
+            connector.name
+        );
+        return id;
+    }
+    let id = store::one::<i64>(
         "INSERT INTO mesh.run (parent_id, connector_id, connector_name, profile, status) \
          VALUES ($1, $2, $3, $4, 'running') RETURNING id",
         &[
@@ -66,7 +85,144 @@ pub fn start_run(connector: &Connector, profile: &str, parent: Option<i64>) -> i
             profile.into(),
         ],
     )
-    .expect("run id")
+    .expect("run id");
+    log!(
+        "idmesh: run {id} started: {profile} of \"{}\"",
+        connector.name
+    );
+    id
+}
+
+/// Set by the background worker: checkpoints then commit (durable progress).
+static IN_WORKER: AtomicBool = AtomicBool::new(false);
+
+pub fn running_in_worker() {
+    IN_WORKER.store(true, Ordering::Relaxed);
+}
+
+/// A batch boundary: records the run's progress; in a background worker also commits what
+/// the run did so far (progress is durable and visible), starts a new transaction, and
+/// honours a cancel request. In a session everything stays in the caller's transaction.
+pub fn checkpoint(
+    run_id: i64,
+    phase: &str,
+    seen: u64,
+    total: Option<u64>,
+) -> Result<(), ConnectorError> {
+    store::exec(
+        "UPDATE mesh.run SET phase = $2, seen = $3, total = coalesce($4, total), progress_at = clock_timestamp() WHERE id = $1",
+        &[run_id.into(), phase.into(), (seen as i64).into(), total.map(|t| t as i64).into()],
+    );
+    if !IN_WORKER.load(Ordering::Relaxed) {
+        return Ok(());
+    }
+    if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
+        return Err(ConnectorError::new(
+            ErrorKind::Cancelled,
+            "cut short: its worker was told to stop (terminated, or the server is shutting down); the watermark did not move",
+        ));
+    }
+    // SAFETY: called between statements, with no SPI connection or portal open, from the
+    // worker's own transaction (one active snapshot, pushed by BackgroundWorker::transaction).
+    unsafe {
+        pg_sys::PopActiveSnapshot();
+        pg_sys::CommitTransactionCommand();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    store::lock();
+    let cancel: Option<bool> = store::one(
+        "SELECT cancel_requested FROM mesh.run WHERE id = $1",
+        &[run_id.into()],
+    );
+    if cancel == Some(true) {
+        return Err(ConnectorError::new(ErrorKind::Cancelled, "cancelled"));
+    }
+    Ok(())
+}
+
+/// A whole cycle under an existing cycle run: delta import of every enabled connector,
+/// sync, export to every connector with export flows or provisioning.
+pub fn cycle(cycle_id: i64) {
+    store::lock();
+    let cancelled = |e: ConnectorError| -> ! {
+        raise(
+            PgSqlErrorCode::ERRCODE_QUERY_CANCELED,
+            format!("cycle {cycle_id}: {}", e.message),
+            "",
+        )
+    };
+    let names = |sql: &str| -> Vec<String> {
+        store::json(sql, &[])
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let importers = names(
+        "SELECT coalesce(jsonb_agg(name ORDER BY id), '[]') FROM mesh.connector WHERE enabled",
+    );
+    for (i, name) in importers.iter().enumerate() {
+        run(name, "delta_import", Some(cycle_id));
+        checkpoint(
+            cycle_id,
+            "importing",
+            i as u64 + 1,
+            Some(importers.len() as u64),
+        )
+        .unwrap_or_else(|e| cancelled(e));
+    }
+    store::exec("SELECT mesh._sync(false, $1)", &[cycle_id.into()]);
+    checkpoint(cycle_id, "synced", 0, None).unwrap_or_else(|e| cancelled(e));
+    let exporters = names(
+        "SELECT coalesce(jsonb_agg(cn.name ORDER BY cn.id), '[]') FROM mesh.connector cn WHERE cn.enabled \
+         AND (EXISTS (SELECT 1 FROM mesh.flow_rule f WHERE f.connector_id = cn.id AND f.direction = 'export') \
+              OR EXISTS (SELECT 1 FROM mesh.provisioning p WHERE p.connector_id = cn.id))",
+    );
+    for (i, name) in exporters.iter().enumerate() {
+        run(name, "export", Some(cycle_id));
+        checkpoint(
+            cycle_id,
+            "exporting",
+            i as u64 + 1,
+            Some(exporters.len() as u64),
+        )
+        .unwrap_or_else(|e| cancelled(e));
+    }
+    store::exec(
+        "UPDATE mesh.run r SET finished_at = clock_timestamp(), phase = NULL, \
+             status = (SELECT CASE WHEN bool_or(k.status = 'failed') THEN 'failed' \
+                                   WHEN bool_or(k.status = 'blocked') THEN 'blocked' \
+                                   WHEN bool_or(k.status = 'warning') THEN 'warning' ELSE 'success' END \
+                         FROM mesh.run k WHERE k.parent_id = $1), \
+             errors = (SELECT coalesce(sum(k.errors), 0) FROM mesh.run k WHERE k.parent_id = $1) \
+         WHERE r.id = $1",
+        &[cycle_id.into()],
+    );
+}
+
+/// Executes a queued run (background worker).
+pub fn execute_queued(run_id: i64) {
+    let row = store::json(
+        "SELECT jsonb_build_object('connector', connector_name, 'profile', profile) FROM mesh.run WHERE id = $1",
+        &[run_id.into()],
+    );
+    match row["profile"].as_str().unwrap_or_default() {
+        "cycle" => cycle(run_id),
+        "sync" => {
+            store::exec("SELECT mesh._sync(false, NULL, $1)", &[run_id.into()]);
+        }
+        "full_sync" => {
+            store::exec("SELECT mesh._sync(true, NULL, $1)", &[run_id.into()]);
+        }
+        profile => {
+            let name = row["connector"].as_str().unwrap_or_default().to_string();
+            run_as(&name, profile, None, Some(run_id));
+        }
+    }
 }
 
 pub fn finish_run(
@@ -77,6 +233,17 @@ pub fn finish_run(
     watermark: Option<(&Value, &Value)>,
     message: Option<String>,
 ) {
+    log!(
+        "idmesh: run {run_id} ended {status}: added {} updated {} renamed {} deleted {} unchanged {} confirmed {} errors {}{}",
+        c.added,
+        c.updated,
+        c.renamed,
+        c.deleted,
+        c.unchanged,
+        c.confirmed,
+        c.errors,
+        message.as_deref().map(|m| format!(" ({m})")).unwrap_or_default()
+    );
     let (before, after) = match watermark {
         Some((b, a)) => (Some(JsonB(b.clone())), Some(JsonB(a.clone()))),
         None => (None, None),
@@ -106,6 +273,10 @@ pub fn finish_run(
 
 /// Runs one profile of one connector in this session; returns the run id.
 pub fn run(name: &str, profile: &str, parent: Option<i64>) -> i64 {
+    run_as(name, profile, parent, None)
+}
+
+fn run_as(name: &str, profile: &str, parent: Option<i64>, existing: Option<i64>) -> i64 {
     store::lock();
     let connector = connector(name);
     if !connector.enabled {
@@ -116,9 +287,9 @@ pub fn run(name: &str, profile: &str, parent: Option<i64>) -> i64 {
         );
     }
     match profile {
-        "full_import" => import::run(&connector, true, parent),
-        "delta_import" => import::run(&connector, false, parent),
-        "export" => export::run(&connector, parent),
+        "full_import" => import::run(&connector, true, parent, existing),
+        "delta_import" => import::run(&connector, false, parent, existing),
+        "export" => export::run(&connector, parent, existing),
         other => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("unknown run profile \"{other}\""),

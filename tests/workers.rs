@@ -1,0 +1,323 @@
+//! Background runs against the project's cluster, where idmesh and pg_cron are preloaded
+//! and the launcher serves database idmesh_workers (scripts/cluster.sh). Runs here are real
+//! background workers: the tests commit, wait, and watch.
+
+use idmesh_integration_tests::*;
+use postgres::Client;
+use std::time::{Duration, Instant};
+
+/// A connector program that sends `n` objects one per batch, `pause` seconds apart.
+fn slow_program(name: &str, n: u32, pause: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::path::PathBuf::from(
+        std::env::var("IDMESH_RUN").unwrap_or_else(|_| "/tmp/idmesh-run".into()),
+    )
+    .join("connectors");
+    let path = dir.join(name);
+    std::fs::write(
+        &path,
+        format!(
+            r#"#!/bin/sh
+read line
+echo '{{"type":"hello","protocol":1,"name":"slow","capabilities":["full_import","delta_import"]}}'
+read line
+i=1
+while [ $i -le {n} ]; do
+  echo "{{\"type\":\"objects\",\"objects\":[{{\"anchor\":\"$i\",\"name\":null,\"object_type\":\"person\",\"attributes\":{{\"n\":\"$i\"}}}}]}}"
+  sleep {pause}
+  i=$((i+1))
+done
+echo '{{"type":"end","watermark":{{"sent":{n}}}}}'
+read line
+"#
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The workers' database with a fresh extension and the given slow connectors.
+fn setup(connectors: &[(&str, u32, &str)]) -> Client {
+    let mut c = connect("idmesh_workers");
+    c.batch_execute("DROP EXTENSION IF EXISTS pg_cron; DROP EXTENSION IF EXISTS idmesh CASCADE; CREATE EXTENSION idmesh;")
+        .unwrap();
+    for (name, n, pause) in connectors {
+        slow_program(name, *n, pause);
+        c.execute(
+            "SELECT mesh.create_connector($1, 'process', jsonb_build_object('program', $1::text, 'timeout_seconds', 30))",
+            &[name],
+        )
+        .unwrap();
+        c.execute("SELECT mesh.set_projection($1, 'person', true)", &[name])
+            .unwrap();
+    }
+    c
+}
+
+fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn status(c: &mut Client, run: i64) -> String {
+    c.query_one("SELECT status FROM mesh.run WHERE id = $1", &[&run])
+        .unwrap()
+        .get(0)
+}
+
+fn ended(c: &mut Client, run: i64, limit: u64) -> String {
+    wait_for(
+        &format!("run {run} to end"),
+        Duration::from_secs(limit),
+        || {
+            let s = status(c, run);
+            (s != "queued" && s != "running").then_some(s)
+        },
+    )
+}
+
+#[test]
+fn parallel_connectors_serial_per_connector_and_progress() {
+    let mut c = setup(&[("slow-a", 8, "0.3"), ("slow-b", 8, "0.3")]);
+    let a1: i64 = c
+        .query_one("SELECT mesh.enqueue('slow-a', 'full_import')", &[])
+        .unwrap()
+        .get(0);
+    let b1: i64 = c
+        .query_one("SELECT mesh.enqueue('slow-b', 'full_import')", &[])
+        .unwrap()
+        .get(0);
+    let a2: i64 = c
+        .query_one("SELECT mesh.enqueue('slow-a', 'delta_import')", &[])
+        .unwrap()
+        .get(0);
+    // Both connectors run at the same time; the second run of slow-a waits for the first.
+    let mut max_parallel = 0;
+    let mut seen_progress: Vec<i64> = Vec::new();
+    wait_for("the first two runs to end", Duration::from_secs(60), || {
+        let rows = c
+            .query(
+                "SELECT run_id, seen FROM mesh.running WHERE parent_id IS NULL",
+                &[],
+            )
+            .unwrap();
+        let running: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+        max_parallel = max_parallel.max(running.len());
+        assert!(
+            !(running.contains(&a1) && running.contains(&a2)),
+            "two runs of one connector at once"
+        );
+        if let Some(r) = rows.iter().find(|r| r.get::<_, i64>(0) == a1) {
+            seen_progress.push(r.get(1));
+        }
+        let done = status(&mut c, a1) == "success" && status(&mut c, b1) == "success";
+        done.then_some(())
+    });
+    assert_eq!(max_parallel, 2, "slow-a and slow-b ran in parallel");
+    assert!(
+        seen_progress.windows(2).any(|w| w[1] > w[0]),
+        "progress grew while running: {seen_progress:?}"
+    );
+    assert!(
+        seen_progress.iter().any(|s| *s > 0 && *s < 8),
+        "progress seen mid-run: {seen_progress:?}"
+    );
+    assert_eq!(ended(&mut c, a2, 60), "success");
+    let (added, unchanged): (i32, i32) = {
+        let r = c
+            .query_one(
+                "SELECT added, unchanged FROM mesh.run WHERE id = $1",
+                &[&a2],
+            )
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(
+        (added, unchanged),
+        (0, 8),
+        "the second run of slow-a came after the first"
+    );
+    let objects: i64 = c
+        .query_one("SELECT count(*) FROM mesh.connector_object", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(objects, 16);
+}
+
+#[test]
+fn cancel_a_long_import_midway() {
+    let mut c = setup(&[("slow-c", 20, "0.3")]);
+    let run: i64 = c
+        .query_one("SELECT mesh.enqueue('slow-c', 'full_import')", &[])
+        .unwrap()
+        .get(0);
+    wait_for(
+        "the import to make progress",
+        Duration::from_secs(30),
+        || {
+            let seen: i64 = c
+                .query_one("SELECT seen FROM mesh.run WHERE id = $1", &[&run])
+                .unwrap()
+                .get(0);
+            (seen >= 3).then_some(())
+        },
+    );
+    let answer: String = c
+        .query_one("SELECT mesh.cancel($1)", &[&run])
+        .unwrap()
+        .get(0);
+    assert_eq!(answer, "cancelling");
+    assert_eq!(ended(&mut c, run, 30), "cancelled");
+    let (objects, watermarks, staged): (i64, i64, i64) = {
+        let r = c
+            .query_one(
+                "SELECT (SELECT count(*) FROM mesh.connector_object), (SELECT count(*) FROM mesh.watermark),
+                        (SELECT count(*) FROM mesh.staging)",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(
+        (objects, watermarks, staged),
+        (0, 0, 0),
+        "nothing merged, no watermark, staging cleaned"
+    );
+    // A queued run cancels at once.
+    let queued: i64 = c
+        .query_one("SELECT mesh.enqueue('slow-c', 'delta_import')", &[])
+        .unwrap()
+        .get(0);
+    let q2: i64 = c
+        .query_one("SELECT mesh.enqueue('slow-c', 'delta_import')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        c.query_one("SELECT mesh.cancel($1)", &[&q2])
+            .unwrap()
+            .get::<_, String>(0),
+        "cancelled"
+    );
+    // A later run completes the work.
+    assert_eq!(ended(&mut c, queued, 60), "success");
+    let added: i32 = c
+        .query_one("SELECT added FROM mesh.run WHERE id = $1", &[&queued])
+        .unwrap()
+        .get(0);
+    assert_eq!(added, 20);
+    assert_eq!(status(&mut c, q2), "cancelled");
+}
+
+#[test]
+fn terminated_worker_fails_its_run_and_the_next_run_finishes() {
+    let mut c = setup(&[("slow-t", 15, "0.3")]);
+    let run: i64 = c
+        .query_one("SELECT mesh.enqueue('slow-t', 'full_import')", &[])
+        .unwrap()
+        .get(0);
+    let pid: i32 = wait_for("the worker", Duration::from_secs(30), || {
+        let r = c
+            .query_one(
+                "SELECT worker_pid, seen FROM mesh.run WHERE id = $1",
+                &[&run],
+            )
+            .unwrap();
+        let pid: Option<i32> = r.get(0);
+        let seen: i64 = r.get(1);
+        pid.filter(|_| seen >= 2)
+    });
+    c.execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .unwrap();
+    assert_eq!(ended(&mut c, run, 30), "failed");
+    let message: String = c
+        .query_one("SELECT message FROM mesh.run WHERE id = $1", &[&run])
+        .unwrap()
+        .get(0);
+    assert!(message.contains("cut short"), "{message}");
+    let (objects, watermarks): (i64, i64) = {
+        let r = c.query_one("SELECT (SELECT count(*) FROM mesh.connector_object), (SELECT count(*) FROM mesh.watermark)", &[]).unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((objects, watermarks), (0, 0));
+    let next: i64 = c
+        .query_one("SELECT mesh.enqueue('slow-t', 'delta_import')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ended(&mut c, next, 60), "success");
+    let r = c
+        .query_one(
+            "SELECT added, updated, deleted FROM mesh.run WHERE id = $1",
+            &[&next],
+        )
+        .unwrap();
+    assert_eq!(
+        (r.get::<_, i32>(0), r.get::<_, i32>(1), r.get::<_, i32>(2)),
+        (15, 0, 0)
+    );
+    let objects: i64 = c
+        .query_one(
+            "SELECT count(DISTINCT anchor) FROM mesh.connector_object",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(objects, 15, "no duplicates");
+}
+
+#[test]
+fn enqueue_cycle_and_pg_cron_schedule() {
+    let mut c = setup(&[("slow-k", 2, "0")]);
+    let cycle: i64 = c
+        .query_one("SELECT mesh.enqueue_cycle()", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ended(&mut c, cycle, 60), "success");
+    let steps: Vec<String> = c
+        .query(
+            "SELECT profile FROM mesh.run WHERE parent_id = $1 ORDER BY id",
+            &[&cycle],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(steps.len(), 2, "{steps:?}");
+    assert_eq!(steps[0], "delta_import");
+    assert!(steps[1].ends_with("sync"), "{steps:?}");
+    // pg_cron, minute resolution: a schedule calling mesh.enqueue produces runs.
+    c.batch_execute("CREATE EXTENSION pg_cron").unwrap();
+    let before: i64 = c
+        .query_one(
+            "SELECT count(*) FROM mesh.run WHERE profile = 'delta_import'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    c.execute("SELECT cron.schedule('idmesh-test', '* * * * *', $$SELECT mesh.enqueue('slow-k', 'delta_import')$$)", &[])
+        .unwrap();
+    wait_for(
+        "pg_cron to enqueue a run that succeeds",
+        Duration::from_secs(150),
+        || {
+            let n: i64 = c
+            .query_one("SELECT count(*) FROM mesh.run WHERE profile = 'delta_import' AND status = 'success'", &[])
+            .unwrap()
+            .get(0);
+            (n > before).then_some(())
+        },
+    );
+    c.execute("SELECT cron.unschedule('idmesh-test')", &[])
+        .unwrap();
+}
+
+#[test]
+fn enqueue_refuses_the_wrong_database_clearly() {
+    let mut c = fresh_database("idmesh_it_not_workers");
+    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.enqueue_cycle()"), "55000");
+}

@@ -13,13 +13,16 @@ bootstrap:
 	bash scripts/bootstrap.sh
 
 # Release build into the system PostgreSQL 15 (what the demo, integration tests and bench use).
+# The project's cluster preloads the library: stop it before replacing the file under it.
 install: bootstrap
+	bash scripts/cluster.sh stop
 	cargo pgrx install --release --pg-config $(PG_CONFIG)
 
 unit: bootstrap
 	cargo test -p idmesh-core -p idmesh-sdk -p idmesh-csv-connector
 
 pgrx-test: bootstrap
+	bash scripts/cluster.sh stop
 	cargo build -p idmesh-csv-connector
 	mkdir -p $(PGRX_TEST_PGDATA) && chown postgres:postgres $(PGRX_TEST_PGDATA)
 	cargo pgrx test pg15 --runas postgres --pgdata $(PGRX_TEST_PGDATA)

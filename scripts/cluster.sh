@@ -17,7 +17,8 @@ start)
   chown postgres:postgres "$RUN" "$SOCK" 2>/dev/null || true
   chmod 755 "$RUN" "$RUN/connectors"
   if [ ! -f "$DATA/PG_VERSION" ]; then
-    as_pg "$BIN/initdb" -D "$DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >/dev/null
+    # Local sockets trust the OS user; TCP needs a password (the postgres connector's tests use it).
+    as_pg "$BIN/initdb" -D "$DATA" -U postgres --auth-local=trust --auth-host=scram-sha-256 -E UTF8 --locale=C.UTF-8 >/dev/null
     cat >> "$DATA/postgresql.conf" <<CONF
 listen_addresses = '127.0.0.1'
 port = $PORT
@@ -28,6 +29,7 @@ cron.host = '$SOCK'
 idmesh.database = 'idmesh_workers'
 idmesh.connector_directory = '$RUN/connectors'
 idmesh.launcher_naptime = 200
+idmesh.secret_key_file = '$RUN/idmesh.key'
 max_worker_processes = 16
 fsync = off
 synchronous_commit = off

@@ -69,7 +69,8 @@ GRANT EXECUTE ON FUNCTION mesh.create_connector(text, text, jsonb, text),
                           mesh.add_export_flow(text, text, text, text, boolean, boolean),
                           mesh.remove_flow(integer), mesh.add_join_rule(text, text, text, text),
                           mesh.set_projection(text, text, boolean), mesh.set_provisioning(text, text, text, jsonb),
-                          mesh.set_safety(text, integer, numeric, boolean)
+                          mesh.set_safety(text, integer, numeric, boolean), mesh.test_connection(text),
+                          mesh.rotate_secret_key()
    TO mesh_admin;
 
 -- Reference lookups read the connector space for whoever reads mesh.contributions; their
@@ -87,7 +88,7 @@ BEGIN
                                   'add_import_flow', 'add_export_flow', 'remove_flow', 'add_join_rule',
                                   'set_projection', 'set_provisioning', 'set_safety', 'run', 'sync', 'cycle',
                                   'explain', 'preview', 'preview_cycle', 'approve', 'retry',
-                                  'enqueue', 'enqueue_cycle', 'cancel')
+                                  'enqueue', 'enqueue_cycle', 'cancel', 'test_connection', 'rotate_secret_key')
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, mesh, public, pg_temp', f);
     END LOOP;

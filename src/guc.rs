@@ -21,7 +21,18 @@ pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// How often the launcher looks at the queue, in milliseconds.
 pub static LAUNCHER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(500);
 
+/// The file holding the key that encrypts connection secrets (outside the database).
+pub static SECRET_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 pub fn init() {
+    GucRegistry::define_string_guc(
+        c"idmesh.secret_key_file",
+        c"File holding the key that encrypts connector secrets (AES-256-GCM).",
+        c"Outside the database; created with owner-only permissions on first use. Superusers only.",
+        &SECRET_KEY_FILE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
     GucRegistry::define_string_guc(
         c"idmesh.database",
         c"Database the idmesh launcher serves.",

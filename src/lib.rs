@@ -14,6 +14,7 @@ mod connectors;
 mod engine;
 mod error;
 mod guc;
+mod secrets;
 mod store;
 mod worker;
 

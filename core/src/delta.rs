@@ -14,12 +14,12 @@ pub enum DeltaKind {
 }
 
 impl DeltaKind {
-    /// From `format_type()` of the column.
+    /// From `format_type()` of the column, or the type's catalog name (`timestamptz`, `int8`).
     pub fn of_type(type_name: &str) -> Option<DeltaKind> {
         let t = type_name.to_ascii_lowercase();
         if t.starts_with("timestamp") || t == "date" {
             Some(DeltaKind::Time)
-        } else if ["smallint", "integer", "bigint"].contains(&t.as_str())
+        } else if ["smallint", "integer", "bigint", "int2", "int4", "int8"].contains(&t.as_str())
             || t.starts_with("numeric")
         {
             Some(DeltaKind::Number)
@@ -63,6 +63,8 @@ mod tests {
         assert_eq!(DeltaKind::of_type("bigint"), Some(DeltaKind::Number));
         assert_eq!(DeltaKind::of_type("numeric(20,0)"), Some(DeltaKind::Number));
         assert_eq!(DeltaKind::of_type("text"), None);
+        assert_eq!(DeltaKind::of_type("timestamptz"), Some(DeltaKind::Time));
+        assert_eq!(DeltaKind::of_type("int8"), Some(DeltaKind::Number));
     }
 
     #[test]

@@ -5,9 +5,11 @@
 //! - [`resolve`]: confidence resolution order, in Rust; the SQL the engine runs follows it.
 //! - [`compile`]: flow, join and provisioning rules compiled into set-based SQL.
 //! - [`delta`]: delta-column predicates and overlap windows for SQL sources.
+//! - [`export_sql`]: the statements that apply export batches to SQL tables (PostgreSQL, SQL Server MERGE).
 
 pub mod compile;
 pub mod delta;
+pub mod export_sql;
 pub mod resolve;
 pub mod source;
 pub mod sql;

@@ -34,9 +34,10 @@ fn create_connector(
         crate::error::invalid("connector config must be a JSON object", "");
     }
     connectors::validate(kind, &config.0, secret.is_some());
+    let sealed: Option<Vec<u8>> = secret.map(crate::secrets::encrypt);
     store::one::<i32>(
-        "INSERT INTO mesh.connector (name, kind, config) VALUES ($1, $2, $3) RETURNING id",
-        &[name.into(), kind.into(), config.into()],
+        "INSERT INTO mesh.connector (name, kind, config, secret) VALUES ($1, $2, $3, $4) RETURNING id",
+        &[name.into(), kind.into(), config.into(), sealed.into()],
     )
     .expect("connector id")
 }
@@ -60,6 +61,13 @@ fn alter_connector(
         connectors::validate(&c.kind, &c.config, true);
     }
     let config_changed = config.is_some();
+    if let Some(s) = secret {
+        // Replaced, never shown.
+        store::exec(
+            "UPDATE mesh.connector SET secret = $2 WHERE id = $1",
+            &[c.id.into(), crate::secrets::encrypt(s).into()],
+        );
+    }
     store::exec(
         "UPDATE mesh.connector SET config = coalesce($2, config), enabled = coalesce($3, enabled), updated_at = now() WHERE id = $1",
         &[c.id.into(), config.into(), enabled.into()],
@@ -91,4 +99,40 @@ fn drop_connector(name: &str) {
     store::exec("DELETE FROM mesh.connector WHERE id = $1", &[c.id.into()]);
     store::exec("UPDATE mesh.sync_state SET rules_changed = true", &[]);
     engine::compile::rebuild_views();
+}
+
+/// Checks a connector without running it: reachability, login, and whether its import
+/// query runs. One row per check.
+#[pg_extern(volatile)]
+fn test_connection(
+    name: &str,
+) -> TableIterator<'static, (name!(step, String), name!(ok, bool), name!(detail, String))> {
+    let c = engine::connector(name);
+    let rows = match c.kind.as_str() {
+        "postgres" => {
+            let mut conn = connectors::postgres::PostgresConnector::new(
+                &c.name,
+                connectors::postgres::PostgresConfig::parse(&c.config),
+                crate::secrets::secret_of(c.id, &c.name),
+            );
+            crate::engine::import::runtime().block_on(conn.check())
+        }
+        _ => {
+            connectors::validate(&c.kind, &c.config, false);
+            vec![(
+                "config".to_string(),
+                true,
+                "valid; this kind connects at run time".to_string(),
+            )]
+        }
+    };
+    TableIterator::new(rows)
+}
+
+/// Re-encrypts every connector secret under a new key (the key file is replaced when the
+/// transaction commits). Returns how many secrets were re-encrypted.
+#[pg_extern(volatile)]
+fn rotate_secret_key() -> i64 {
+    store::lock();
+    crate::secrets::rotate()
 }

@@ -2,6 +2,7 @@
 //! Network connectors (AD, PostgreSQL, SQL Server) import no pgrx; the in-database
 //! `table` kind reads and writes through SPI on the backend thread.
 
+pub mod postgres;
 pub mod process;
 pub mod table;
 
@@ -32,11 +33,12 @@ pub fn validate(kind: &str, config: &Value, has_secret: bool) {
             }
             process::ProcessConfig::parse(config);
         }
-        "postgres" | "sqlserver" | "active_directory" => raise(
+        "postgres" => postgres::validate(config),
+        "sqlserver" | "active_directory" => raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("connector kind \"{kind}\" is not available in this build yet"),
-            "Available now: table (a table, view or set-returning function of this database) and process \
-             (a connector program, see docs/connector-protocol.md).",
+            "Available now: table (a table, view or set-returning function of this database), postgres \
+             (a PostgreSQL database over the network) and process (a connector program, see docs/connector-protocol.md).",
         ),
         other => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -47,8 +49,13 @@ pub fn validate(kind: &str, config: &Value, has_secret: bool) {
 }
 
 /// Opens a connector for a run.
-pub fn open(kind: &str, name: &str, config: &Value) -> Box<dyn IdentityConnector> {
+pub fn open(id: i32, kind: &str, name: &str, config: &Value) -> Box<dyn IdentityConnector> {
     match kind {
+        "postgres" => Box::new(postgres::PostgresConnector::new(
+            name,
+            postgres::PostgresConfig::parse(config),
+            crate::secrets::secret_of(id, name),
+        )),
         "table" => Box::new(table::TableConnector::new(
             name,
             table::TableConfig::parse(config),

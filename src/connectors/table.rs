@@ -12,7 +12,8 @@
 use crate::error::{invalid, raise};
 use crate::store::{self, subxact};
 use idmesh_core::delta::{predicate, DeltaKind};
-use idmesh_core::sql::{ident, literal};
+use idmesh_core::export_sql;
+use idmesh_core::sql::ident;
 use idmesh_sdk::*;
 use pgrx::prelude::*;
 use pgrx::JsonB;
@@ -471,67 +472,34 @@ impl TableConnector {
             .collect();
         cols.sort();
         cols.dedup();
-        let key_match: Vec<String> = self
-            .config
-            .anchor
-            .iter()
-            .map(|a| format!("t.{0} = (e.k).{0}", ident(a)))
-            .collect();
-        let sql = match op {
-            ExportOperation::Add => {
-                if self.config.export_mode == ExportMode::Update {
-                    return Err(format!("connector \"{}\" exports in update mode and does not add rows", self.name));
-                }
-                for c in changes {
-                    if self.config.anchor.iter().any(|a| c.attributes.get(a).map_or(true, Value::is_null)) {
-                        return Err(format!(
-                            "a new row needs its anchor column(s) {} from the export flows",
-                            self.config.anchor.join(", ")
-                        ));
-                    }
-                }
-                let col_list: Vec<String> = cols.iter().map(|c| ident(c)).collect();
-                let values: Vec<String> = cols.iter().map(|c| format!("r.{}", ident(c))).collect();
-                let conflict = if self.config.export_mode == ExportMode::Upsert {
-                    let sets: Vec<String> = cols.iter().map(|c| format!("{0} = EXCLUDED.{0}", ident(c))).collect();
-                    let anchors: Vec<String> = self.config.anchor.iter().map(|a| ident(a)).collect();
-                    format!(" ON CONFLICT ({}) DO UPDATE SET {}", anchors.join(", "), sets.join(", "))
-                } else {
-                    String::new()
-                };
-                format!(
-                    "INSERT INTO {table} AS t ({}) SELECT {} FROM jsonb_array_elements($1) x \
-                     CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, x->'attributes') r{conflict} RETURNING to_jsonb(t.*)",
-                    col_list.join(", "),
-                    values.join(", ")
-                )
-            }
-            ExportOperation::Update | ExportOperation::Disable => {
-                let sets: Vec<String> = cols
+        if op == ExportOperation::Add {
+            for c in changes {
+                if self
+                    .config
+                    .anchor
                     .iter()
-                    .map(|c| format!("{0} = CASE WHEN e.ch ? {1} THEN (e.r).{0} ELSE t.{0} END", ident(c), literal(c)))
-                    .collect();
-                format!(
-                    "UPDATE {table} AS t SET {} FROM (SELECT x->'attributes' AS ch, \
-                     jsonb_populate_record(NULL::{table}, x->'attributes') AS r, \
-                     jsonb_populate_record(NULL::{table}, x->'key') AS k FROM jsonb_array_elements($1) x) e \
-                     WHERE {} RETURNING to_jsonb(t.*)",
-                    sets.join(", "),
-                    key_match.join(" AND ")
-                )
+                    .any(|a| c.attributes.get(a).map_or(true, Value::is_null))
+                {
+                    return Err(format!(
+                        "a new row needs its anchor column(s) {} from the export flows",
+                        self.config.anchor.join(", ")
+                    ));
+                }
             }
-            ExportOperation::Delete => format!(
-                "DELETE FROM {table} AS t USING (SELECT jsonb_populate_record(NULL::{table}, x->'key') AS k \
-                 FROM jsonb_array_elements($1) x) e WHERE {} RETURNING to_jsonb(t.*)",
-                key_match.join(" AND ")
-            ),
+        }
+        let mode = match self.config.export_mode {
+            ExportMode::Upsert => export_sql::Mode::Upsert,
+            ExportMode::Insert => export_sql::Mode::Insert,
+            ExportMode::Update => export_sql::Mode::Update,
         };
-        let rows = match store::json(
-            &format!(
-                "WITH done AS ({sql}) SELECT coalesce(jsonb_agg(d.to_jsonb), '[]') FROM done d"
-            ),
-            &[JsonB(Value::Array(payload)).into()],
-        ) {
+        let sql_op = match op {
+            ExportOperation::Add => export_sql::Op::Add,
+            ExportOperation::Update | ExportOperation::Disable => export_sql::Op::Update,
+            ExportOperation::Delete => export_sql::Op::Delete,
+        };
+        let sql = export_sql::postgres_statement(table, &self.config.anchor, &cols, sql_op, mode)
+            .map_err(|e| format!("connector \"{}\": {e}", self.name))?;
+        let rows = match store::json(&sql, &[JsonB(Value::Array(payload)).into()]) {
             Value::Array(rows) => rows,
             _ => Vec::new(),
         };

@@ -49,7 +49,12 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
         }
         _ => {}
     }
-    let mut conn = connectors::open(&connector.kind, &connector.name, &connector.config);
+    let mut conn = connectors::open(
+        connector.id,
+        &connector.kind,
+        &connector.name,
+        &connector.config,
+    );
     let rt = runtime();
     let mut counters = Counters::default();
     let mut last_id: i64 = 0;

@@ -147,7 +147,12 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
         "SELECT value FROM mesh.watermark WHERE connector_id = $1",
         &[connector.id.into()],
     );
-    let mut conn = connectors::open(&connector.kind, &connector.name, &connector.config);
+    let mut conn = connectors::open(
+        connector.id,
+        &connector.kind,
+        &connector.name,
+        &connector.config,
+    );
     let mut sink = StagingSink {
         run_id,
         seen: 0,

@@ -1,0 +1,234 @@
+//! SQL that applies a batch of export changes to a table, for PostgreSQL targets (the
+//! in-database `table` kind through SPI, the `postgres` kind over the network) and the
+//! MERGE for SQL Server targets. The batch travels as ONE bound JSON parameter (`$1`: an
+//! array of `{"attributes": {...}, "key": {...}}`); the target server types every value
+//! itself (`jsonb_populate_record`), so nothing is ever spliced into the text but quoted
+//! identifiers.
+
+use crate::sql::{ident, literal};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Upsert,
+    Insert,
+    Update,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Add,
+    /// Update and disable: write some columns of existing rows.
+    Update,
+    Delete,
+}
+
+/// A PostgreSQL statement for one operation over a batch; it returns one row per row
+/// written (`to_jsonb` of the row as stored). `table` is an already quoted, qualified name.
+pub fn postgres_statement(
+    table: &str,
+    anchors: &[String],
+    cols: &[&str],
+    op: Op,
+    mode: Mode,
+) -> Result<String, String> {
+    if anchors.is_empty() {
+        return Err("a target table needs its anchor column(s)".into());
+    }
+    let key_match: Vec<String> = anchors
+        .iter()
+        .map(|a| format!("t.{0} = (e.k).{0}", ident(a)))
+        .collect();
+    let sql = match op {
+        Op::Add => {
+            if mode == Mode::Update {
+                return Err("this connector exports in update mode and does not add rows".into());
+            }
+            let col_list: Vec<String> = cols.iter().map(|c| ident(c)).collect();
+            let values: Vec<String> = cols.iter().map(|c| format!("r.{}", ident(c))).collect();
+            let conflict = if mode == Mode::Upsert {
+                let sets: Vec<String> = cols.iter().map(|c| format!("{0} = EXCLUDED.{0}", ident(c))).collect();
+                let keys: Vec<String> = anchors.iter().map(|a| ident(a)).collect();
+                format!(" ON CONFLICT ({}) DO UPDATE SET {}", keys.join(", "), sets.join(", "))
+            } else {
+                String::new()
+            };
+            format!(
+                "INSERT INTO {table} AS t ({}) SELECT {} FROM jsonb_array_elements($1::jsonb) x \
+                 CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, x->'attributes') r{conflict} RETURNING to_jsonb(t.*)",
+                col_list.join(", "),
+                values.join(", ")
+            )
+        }
+        Op::Update => {
+            if cols.is_empty() {
+                return Err("nothing to update".into());
+            }
+            let sets: Vec<String> = cols
+                .iter()
+                .map(|c| format!("{0} = CASE WHEN e.ch ? {1} THEN (e.r).{0} ELSE t.{0} END", ident(c), literal(c)))
+                .collect();
+            format!(
+                "UPDATE {table} AS t SET {} FROM (SELECT x->'attributes' AS ch, \
+                 jsonb_populate_record(NULL::{table}, x->'attributes') AS r, \
+                 jsonb_populate_record(NULL::{table}, x->'key') AS k FROM jsonb_array_elements($1::jsonb) x) e \
+                 WHERE {} RETURNING to_jsonb(t.*)",
+                sets.join(", "),
+                key_match.join(" AND ")
+            )
+        }
+        Op::Delete => format!(
+            "DELETE FROM {table} AS t USING (SELECT jsonb_populate_record(NULL::{table}, x->'key') AS k \
+             FROM jsonb_array_elements($1::jsonb) x) e WHERE {} RETURNING to_jsonb(t.*)",
+            key_match.join(" AND ")
+        ),
+    };
+    Ok(format!(
+        "WITH done AS ({sql}) SELECT coalesce(jsonb_agg(d.to_jsonb), '[]'::jsonb) FROM done d"
+    ))
+}
+
+/// `[name]` quoting for SQL Server identifiers (`]` doubled); dotted names quote each part.
+pub fn tsql_ident(name: &str) -> String {
+    name.split('.')
+        .map(|p| format!("[{}]", p.replace(']', "]]")))
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The SQL Server upsert: one MERGE over the batch in `@P1` (the same JSON array), read with
+/// OPENJSON using the given column types; OUTPUT returns the rows as written.
+pub fn sqlserver_merge(
+    table: &str,
+    anchors: &[String],
+    cols: &[(&str, &str)],
+) -> Result<String, String> {
+    if anchors.is_empty() {
+        return Err("a target table needs its anchor column(s)".into());
+    }
+    for a in anchors {
+        if !cols.iter().any(|(c, _)| c == a) {
+            return Err(format!("the anchor column {a} must be among the columns"));
+        }
+    }
+    let with: Vec<String> = cols
+        .iter()
+        .map(|(c, ty)| {
+            format!(
+                "{} {ty} '$.attributes.{}'",
+                tsql_ident(c),
+                c.replace('\'', "''")
+            )
+        })
+        .collect();
+    let on: Vec<String> = anchors
+        .iter()
+        .map(|a| format!("t.{0} = s.{0}", tsql_ident(a)))
+        .collect();
+    let sets: Vec<String> = cols
+        .iter()
+        .filter(|(c, _)| !anchors.iter().any(|a| a == c))
+        .map(|(c, _)| format!("t.{0} = s.{0}", tsql_ident(c)))
+        .collect();
+    let names: Vec<String> = cols.iter().map(|(c, _)| tsql_ident(c)).collect();
+    let values: Vec<String> = cols
+        .iter()
+        .map(|(c, _)| format!("s.{}", tsql_ident(c)))
+        .collect();
+    let matched = if sets.is_empty() {
+        String::new()
+    } else {
+        format!(" WHEN MATCHED THEN UPDATE SET {}", sets.join(", "))
+    };
+    Ok(format!(
+        "MERGE INTO {} AS t USING (SELECT * FROM OPENJSON(@P1) WITH ({})) AS s ON {}{} \
+         WHEN NOT MATCHED THEN INSERT ({}) VALUES ({}) OUTPUT $action, inserted.*;",
+        tsql_ident(table),
+        with.join(", "),
+        on.join(" AND "),
+        matched,
+        names.join(", "),
+        values.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn anchors() -> Vec<String> {
+        vec!["employee_id".to_string()]
+    }
+
+    #[test]
+    fn upsert_binds_one_json_parameter_and_quotes_identifiers() {
+        let sql = postgres_statement(
+            "hr.employees",
+            &anchors(),
+            &["employee_id", "e\"mail"],
+            Op::Add,
+            Mode::Upsert,
+        )
+        .unwrap();
+        assert!(sql.contains("jsonb_array_elements($1::jsonb)"));
+        assert!(sql.contains("(\"employee_id\", \"e\"\"mail\")"), "{sql}");
+        assert!(sql.contains("ON CONFLICT (\"employee_id\") DO UPDATE SET \"employee_id\" = EXCLUDED.\"employee_id\""));
+        assert!(sql.starts_with("WITH done AS (INSERT INTO hr.employees AS t"));
+        assert!(
+            !postgres_statement("t", &anchors(), &["a"], Op::Add, Mode::Insert)
+                .unwrap()
+                .contains("ON CONFLICT")
+        );
+        assert!(postgres_statement("t", &anchors(), &["a"], Op::Add, Mode::Update).is_err());
+    }
+
+    #[test]
+    fn update_writes_only_the_columns_each_change_has() {
+        let sql =
+            postgres_statement("t", &anchors(), &["title"], Op::Update, Mode::Upsert).unwrap();
+        assert!(
+            sql.contains(
+                "\"title\" = CASE WHEN e.ch ? 'title' THEN (e.r).\"title\" ELSE t.\"title\" END"
+            ),
+            "{sql}"
+        );
+        assert!(sql.contains("WHERE t.\"employee_id\" = (e.k).\"employee_id\""));
+        assert!(postgres_statement("t", &anchors(), &[], Op::Update, Mode::Upsert).is_err());
+        let del = postgres_statement("t", &anchors(), &[], Op::Delete, Mode::Upsert).unwrap();
+        assert!(del.contains("DELETE FROM t AS t USING"));
+        assert!(postgres_statement("t", &[], &["a"], Op::Delete, Mode::Upsert).is_err());
+    }
+
+    #[test]
+    fn sqlserver_merge_upserts_on_the_anchor() {
+        let sql = sqlserver_merge(
+            "hr.employees",
+            &anchors(),
+            &[
+                ("employee_id", "int"),
+                ("mail", "nvarchar(256)"),
+                ("it's", "nvarchar(10)"),
+            ],
+        )
+        .unwrap();
+        assert!(
+            sql.starts_with(
+                "MERGE INTO [hr].[employees] AS t USING (SELECT * FROM OPENJSON(@P1) WITH ("
+            ),
+            "{sql}"
+        );
+        assert!(sql.contains("[employee_id] int '$.attributes.employee_id'"));
+        assert!(sql.contains("[it's] nvarchar(10) '$.attributes.it''s'"));
+        assert!(sql.contains("ON t.[employee_id] = s.[employee_id]"));
+        assert!(
+            sql.contains("WHEN MATCHED THEN UPDATE SET t.[mail] = s.[mail], t.[it's] = s.[it's]")
+        );
+        assert!(
+            !sql.contains("t.[employee_id] = s.[employee_id],"),
+            "the anchor is not updated"
+        );
+        assert!(sql.contains("WHEN NOT MATCHED THEN INSERT ([employee_id], [mail], [it's]) VALUES (s.[employee_id], s.[mail], s.[it's])"));
+        assert!(sql.ends_with("OUTPUT $action, inserted.*;"));
+        assert_eq!(tsql_ident("a]b"), "[a]]b]");
+        assert!(sqlserver_merge("t", &anchors(), &[("mail", "nvarchar(10)")]).is_err());
+    }
+}

@@ -1,0 +1,576 @@
+//! The `postgres` connector kind: a PostgreSQL database reached over the network like any
+//! client (tokio-postgres), with the password from the connector's encrypted secret.
+//!
+//! Config keys: `dsn` (libpq-style, without a password), `import_query` (may use
+//! `@watermark`, always bound as a parameter, never spliced), `anchor`, `object_type`,
+//! `name_column`, `delta_column`, `overlap`, `soft_delete_column`, `export_table`,
+//! `export_mode` (upsert | insert | update).
+//!
+//! Rows are read as the server renders them in JSON (`to_jsonb`), so every type keeps its
+//! own faithful form (numerics exact, timestamps with their offset, uuids, NULLs), and they
+//! stream in batches. Exports send one JSON array per batch; the target types each value.
+
+use crate::error::invalid;
+use idmesh_core::delta::DeltaKind;
+use idmesh_core::export_sql::{self, Mode, Op};
+use idmesh_core::sql::ident;
+use idmesh_sdk::*;
+use serde_json::{json, Value};
+use std::str::FromStr;
+
+const BATCH: usize = 5000;
+
+#[derive(Clone, Debug)]
+pub struct PostgresConfig {
+    pub dsn: String,
+    pub import_query: String,
+    pub anchor: Vec<String>,
+    pub object_type: String,
+    pub name_column: Option<String>,
+    pub delta_column: Option<String>,
+    pub overlap: Option<String>,
+    pub soft_delete_column: Option<String>,
+    pub export_table: Option<String>,
+    pub export_mode: Mode,
+}
+
+fn text(config: &Value, key: &str) -> Option<String> {
+    match config.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        Some(_) => invalid(
+            format!("postgres connector: \"{key}\" must be a non-empty string"),
+            "",
+        ),
+    }
+}
+
+impl PostgresConfig {
+    pub fn parse(config: &Value) -> PostgresConfig {
+        const KNOWN: &[&str] = &[
+            "dsn",
+            "import_query",
+            "anchor",
+            "object_type",
+            "name_column",
+            "delta_column",
+            "overlap",
+            "soft_delete_column",
+            "export_table",
+            "export_mode",
+        ];
+        if let Some(k) = config
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !KNOWN.contains(&k.as_str())))
+        {
+            invalid(
+                format!("postgres connector: unknown setting \"{k}\""),
+                &format!("Settings: {}.", KNOWN.join(", ")),
+            );
+        }
+        let dsn = text(config, "dsn").unwrap_or_else(|| {
+            invalid(
+                "postgres connector: \"dsn\" is required",
+                "e.g. {\"dsn\": \"host=hr-db port=5432 dbname=hr user=mesh\"}",
+            )
+        });
+        match tokio_postgres::Config::from_str(&dsn) {
+            Err(e) => invalid(format!("postgres connector: dsn is not valid: {e}"), ""),
+            Ok(c) if c.get_password().is_some() => invalid(
+                "postgres connector: the dsn must not hold a password",
+                "Give the password as the connector's secret: it is stored encrypted and never shown.",
+            ),
+            Ok(_) => {}
+        }
+        let import_query = text(config, "import_query").unwrap_or_else(|| {
+            invalid(
+                "postgres connector: \"import_query\" is required",
+                "e.g. SELECT * FROM employees WHERE modified_at > @watermark",
+            )
+        });
+        let anchor: Vec<String> = match config.get("anchor") {
+            Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
+            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty())) => {
+                a.iter().map(|v| v.as_str().unwrap().to_string()).collect()
+            }
+            _ => invalid("postgres connector: \"anchor\" is required: the column (or columns) that identifies a row", ""),
+        };
+        let delta_column = text(config, "delta_column");
+        if import_query.contains("@watermark") && delta_column.is_none() {
+            invalid(
+                "postgres connector: an import_query with @watermark needs a \"delta_column\"",
+                "",
+            );
+        }
+        PostgresConfig {
+            dsn,
+            import_query,
+            anchor,
+            object_type: text(config, "object_type").unwrap_or_else(|| "person".into()),
+            name_column: text(config, "name_column"),
+            delta_column,
+            overlap: text(config, "overlap"),
+            soft_delete_column: text(config, "soft_delete_column"),
+            export_table: text(config, "export_table"),
+            export_mode: match text(config, "export_mode").as_deref().unwrap_or("upsert") {
+                "upsert" => Mode::Upsert,
+                "insert" => Mode::Insert,
+                "update" => Mode::Update,
+                other => invalid(
+                    format!("postgres connector: unknown export_mode \"{other}\""),
+                    "Use upsert, insert or update.",
+                ),
+            },
+        }
+    }
+}
+
+/// `@watermark` outside string literals, replaced by `with`.
+fn bind_watermark(query: &str, with: &str) -> String {
+    let mut out = String::with_capacity(query.len());
+    let mut in_literal = false;
+    let mut rest = query;
+    while !rest.is_empty() {
+        if !in_literal && rest.starts_with("@watermark") {
+            out.push_str(with);
+            rest = &rest["@watermark".len()..];
+            continue;
+        }
+        let c = rest.chars().next().unwrap();
+        if c == '\'' {
+            in_literal = !in_literal;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
+pub struct PostgresConnector {
+    name: String,
+    config: PostgresConfig,
+    password: Option<String>,
+    client: Option<tokio_postgres::Client>,
+}
+
+fn connection_error(what: &str, e: tokio_postgres::Error) -> ConnectorError {
+    // tokio-postgres errors never carry the password; the server's message is kept.
+    let detail = match e.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => e.to_string(),
+    };
+    ConnectorError::connection(format!("{what}: {detail}"))
+}
+
+impl PostgresConnector {
+    pub fn new(name: &str, config: PostgresConfig, password: Option<String>) -> Self {
+        PostgresConnector {
+            name: name.to_string(),
+            config,
+            password,
+            client: None,
+        }
+    }
+
+    async fn client(&mut self) -> Result<&tokio_postgres::Client, ConnectorError> {
+        if self.client.is_none() {
+            let mut cfg = tokio_postgres::Config::from_str(&self.config.dsn)
+                .map_err(|e| ConnectorError::config(format!("dsn: {e}")))?;
+            if let Some(p) = &self.password {
+                cfg.password(p);
+            }
+            cfg.application_name("idmesh");
+            cfg.connect_timeout(std::time::Duration::from_secs(30));
+            let (client, connection) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| {
+                connection_error(
+                    &format!("cannot connect to the database of \"{}\"", self.name),
+                    e,
+                )
+            })?;
+            tokio::spawn(connection);
+            self.client = Some(client);
+        }
+        Ok(self.client.as_ref().unwrap())
+    }
+
+    /// The import query with `@watermark` as a typed parameter, and the text of the type.
+    async fn prepared_query(&mut self) -> Result<(String, Option<String>), ConnectorError> {
+        let query = self.config.import_query.clone();
+        if !query.contains("@watermark") {
+            return Ok((query, None));
+        }
+        let probe = bind_watermark(&query, "$1");
+        let client = self.client().await?;
+        let stmt = client
+            .prepare(&probe)
+            .await
+            .map_err(|e| connection_error("the import_query does not prepare", e))?;
+        let ty = stmt
+            .params()
+            .first()
+            .map(|t| t.name().to_string())
+            .unwrap_or_else(|| "text".into());
+        Ok((
+            bind_watermark(&query, &format!("($1::text)::{}", ident(&ty))),
+            Some(ty),
+        ))
+    }
+
+    async fn import(
+        &mut self,
+        from: Option<&Watermark>,
+        sink: &mut dyn ImportSink,
+    ) -> Result<ImportEnd, ConnectorError> {
+        let (query, ty) = self.prepared_query().await?;
+        let kind = ty.as_deref().and_then(DeltaKind::of_type);
+        // The lowest value reads everything; a delta reads from the watermark minus the overlap.
+        let low: Option<String> = match (
+            &ty,
+            from.and_then(|w| w.0.get("high")).and_then(Value::as_str),
+        ) {
+            (None, _) => None,
+            (Some(t), Some(high)) => {
+                let overlap = self.config.overlap.clone().unwrap_or_else(|| {
+                    kind.map(|k| k.default_overlap()).unwrap_or("0").to_string()
+                });
+                let sub = match kind {
+                    Some(DeltaKind::Time) => "($2::text)::interval",
+                    _ => "($2::text)::numeric",
+                };
+                let sql = format!("SELECT ((($1::text)::{0}) - {sub})::{0}::text", ident(t));
+                let row = self
+                    .client()
+                    .await?
+                    .query_one(&sql, &[&high, &overlap])
+                    .await
+                    .map_err(|e| connection_error("watermark", e))?;
+                row.get::<_, Option<String>>(0)
+            }
+            (Some(t), None) => Some(match kind {
+                Some(DeltaKind::Time) => "-infinity".to_string(),
+                Some(DeltaKind::Number) => "-9223372036854775808".to_string(),
+                None => {
+                    return Err(ConnectorError::config(format!(
+                        "@watermark has type {t}: use a timestamp, date or integer"
+                    )))
+                }
+            }),
+        };
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = match &low {
+            Some(v) => vec![v],
+            None => vec![],
+        };
+        // The new high mark, read before the rows: what commits meanwhile is read next time.
+        let high: Option<String> = match &self.config.delta_column {
+            Some(col) => {
+                let sql = format!("SELECT max(q.{})::text FROM ({query}) q", ident(col));
+                self.client()
+                    .await?
+                    .query_one(&sql, &params)
+                    .await
+                    .map_err(|e| connection_error("the import_query failed", e))?
+                    .get(0)
+            }
+            None => None,
+        };
+        let sql = format!("SELECT to_jsonb(q) FROM ({query}) q");
+        let client = self.client().await?;
+        let stream = client
+            .query_raw(&sql, params.iter().copied())
+            .await
+            .map_err(|e| connection_error("the import_query failed", e))?;
+        futures_util::pin_mut!(stream);
+        let mut batch = Vec::with_capacity(BATCH);
+        use futures_util::StreamExt;
+        while let Some(row) = stream.next().await {
+            let row = row.map_err(|e| connection_error("reading rows failed", e))?;
+            let attrs: Value = row.get(0);
+            batch.push(self.object_of(attrs)?);
+            if batch.len() == BATCH {
+                sink.accept(std::mem::take(&mut batch))?;
+            }
+        }
+        sink.accept(batch)?;
+        let watermark = match (&self.config.delta_column, high) {
+            (Some(col), Some(h)) => Some(Watermark(json!({"column": col, "high": h}))),
+            (Some(_), None) => from.cloned(), // nothing read: keep the position
+            (None, _) => None,
+        };
+        Ok(ImportEnd {
+            watermark,
+            forced_full: false,
+            note: None,
+        })
+    }
+
+    fn object_of(&self, attrs: Value) -> Result<SourceObject, ConnectorError> {
+        let text = |v: &Value| match v {
+            Value::Null => None,
+            Value::String(s) => Some(s.clone()),
+            other => Some(other.to_string()),
+        };
+        let parts: Option<Vec<String>> = self
+            .config
+            .anchor
+            .iter()
+            .map(|a| attrs.get(a).and_then(text))
+            .collect();
+        let anchor = parts
+            .map(|p| encode_anchor(&p))
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| {
+                ConnectorError::data(format!(
+                    "a row of \"{}\" has no anchor ({} is NULL)",
+                    self.name,
+                    self.config.anchor.join(", ")
+                ))
+            })?;
+        let name = self
+            .config
+            .name_column
+            .as_ref()
+            .and_then(|n| attrs.get(n))
+            .and_then(text);
+        let deleted = match self
+            .config
+            .soft_delete_column
+            .as_ref()
+            .and_then(|c| attrs.get(c))
+        {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => true,
+        };
+        let Value::Object(attributes) = attrs else {
+            return Err(ConnectorError::data("a row is not an object"));
+        };
+        Ok(SourceObject {
+            anchor,
+            name,
+            object_type: self.config.object_type.clone(),
+            attributes,
+            deleted,
+        })
+    }
+
+    /// Reachability, login and whether the import query runs: (check, ok, detail) rows.
+    pub async fn check(&mut self) -> Vec<(String, bool, String)> {
+        let mut out = Vec::new();
+        match self.client().await {
+            Err(e) => {
+                out.push(("connect".into(), false, e.message));
+                return out;
+            }
+            Ok(_) => out.push((
+                "connect".into(),
+                true,
+                "reached the server and logged in".into(),
+            )),
+        }
+        match self.prepared_query().await {
+            Ok((q, _)) => {
+                let sql = format!("SELECT count(*) FROM ({q}) q WHERE false");
+                let probe = if q.contains("$1") {
+                    vec!["-infinity".to_string()]
+                } else {
+                    vec![]
+                };
+                let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = probe
+                    .iter()
+                    .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+                    .collect();
+                match self.client.as_ref().unwrap().query_one(&sql, &params).await {
+                    Ok(_) => out.push(("import_query".into(), true, "runs".into())),
+                    Err(e) => out.push((
+                        "import_query".into(),
+                        false,
+                        connection_error("fails", e).message,
+                    )),
+                }
+            }
+            Err(e) => out.push(("import_query".into(), false, e.message)),
+        }
+        out
+    }
+}
+
+impl IdentityConnector for PostgresConnector {
+    fn kind(&self) -> &str {
+        "postgres"
+    }
+
+    fn full_import<'a>(
+        &'a mut self,
+        sink: &'a mut dyn ImportSink,
+    ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
+        Box::pin(self.import(None, sink))
+    }
+
+    fn delta_import<'a>(
+        &'a mut self,
+        from: &'a Watermark,
+        sink: &'a mut dyn ImportSink,
+    ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
+        Box::pin(async move {
+            if self.config.delta_column.is_none() || from.0.get("high").is_none() {
+                let mut end = self.import(None, sink).await?;
+                end.forced_full = true;
+                end.note = Some("no delta column or watermark: read everything".into());
+                return Ok(end);
+            }
+            self.import(Some(from), sink).await
+        })
+    }
+
+    fn export<'a>(
+        &'a mut self,
+        changes: &'a [ExportChange],
+    ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
+        Box::pin(async move {
+            let Some(table) = self.config.export_table.clone() else {
+                return Ok(changes
+                    .iter()
+                    .map(|c| ExportResult::failed(c.mesh_id, "this connector has no export_table"))
+                    .collect());
+            };
+            let table = table.split('.').map(ident).collect::<Vec<_>>().join(".");
+            let mut results = Vec::with_capacity(changes.len());
+            for op in [
+                ExportOperation::Add,
+                ExportOperation::Update,
+                ExportOperation::Disable,
+                ExportOperation::Delete,
+            ] {
+                let group: Vec<&ExportChange> =
+                    changes.iter().filter(|c| c.operation == op).collect();
+                if group.is_empty() {
+                    continue;
+                }
+                // The whole group in one statement; if it fails, each change alone.
+                match self.apply(&table, op, &group).await {
+                    Ok(r) => results.extend(r),
+                    Err(_) => {
+                        for c in &group {
+                            match self.apply(&table, op, &[*c]).await {
+                                Ok(r) => results.extend(r),
+                                Err((code, msg)) => results.push(match code {
+                                    Some(code) => {
+                                        ExportResult::failed_with_code(c.mesh_id, code, msg)
+                                    }
+                                    None => ExportResult::failed(c.mesh_id, msg),
+                                }),
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(results)
+        })
+    }
+}
+
+impl PostgresConnector {
+    async fn apply(
+        &mut self,
+        table: &str,
+        op: ExportOperation,
+        changes: &[&ExportChange],
+    ) -> Result<Vec<ExportResult>, (Option<String>, String)> {
+        let anchors = self.config.anchor.clone();
+        let key_of = |c: &ExportChange| -> Value {
+            let src = if op == ExportOperation::Add {
+                &c.attributes
+            } else {
+                &c.current
+            };
+            Value::Object(
+                anchors
+                    .iter()
+                    .map(|a| (a.clone(), src.get(a).cloned().unwrap_or(Value::Null)))
+                    .collect(),
+            )
+        };
+        let payload: Value = Value::Array(
+            changes
+                .iter()
+                .map(|c| json!({"attributes": c.attributes, "key": key_of(c)}))
+                .collect(),
+        );
+        let mut cols: Vec<&str> = changes
+            .iter()
+            .flat_map(|c| c.attributes.keys().map(String::as_str))
+            .collect();
+        cols.sort();
+        cols.dedup();
+        let sql_op = match op {
+            ExportOperation::Add => Op::Add,
+            ExportOperation::Update | ExportOperation::Disable => Op::Update,
+            ExportOperation::Delete => Op::Delete,
+        };
+        let sql =
+            export_sql::postgres_statement(table, &anchors, &cols, sql_op, self.config.export_mode)
+                .map_err(|e| (None, e))?;
+        let client = self.client().await.map_err(|e| (None, e.message))?;
+        let row = client.query_one(&sql, &[&payload]).await.map_err(|e| {
+            let code = e.as_db_error().map(|d| d.code().code().to_string());
+            (
+                code,
+                connection_error("the target refused the change", e).message,
+            )
+        })?;
+        let written: Value = row.get(0);
+        let written_anchors: Vec<String> = written
+            .as_array()
+            .map(|rows| {
+                rows.iter()
+                    .filter_map(|r| {
+                        let parts: Option<Vec<String>> = anchors
+                            .iter()
+                            .map(|a| {
+                                r.get(a).map(|v| {
+                                    v.as_str()
+                                        .map(str::to_string)
+                                        .unwrap_or_else(|| v.to_string())
+                                })
+                            })
+                            .collect();
+                        parts.map(|p| encode_anchor(&p))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Ok(changes
+            .iter()
+            .map(|c| {
+                let key = key_of(c);
+                let parts: Vec<String> = anchors
+                    .iter()
+                    .map(|a| {
+                        key.get(a)
+                            .map(|v| {
+                                v.as_str()
+                                    .map(str::to_string)
+                                    .unwrap_or_else(|| v.to_string())
+                            })
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                let anchor = encode_anchor(&parts);
+                if op == ExportOperation::Delete || written_anchors.contains(&anchor) {
+                    ExportResult::ok(c.mesh_id, None)
+                } else {
+                    ExportResult::failed_with_code(
+                        c.mesh_id,
+                        "02000",
+                        format!("no row of {table} has anchor {anchor}"),
+                    )
+                }
+            })
+            .collect())
+    }
+}
+
+/// Checks a postgres connector's configuration (and that a secret can be stored).
+pub fn validate(config: &Value) {
+    PostgresConfig::parse(config);
+}

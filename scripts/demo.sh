@@ -4,39 +4,64 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DB=idmesh_demo
+HR_DB=idmesh_demo_hr
+RUN=${IDMESH_RUN:-/tmp/idmesh-run}
+PORT=${IDMESH_PORT:-5499}
 PSQL=(bash scripts/cluster.sh psql)
-"${PSQL[@]}" -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
-"${PSQL[@]}" -d "$DB" -q <<'SQL'
-\set QUIET on
-\pset footer off
-CREATE EXTENSION idmesh;
+"${PSQL[@]}" -q -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB" \
+  -c "DROP DATABASE IF EXISTS $HR_DB WITH (FORCE)" -c "CREATE DATABASE $HR_DB"
 
--- Two sources in this database: an HR system (the authority on people and titles) and a
--- phonebook (the authority on phone numbers).
-CREATE SCHEMA hr;
-CREATE TABLE hr.employees (
+# The HR system: its own database, reached over TCP with a password, like a real one.
+HR_PASSWORD="demo-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+"${PSQL[@]}" -q -d postgres -v pw="$HR_PASSWORD" <<'SQL'
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hr_app') THEN CREATE ROLE hr_app LOGIN; END IF;
+END $$;
+ALTER ROLE hr_app PASSWORD :'pw';
+SQL
+# The connector's secret is read from a file by the server, so it is in no statement text.
+printf '%s' "$HR_PASSWORD" > "$RUN/demo-hr.secret"
+chown postgres "$RUN/demo-hr.secret" 2>/dev/null || true
+chmod 600 "$RUN/demo-hr.secret"
+"${PSQL[@]}" -d "$HR_DB" -q <<'SQL'
+CREATE TABLE employees (
     employee_id integer PRIMARY KEY, first_name text, last_name text, title text, department text,
     manager_id integer, phone text, modified_at timestamptz NOT NULL DEFAULT clock_timestamp());
-CREATE FUNCTION hr.touch() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$
     BEGIN NEW.modified_at := clock_timestamp(); RETURN NEW; END $$;
-CREATE TRIGGER touch BEFORE UPDATE ON hr.employees FOR EACH ROW EXECUTE FUNCTION hr.touch();
-INSERT INTO hr.employees (employee_id, first_name, last_name, title, department, manager_id)
+CREATE TRIGGER touch BEFORE UPDATE ON employees FOR EACH ROW EXECUTE FUNCTION touch();
+GRANT SELECT, UPDATE ON employees TO hr_app;
+INSERT INTO employees (employee_id, first_name, last_name, title, department, manager_id)
 SELECT g, (ARRAY['Ada','Grace','Alan','Edsger','Barbara','Donald','Frances','Ken'])[1 + g % 8],
        'Employee' || g, (ARRAY['Engineer','Analyst','Manager','Designer'])[1 + g % 4],
        (ARRAY['R&D','Sales','Finance'])[1 + g % 3], CASE WHEN g > 10 THEN 1 + g % 10 END
 FROM generate_series(1, 500) g;
+SQL
 
+"${PSQL[@]}" -d "$DB" -q -v port="$PORT" -v secret_file="$RUN/demo-hr.secret" <<'SQL'
+\set QUIET on
+\pset footer off
+CREATE EXTENSION idmesh;
+
+-- The phonebook lives in this database (the in-database "table" kind); HR is the
+-- networked PostgreSQL database above (the "postgres" kind).
 CREATE SCHEMA phonebook;
 CREATE TABLE phonebook.entries (emp_no text PRIMARY KEY, phone text, title text, manager text,
     modified_at timestamptz NOT NULL DEFAULT clock_timestamp());
-CREATE TRIGGER touch BEFORE UPDATE ON phonebook.entries FOR EACH ROW EXECUTE FUNCTION hr.touch();
+CREATE FUNCTION phonebook.touch() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN NEW.modified_at := clock_timestamp(); RETURN NEW; END $$;
+CREATE TRIGGER touch BEFORE UPDATE ON phonebook.entries FOR EACH ROW EXECUTE FUNCTION phonebook.touch();
 INSERT INTO phonebook.entries (emp_no, phone, title)
 SELECT g::text, '+1 555 ' || lpad(g::text, 4, '0'), 'Staff' FROM generate_series(1, 480) g;
 
 -- Connectors, flows with confidence, a join rule, projection.
-SELECT mesh.create_connector('HR Database', 'table',
-       '{"source": "hr.employees", "anchor": ["employee_id"], "delta_column": "modified_at",
-         "export_table": "hr.employees", "export_mode": "update"}');
+SELECT mesh.create_connector('HR Database', 'postgres',
+       jsonb_build_object('dsn', format('host=127.0.0.1 port=%s dbname=idmesh_demo_hr user=hr_app', :'port'),
+         'import_query', 'SELECT * FROM employees WHERE modified_at > @watermark',
+         'anchor', jsonb_build_array('employee_id'), 'delta_column', 'modified_at',
+         'export_table', 'employees', 'export_mode', 'update'),
+       secret => pg_read_file(:'secret_file'));
+SELECT step, ok, detail FROM mesh.test_connection('HR Database');
 SELECT mesh.create_connector('Phonebook', 'table',
        '{"source": "phonebook.entries", "anchor": "emp_no", "delta_column": "modified_at",
          "export_table": "phonebook.entries", "export_mode": "update"}');
@@ -58,20 +83,30 @@ SELECT mesh.add_export_flow('Phonebook', 'person', 'manager', 'manager', referen
 SELECT coalesce(connector, '(mesh)') AS connector, profile, status, added, updated, deleted, unchanged, errors,
        round(extract(epoch FROM duration) * 1000) AS ms
 FROM mesh.cycle();
-\echo '== Second cycle: nothing changed, so nothing moves (no echo)'
+\echo '== Second cycle: HR is read back; what the engine wrote there only confirms its exports (no echo)'
+SELECT coalesce(connector, '(mesh)') AS connector, profile, status, added, updated, confirmed, deleted, unchanged, errors
+FROM mesh.cycle();
+\echo '== Third cycle: nothing changed anywhere, nothing moves'
 SELECT coalesce(connector, '(mesh)') AS connector, profile, status, added, updated, deleted, unchanged, errors
 FROM mesh.cycle();
-\echo '== A phone changes in the phonebook, a title in HR'
+\echo '== A phone changes in the phonebook'
 UPDATE phonebook.entries SET phone = '+1 555 9999' WHERE emp_no = '42';
-UPDATE hr.employees SET title = 'Principal Engineer' WHERE employee_id = 42;
-SELECT coalesce(connector, '(mesh)') AS connector, profile, status, added, updated, deleted, unchanged, errors
+SELECT coalesce(connector, '(mesh)') AS connector, profile, status, added, updated, confirmed, deleted, unchanged, errors
 FROM mesh.cycle();
-SELECT e.employee_id, e.title AS hr_title, e.phone AS hr_phone, p.title AS phonebook_title, p.phone AS phonebook_phone,
-       p.manager AS phonebook_manager
-FROM hr.employees e JOIN phonebook.entries p ON p.emp_no = e.employee_id::text WHERE e.employee_id = 42;
+SQL
+echo "== ... and a title in HR"
+"${PSQL[@]}" -d "$HR_DB" -q -c "UPDATE employees SET title = 'Principal Engineer' WHERE employee_id = 42"
+"${PSQL[@]}" -d "$DB" -q <<'SQL'
+\pset footer off
+SELECT coalesce(connector, '(mesh)') AS connector, profile, status, added, updated, confirmed, deleted, unchanged, errors
+FROM mesh.cycle();
+SELECT o.attrs->>'title' AS mesh_title, o.attrs->>'phone' AS mesh_phone, p.title AS phonebook_title,
+       p.phone AS phonebook_phone, p.manager AS phonebook_manager
+FROM mesh.objects o JOIN phonebook.entries p ON p.emp_no = o.attrs->>'employee_id' WHERE o.attrs->>'employee_id' = '42';
 \echo '== Why is the title of employee 42 what it is?'
 SELECT connector, value, confidence, winner, reason
 FROM mesh.explain((SELECT id FROM mesh.objects WHERE attrs->>'employee_id' = '42'), 'title');
 \echo '== Dashboard'
 SELECT flow, status, summary, last_run, pending_exports, errors FROM mesh.dashboard;
 SQL
+"${PSQL[@]}" -d "$HR_DB" -q -c "SELECT employee_id, title AS hr_title, phone AS hr_phone FROM employees WHERE employee_id = 42"

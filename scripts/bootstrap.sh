@@ -25,4 +25,9 @@ fi
 if [ ! -f "$HOME/.pgrx/config.toml" ] || ! grep -q 'pg15' "$HOME/.pgrx/config.toml"; then
   cargo pgrx init --pg15 "$PG_CONFIG"
 fi
+# pysqlbridge: the TDS (SQL Server wire protocol) server the sqlserver connector's tests use.
+if ! python3 -c 'import pysqlbridge' 2>/dev/null; then
+  echo "bootstrap: installing pysqlbridge"
+  python3 -m pip install -q --disable-pip-version-check pysqlbridge==2.1.3
+fi
 echo "bootstrap: ok"

@@ -117,6 +117,14 @@ fn test_connection(
             );
             crate::engine::import::runtime().block_on(conn.check())
         }
+        "sqlserver" => {
+            let mut conn = connectors::sqlserver::SqlServerConnector::new(
+                &c.name,
+                connectors::sqlserver::SqlServerConfig::parse(&c.config),
+                crate::secrets::secret_of(c.id, &c.name),
+            );
+            crate::engine::import::runtime().block_on(conn.check())
+        }
         _ => {
             connectors::validate(&c.kind, &c.config, false);
             vec![(

@@ -4,6 +4,7 @@
 
 pub mod postgres;
 pub mod process;
+pub mod sqlserver;
 pub mod table;
 
 use crate::error::raise;
@@ -34,7 +35,10 @@ pub fn validate(kind: &str, config: &Value, has_secret: bool) {
             process::ProcessConfig::parse(config);
         }
         "postgres" => postgres::validate(config),
-        "sqlserver" | "active_directory" => raise(
+        "sqlserver" => {
+            sqlserver::SqlServerConfig::parse(config);
+        }
+        "active_directory" => raise(
             PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
             format!("connector kind \"{kind}\" is not available in this build yet"),
             "Available now: table (a table, view or set-returning function of this database), postgres \
@@ -59,6 +63,11 @@ pub fn open(id: i32, kind: &str, name: &str, config: &Value) -> Box<dyn Identity
         "table" => Box::new(table::TableConnector::new(
             name,
             table::TableConfig::parse(config),
+        )),
+        "sqlserver" => Box::new(sqlserver::SqlServerConnector::new(
+            name,
+            sqlserver::SqlServerConfig::parse(config),
+            crate::secrets::secret_of(id, name),
         )),
         "process" => Box::new(process::ProcessConnector::new(
             name,

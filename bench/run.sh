@@ -114,6 +114,80 @@ SQL
   echo "RESULT $n $full_ms $delta_ms $mem_full $mem_delta" >> "${BENCH_RESULTS:-/dev/null}"
 }
 
+# The SQL part: the postgres connector reading 100,000 rows from a database over TCP, and
+# exporting 100,000 rows into another, each next to psql's \copy of the same rows.
+sql_part() {
+  local n=$1 run=${IDMESH_RUN:-/tmp/idmesh-run} port=${IDMESH_PORT:-5499} pw
+  pw="bench-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+  for db in idmesh_bench_src idmesh_bench_dst idmesh_bench_sql; do
+    "${PSQL[@]}" -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+  done
+  "${PSQL[@]}" -q -d postgres -v pw="$pw" >/dev/null <<'SQL'
+DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_app') THEN CREATE ROLE bench_app LOGIN; END IF; END $$;
+ALTER ROLE bench_app PASSWORD :'pw';
+SQL
+  printf '%s' "$pw" > "$run/bench.secret"; chown postgres "$run/bench.secret" 2>/dev/null || true; chmod 600 "$run/bench.secret"
+  "${PSQL[@]}" -q -d idmesh_bench_src -v n="$n" >/dev/null <<'SQL'
+CREATE TABLE people (id integer PRIMARY KEY, name text, title text, dept text, phone text, mail text,
+                     salary numeric(10,2), active boolean, hired date, modified_at timestamptz NOT NULL);
+INSERT INTO people SELECT g, 'Person ' || g, 'Title ' || (g % 50), 'Dept ' || (g % 20), '+1 555 ' || g,
+       'p' || g || '@corp.local', 1000 + g % 5000, g % 7 <> 0, date '2000-01-01' + g % 9000, now() - g * interval '1 second'
+FROM generate_series(1, :n) g;
+GRANT SELECT ON people TO bench_app;
+SQL
+  "${PSQL[@]}" -q -d idmesh_bench_dst >/dev/null <<'SQL'
+CREATE TABLE accounts (id integer PRIMARY KEY, name text, title text, dept text, phone text, mail text,
+                       salary numeric(10,2), active boolean, hired date);
+GRANT SELECT, INSERT, UPDATE, DELETE ON accounts TO bench_app;
+SQL
+  "${PSQL[@]}" -q -d idmesh_bench_sql -v port="$port" -v secret_file="$run/bench.secret" >/dev/null <<'SQL'
+CREATE EXTENSION idmesh;
+SELECT mesh.create_connector('Src', 'postgres', jsonb_build_object(
+         'dsn', format('host=127.0.0.1 port=%s dbname=idmesh_bench_src user=bench_app', :'port'),
+         'import_query', 'SELECT * FROM people', 'anchor', 'id'), secret => pg_read_file(:'secret_file'));
+SELECT mesh.create_connector('Dst', 'postgres', jsonb_build_object(
+         'dsn', format('host=127.0.0.1 port=%s dbname=idmesh_bench_dst user=bench_app', :'port'),
+         'import_query', 'SELECT * FROM accounts', 'anchor', 'id', 'export_table', 'accounts'),
+       secret => pg_read_file(:'secret_file'));
+SELECT mesh.set_projection('Src', 'person', true);
+SELECT mesh.add_import_flow('Src', 'person', a, a, 90)
+  FROM unnest(ARRAY['id', 'name', 'title', 'dept', 'phone', 'mail', 'salary', 'active', 'hired']) a;
+SELECT mesh.add_export_flow('Dst', 'person', a, a)
+  FROM unnest(ARRAY['id', 'name', 'title', 'dept', 'phone', 'mail', 'salary', 'active', 'hired']) a;
+SELECT mesh.set_provisioning('Dst', 'person', NULL, '{}');
+SELECT mesh.set_safety('Dst', delete_threshold => 1000000);
+SQL
+  local t0 t1 import_ms copy_out_ms export_ms copy_in_ms
+  t0=$(date +%s%N)
+  "${PSQL[@]}" -q -d idmesh_bench_sql -c "SELECT mesh.run('Src', 'full_import')" >/dev/null
+  t1=$(date +%s%N); import_ms=$(( (t1 - t0) / 1000000 ))
+  t0=$(date +%s%N)
+  PGPASSWORD="$pw" /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$port" -U bench_app -d idmesh_bench_src -Xq \
+    -c "\copy (SELECT * FROM people) TO '/dev/null'"
+  t1=$(date +%s%N); copy_out_ms=$(( (t1 - t0) / 1000000 ))
+  "${PSQL[@]}" -q -d idmesh_bench_sql -c "SELECT mesh.sync()" >/dev/null
+  t0=$(date +%s%N)
+  "${PSQL[@]}" -q -d idmesh_bench_sql -c "SELECT mesh.run('Dst', 'export')" >/dev/null
+  t1=$(date +%s%N); export_ms=$(( (t1 - t0) / 1000000 ))
+  local exported; exported=$("${PSQL[@]}" -d idmesh_bench_dst -Atc "SELECT count(*) FROM accounts")
+  "${PSQL[@]}" -q -d idmesh_bench_src -c "\copy (SELECT id, name, title, dept, phone, mail, salary, active, hired FROM people) TO '$run/bench-accounts.copy'"
+  "${PSQL[@]}" -q -d idmesh_bench_dst -c "TRUNCATE accounts"
+  t0=$(date +%s%N)
+  PGPASSWORD="$pw" /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$port" -U bench_app -d idmesh_bench_dst -Xq \
+    -c "\copy accounts FROM '$run/bench-accounts.copy'"
+  t1=$(date +%s%N); copy_in_ms=$(( (t1 - t0) / 1000000 ))
+  rm -f "$run/bench-accounts.copy" "$run/bench.secret"
+  echo "== SQL: $n rows over TCP (postgres connector) vs psql \copy"
+  printf 'import %d rows: %d ms; \copy out: %d ms; ratio %s\n' "$n" "$import_ms" "$copy_out_ms" \
+    "$(awk -v a="$import_ms" -v b="$copy_out_ms" 'BEGIN {printf "%.2f", a / (b > 0 ? b : 1)}')"
+  printf 'export %d rows (%d written): %d ms; \copy in: %d ms; ratio %s\n' "$n" "$exported" "$export_ms" "$copy_in_ms" \
+    "$(awk -v a="$export_ms" -v b="$copy_in_ms" 'BEGIN {printf "%.2f", a / (b > 0 ? b : 1)}')"
+  for db in idmesh_bench_src idmesh_bench_dst idmesh_bench_sql; do
+    [ -n "${BENCH_KEEP:-}" ] || "${PSQL[@]}" -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+  done
+}
+
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r); PostgreSQL $("${PSQL[@]}" -d postgres -Atc 'SHOW server_version')"
 one_run "$N"
 one_run $(( N / 10 ))
+sql_part "${BENCH_SQL_ROWS:-100000}"

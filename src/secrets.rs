@@ -68,9 +68,9 @@ fn key() -> [u8; 32] {
     fresh
 }
 
-pub fn encrypt(plain: &str) -> Vec<u8> {
-    let k = key();
-    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&k));
+/// nonce || ciphertext of `plain` under `k`.
+fn seal(k: &[u8; 32], plain: &str) -> Vec<u8> {
+    let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(k));
     let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
     let sealed = cipher
         .encrypt(
@@ -90,6 +90,10 @@ pub fn encrypt(plain: &str) -> Vec<u8> {
     let mut blob = nonce.to_vec();
     blob.extend(sealed);
     blob
+}
+
+pub fn encrypt(plain: &str) -> Vec<u8> {
+    seal(&key(), plain)
 }
 
 fn open(blob: &[u8], k: &[u8; 32]) -> Option<String> {
@@ -149,26 +153,7 @@ pub fn rotate() -> i64 {
                 "",
             )
         });
-        let cipher = Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(&new));
-        let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-        let mut sealed = nonce.to_vec();
-        sealed.extend(
-            cipher
-                .encrypt(
-                    &nonce,
-                    aes_gcm::aead::Payload {
-                        msg: plain.as_bytes(),
-                        aad: AAD,
-                    },
-                )
-                .unwrap_or_else(|_| {
-                    raise(
-                        PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
-                        "secret encryption failed",
-                        "",
-                    )
-                }),
-        );
+        let sealed = seal(&new, &plain);
         store::exec(
             "UPDATE mesh.connector SET secret = $2 WHERE id = $1",
             &[id.into(), sealed.into()],

@@ -4,6 +4,7 @@
 
 pub mod postgres;
 pub mod process;
+pub mod rows;
 pub mod sqlserver;
 pub mod table;
 

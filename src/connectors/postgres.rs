@@ -10,9 +10,10 @@
 //! own faithful form (numerics exact, timestamps with their offset, uuids, NULLs), and they
 //! stream in batches. Exports send one JSON array per batch; the target types each value.
 
+use super::rows::{forced_full, pg_batch, pg_results, RowShape};
 use crate::error::invalid;
 use idmesh_core::delta::DeltaKind;
-use idmesh_core::export_sql::{self, Mode, Op};
+use idmesh_core::export_sql::Mode;
 use idmesh_core::sql::ident;
 use idmesh_sdk::*;
 use serde_json::{json, Value};
@@ -88,13 +89,7 @@ impl PostgresConfig {
                 "e.g. SELECT * FROM employees WHERE modified_at > @watermark",
             )
         });
-        let anchor: Vec<String> = match config.get("anchor") {
-            Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
-            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty())) => {
-                a.iter().map(|v| v.as_str().unwrap().to_string()).collect()
-            }
-            _ => invalid("postgres connector: \"anchor\" is required: the column (or columns) that identifies a row", ""),
-        };
+        let anchor = super::rows::anchor_setting(config, "postgres");
         let delta_column = text(config, "delta_column");
         if import_query.contains("@watermark") && delta_column.is_none() {
             invalid(
@@ -280,12 +275,13 @@ impl PostgresConnector {
             .await
             .map_err(|e| connection_error("the import_query failed", e))?;
         futures_util::pin_mut!(stream);
+        let shape = self.shape();
         let mut batch = Vec::with_capacity(BATCH);
         use futures_util::StreamExt;
         while let Some(row) = stream.next().await {
             let row = row.map_err(|e| connection_error("reading rows failed", e))?;
             let attrs: Value = row.get(0);
-            batch.push(self.object_of(attrs)?);
+            batch.push(shape.source_object(&self.name, attrs)?);
             if batch.len() == BATCH {
                 sink.accept(std::mem::take(&mut batch))?;
             }
@@ -303,54 +299,13 @@ impl PostgresConnector {
         })
     }
 
-    fn object_of(&self, attrs: Value) -> Result<SourceObject, ConnectorError> {
-        let text = |v: &Value| match v {
-            Value::Null => None,
-            Value::String(s) => Some(s.clone()),
-            other => Some(other.to_string()),
-        };
-        let parts: Option<Vec<String>> = self
-            .config
-            .anchor
-            .iter()
-            .map(|a| attrs.get(a).and_then(text))
-            .collect();
-        let anchor = parts
-            .map(|p| encode_anchor(&p))
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| {
-                ConnectorError::data(format!(
-                    "a row of \"{}\" has no anchor ({} is NULL)",
-                    self.name,
-                    self.config.anchor.join(", ")
-                ))
-            })?;
-        let name = self
-            .config
-            .name_column
-            .as_ref()
-            .and_then(|n| attrs.get(n))
-            .and_then(text);
-        let deleted = match self
-            .config
-            .soft_delete_column
-            .as_ref()
-            .and_then(|c| attrs.get(c))
-        {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => true,
-        };
-        let Value::Object(attributes) = attrs else {
-            return Err(ConnectorError::data("a row is not an object"));
-        };
-        Ok(SourceObject {
-            anchor,
-            name,
+    fn shape(&self) -> RowShape {
+        RowShape {
+            anchor: self.config.anchor.clone(),
             object_type: self.config.object_type.clone(),
-            attributes,
-            deleted,
-        })
+            name_column: self.config.name_column.clone(),
+            soft_delete_column: self.config.soft_delete_column.clone(),
+        }
     }
 
     /// Reachability, login and whether the import query runs: (check, ok, detail) rows.
@@ -413,10 +368,7 @@ impl IdentityConnector for PostgresConnector {
     ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
         Box::pin(async move {
             if self.config.delta_column.is_none() || from.0.get("high").is_none() {
-                let mut end = self.import(None, sink).await?;
-                end.forced_full = true;
-                end.note = Some("no delta column or watermark: read everything".into());
-                return Ok(end);
+                return self.import(None, sink).await.map(forced_full);
             }
             self.import(Some(from), sink).await
         })
@@ -476,40 +428,9 @@ impl PostgresConnector {
         op: ExportOperation,
         changes: &[&ExportChange],
     ) -> Result<Vec<ExportResult>, (Option<String>, String)> {
-        let anchors = self.config.anchor.clone();
-        let key_of = |c: &ExportChange| -> Value {
-            let src = if op == ExportOperation::Add {
-                &c.attributes
-            } else {
-                &c.current
-            };
-            Value::Object(
-                anchors
-                    .iter()
-                    .map(|a| (a.clone(), src.get(a).cloned().unwrap_or(Value::Null)))
-                    .collect(),
-            )
-        };
-        let payload: Value = Value::Array(
-            changes
-                .iter()
-                .map(|c| json!({"attributes": c.attributes, "key": key_of(c)}))
-                .collect(),
-        );
-        let mut cols: Vec<&str> = changes
-            .iter()
-            .flat_map(|c| c.attributes.keys().map(String::as_str))
-            .collect();
-        cols.sort();
-        cols.dedup();
-        let sql_op = match op {
-            ExportOperation::Add => Op::Add,
-            ExportOperation::Update | ExportOperation::Disable => Op::Update,
-            ExportOperation::Delete => Op::Delete,
-        };
-        let sql =
-            export_sql::postgres_statement(table, &anchors, &cols, sql_op, self.config.export_mode)
-                .map_err(|e| (None, e))?;
+        let shape = self.shape();
+        let (sql, payload) =
+            pg_batch(table, &shape, self.config.export_mode, op, changes).map_err(|e| (None, e))?;
         let client = self.client().await.map_err(|e| (None, e.message))?;
         let row = client.query_one(&sql, &[&payload]).await.map_err(|e| {
             let code = e.as_db_error().map(|d| d.code().code().to_string());
@@ -518,55 +439,12 @@ impl PostgresConnector {
                 connection_error("the target refused the change", e).message,
             )
         })?;
-        let written: Value = row.get(0);
-        let written_anchors: Vec<String> = written
-            .as_array()
-            .map(|rows| {
-                rows.iter()
-                    .filter_map(|r| {
-                        let parts: Option<Vec<String>> = anchors
-                            .iter()
-                            .map(|a| {
-                                r.get(a).map(|v| {
-                                    v.as_str()
-                                        .map(str::to_string)
-                                        .unwrap_or_else(|| v.to_string())
-                                })
-                            })
-                            .collect();
-                        parts.map(|p| encode_anchor(&p))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        Ok(changes
-            .iter()
-            .map(|c| {
-                let key = key_of(c);
-                let parts: Vec<String> = anchors
-                    .iter()
-                    .map(|a| {
-                        key.get(a)
-                            .map(|v| {
-                                v.as_str()
-                                    .map(str::to_string)
-                                    .unwrap_or_else(|| v.to_string())
-                            })
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                let anchor = encode_anchor(&parts);
-                if op == ExportOperation::Delete || written_anchors.contains(&anchor) {
-                    ExportResult::ok(c.mesh_id, None)
-                } else {
-                    ExportResult::failed_with_code(
-                        c.mesh_id,
-                        "02000",
-                        format!("no row of {table} has anchor {anchor}"),
-                    )
-                }
-            })
-            .collect())
+        let written = match row.get::<_, Value>(0) {
+            Value::Array(rows) => rows,
+            _ => Vec::new(),
+        };
+        // The import is a query, not the table: confirmation comes with the next import.
+        Ok(pg_results(table, &shape, op, changes, written, false))
     }
 }
 

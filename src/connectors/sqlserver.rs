@@ -10,6 +10,7 @@
 //! `name_column`, `delta_column`, `delta_type` (`datetime` | `integer`, default datetime),
 //! `soft_delete_column`.
 
+use super::rows::{forced_full, RowShape};
 use crate::error::invalid;
 use idmesh_sdk::*;
 use serde_json::{json, Value};
@@ -81,15 +82,7 @@ impl SqlServerConfig {
             text(config, k)
                 .unwrap_or_else(|| invalid(format!("sqlserver connector: \"{k}\" is required"), ""))
         };
-        let anchor: Vec<String> = match config.get("anchor") {
-            Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
-            Some(Value::Array(a))
-                if !a.is_empty() && a.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty())) =>
-            {
-                a.iter().map(|v| v.as_str().unwrap().to_string()).collect()
-            }
-            _ => invalid("sqlserver connector: \"anchor\" is required", ""),
-        };
+        let anchor = super::rows::anchor_setting(config, "sqlserver");
         let import_query = need("import_query");
         let delta_column = text(config, "delta_column");
         if import_query.contains("@watermark") && delta_column.is_none() {
@@ -281,6 +274,7 @@ impl SqlServerConnector {
         // object at once and batches go out as they fill: memory stays flat.
         self.client().await?;
         let mut client = self.client.take().expect("connected");
+        let shape = self.shape();
         let read = async {
             let mut q = tiberius::Query::new(query);
             if uses_watermark {
@@ -327,7 +321,7 @@ impl SqlServerConnector {
                         });
                     }
                 }
-                batch.push(self.object_of(Value::Object(attrs))?);
+                batch.push(shape.source_object(&self.name, Value::Object(attrs))?);
                 if batch.len() == BATCH {
                     sink.accept(std::mem::take(&mut batch))?;
                 }
@@ -348,54 +342,13 @@ impl SqlServerConnector {
         })
     }
 
-    fn object_of(&self, attrs: Value) -> Result<SourceObject, ConnectorError> {
-        let as_text = |v: &Value| match v {
-            Value::Null => None,
-            Value::String(s) => Some(s.clone()),
-            other => Some(other.to_string()),
-        };
-        let parts: Option<Vec<String>> = self
-            .config
-            .anchor
-            .iter()
-            .map(|a| attrs.get(a).and_then(as_text))
-            .collect();
-        let anchor = parts
-            .map(|p| encode_anchor(&p))
-            .filter(|a| !a.is_empty())
-            .ok_or_else(|| {
-                ConnectorError::data(format!(
-                    "a row of \"{}\" has no anchor ({} is NULL)",
-                    self.name,
-                    self.config.anchor.join(", ")
-                ))
-            })?;
-        let name = self
-            .config
-            .name_column
-            .as_ref()
-            .and_then(|n| attrs.get(n))
-            .and_then(as_text);
-        let deleted = match self
-            .config
-            .soft_delete_column
-            .as_ref()
-            .and_then(|c| attrs.get(c))
-        {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(b)) => *b,
-            Some(_) => true,
-        };
-        let Value::Object(attributes) = attrs else {
-            return Err(ConnectorError::data("a row is not an object"));
-        };
-        Ok(SourceObject {
-            anchor,
-            name,
+    fn shape(&self) -> RowShape {
+        RowShape {
+            anchor: self.config.anchor.clone(),
             object_type: self.config.object_type.clone(),
-            attributes,
-            deleted,
-        })
+            name_column: self.config.name_column.clone(),
+            soft_delete_column: self.config.soft_delete_column.clone(),
+        }
     }
 
     pub async fn check(&mut self) -> Vec<(String, bool, String)> {
@@ -429,10 +382,7 @@ impl IdentityConnector for SqlServerConnector {
     ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
         Box::pin(async move {
             if self.config.delta_column.is_none() || from.0.get("high").is_none() {
-                let mut end = self.import(None, sink).await?;
-                end.forced_full = true;
-                end.note = Some("no delta column or watermark: read everything".into());
-                return Ok(end);
+                return self.import(None, sink).await.map(forced_full);
             }
             self.import(Some(from), sink).await
         })

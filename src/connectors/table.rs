@@ -9,6 +9,7 @@
 //! (upsert | insert | update), `export_functions` ({"add"|"update"|"disable"|"delete": "schema.fn"},
 //! each `fn(attributes jsonb, current jsonb)`).
 
+use super::rows;
 use crate::error::{invalid, raise};
 use crate::store::{self, subxact};
 use idmesh_core::delta::{predicate, DeltaKind};
@@ -122,16 +123,7 @@ impl TableConfig {
                 "Create it with mesh.create_object_type(name).",
             );
         }
-        let anchor: Vec<String> = match config.get("anchor") {
-            Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
-            Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty())) => {
-                a.iter().map(|v| v.as_str().unwrap().to_string()).collect()
-            }
-            _ => invalid(
-                "table connector: \"anchor\" is required: the column (or array of columns) that identifies a row",
-                "e.g. {\"anchor\": [\"employee_id\"]}",
-            ),
-        };
+        let anchor = rows::anchor_setting(config, "table");
         let mut cfg = TableConfig {
             source,
             object_type,
@@ -330,45 +322,14 @@ impl TableConfig {
         )
     }
 
-    /// The anchor text of a row given as JSON (the same text `anchor_sql` gives).
-    fn anchor_of(&self, row: &Value) -> Option<String> {
-        let parts: Option<Vec<String>> =
-            self.anchor.iter().map(|a| json_text(row.get(a)?)).collect();
-        parts.map(|p| encode_anchor(&p))
-    }
-
-    fn object_of(&self, row: Value) -> Option<SourceObject> {
-        let anchor = self.anchor_of(&row)?;
-        let name = self
-            .name_column
-            .as_ref()
-            .and_then(|n| row.get(n))
-            .and_then(json_text);
-        let deleted = match &self.soft_delete_column {
-            Some((c, true)) => row.get(c).and_then(Value::as_bool).unwrap_or(false),
-            Some((c, false)) => !row.get(c).map_or(true, Value::is_null),
-            None => false,
-        };
-        let attributes = match row {
-            Value::Object(m) => m,
-            _ => return None,
-        };
-        Some(SourceObject {
-            anchor,
-            name,
+    /// How this source's rows become objects.
+    fn shape(&self) -> rows::RowShape {
+        rows::RowShape {
+            anchor: self.anchor.clone(),
             object_type: self.object_type.clone(),
-            attributes,
-            deleted,
-        })
-    }
-}
-
-/// A JSON scalar as the text PostgreSQL's `::text` gives for the column (None for null).
-fn json_text(v: &Value) -> Option<String> {
-    match v {
-        Value::Null => None,
-        Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
+            name_column: self.name_column.clone(),
+            soft_delete_column: self.soft_delete_column.as_ref().map(|(c, _)| c.clone()),
+        }
     }
 }
 
@@ -448,108 +409,21 @@ impl TableConnector {
         }
         let table = self.table()?;
         let read_back = self.config.export_table.as_deref() == Some(self.config.source.as_str());
-        let key_of = |c: &ExportChange| -> Value {
-            let src = if op == ExportOperation::Add {
-                &c.attributes
-            } else {
-                &c.current
-            };
-            Value::Object(
-                self.config
-                    .anchor
-                    .iter()
-                    .map(|a| (a.clone(), src.get(a).cloned().unwrap_or(Value::Null)))
-                    .collect(),
-            )
-        };
-        let payload: Vec<Value> = changes
-            .iter()
-            .map(|c| json!({"mesh_id": c.mesh_id, "attributes": c.attributes, "key": key_of(c)}))
-            .collect();
-        let mut cols: Vec<&str> = changes
-            .iter()
-            .flat_map(|c| c.attributes.keys().map(String::as_str))
-            .collect();
-        cols.sort();
-        cols.dedup();
-        if op == ExportOperation::Add {
-            for c in changes {
-                if self
-                    .config
-                    .anchor
-                    .iter()
-                    .any(|a| c.attributes.get(a).map_or(true, Value::is_null))
-                {
-                    return Err(format!(
-                        "a new row needs its anchor column(s) {} from the export flows",
-                        self.config.anchor.join(", ")
-                    ));
-                }
-            }
-        }
         let mode = match self.config.export_mode {
             ExportMode::Upsert => export_sql::Mode::Upsert,
             ExportMode::Insert => export_sql::Mode::Insert,
             ExportMode::Update => export_sql::Mode::Update,
         };
-        let sql_op = match op {
-            ExportOperation::Add => export_sql::Op::Add,
-            ExportOperation::Update | ExportOperation::Disable => export_sql::Op::Update,
-            ExportOperation::Delete => export_sql::Op::Delete,
-        };
-        let sql = export_sql::postgres_statement(table, &self.config.anchor, &cols, sql_op, mode)
+        let shape = self.config.shape();
+        let (sql, payload) = rows::pg_batch(table, &shape, mode, op, changes)
             .map_err(|e| format!("connector \"{}\": {e}", self.name))?;
-        let rows = match store::json(&sql, &[JsonB(Value::Array(payload)).into()]) {
+        let written = match store::json(&sql, &[JsonB(payload).into()]) {
             Value::Array(rows) => rows,
             _ => Vec::new(),
         };
-        let mut by_anchor: HashMap<String, Value> = HashMap::new();
-        for row in rows {
-            if let Some(a) = self.config.anchor_of(&row) {
-                by_anchor.insert(a, row);
-            }
-        }
-        Ok(changes
-            .iter()
-            .map(|c| {
-                let anchor = self.config.anchor_of(&key_of(c));
-                let row = anchor.as_ref().and_then(|a| by_anchor.remove(a));
-                match (op, row) {
-                    (ExportOperation::Delete, row) => {
-                        // Gone either way: the row we deleted, or one already gone.
-                        let mut obj = row.and_then(|r| self.config.object_of(r)).or_else(|| {
-                            anchor.clone().map(|a| {
-                                SourceObject::new(
-                                    a,
-                                    self.config.object_type.clone(),
-                                    Attributes::new(),
-                                )
-                            })
-                        });
-                        if let Some(o) = obj.as_mut() {
-                            o.deleted = true;
-                        }
-                        ExportResult::ok(c.mesh_id, obj)
-                    }
-                    (_, Some(row)) => ExportResult::ok(
-                        c.mesh_id,
-                        if read_back {
-                            self.config.object_of(row)
-                        } else {
-                            None
-                        },
-                    ),
-                    (_, None) => ExportResult::failed_with_code(
-                        c.mesh_id,
-                        "02000",
-                        format!(
-                            "no row of {table} has anchor {}",
-                            anchor.unwrap_or_default()
-                        ),
-                    ),
-                }
-            })
-            .collect())
+        Ok(rows::pg_results(
+            table, &shape, op, changes, written, read_back,
+        ))
     }
 }
 

@@ -1,0 +1,207 @@
+//! What the SQL connector kinds (table, postgres, sqlserver) share: the anchor setting, how
+//! a row in JSON becomes a source object, and how a batch of export changes becomes one
+//! statement and one result per change.
+
+use crate::error::invalid;
+use idmesh_core::export_sql::{self, Mode, Op};
+use idmesh_sdk::*;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+
+/// A JSON scalar as the text PostgreSQL's `::text` gives for it (None for null).
+pub fn json_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
+/// The `anchor` setting: a column, or an array of columns, that identifies a row.
+pub fn anchor_setting(config: &Value, kind: &str) -> Vec<String> {
+    match config.get("anchor") {
+        Some(Value::String(s)) if !s.is_empty() => vec![s.clone()],
+        Some(Value::Array(a)) if !a.is_empty() && a.iter().all(|v| v.as_str().is_some_and(|s| !s.is_empty())) => {
+            a.iter().map(|v| v.as_str().unwrap().to_string()).collect()
+        }
+        _ => invalid(
+            format!("{kind} connector: \"anchor\" is required: the column (or array of columns) that identifies a row"),
+            "e.g. {\"anchor\": [\"employee_id\"]}",
+        ),
+    }
+}
+
+/// How a connector's rows map to source objects.
+#[derive(Clone, Debug)]
+pub struct RowShape {
+    pub anchor: Vec<String>,
+    pub object_type: String,
+    pub name_column: Option<String>,
+    /// A boolean column (true = deleted) or any other column (set = deleted).
+    pub soft_delete_column: Option<String>,
+}
+
+impl RowShape {
+    pub fn anchor_of(&self, row: &Value) -> Option<String> {
+        let parts: Option<Vec<String>> =
+            self.anchor.iter().map(|a| json_text(row.get(a)?)).collect();
+        parts.map(|p| encode_anchor(&p)).filter(|a| !a.is_empty())
+    }
+
+    pub fn object(&self, row: Value) -> Option<SourceObject> {
+        let anchor = self.anchor_of(&row)?;
+        let name = self
+            .name_column
+            .as_ref()
+            .and_then(|n| row.get(n))
+            .and_then(json_text);
+        let deleted = match self.soft_delete_column.as_ref().and_then(|c| row.get(c)) {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => true,
+        };
+        let Value::Object(attributes) = row else {
+            return None;
+        };
+        Some(SourceObject {
+            anchor,
+            name,
+            object_type: self.object_type.clone(),
+            attributes,
+            deleted,
+        })
+    }
+
+    /// A row read from a source: an object, or the error of a row without its anchor.
+    pub fn source_object(
+        &self,
+        connector: &str,
+        row: Value,
+    ) -> Result<SourceObject, ConnectorError> {
+        self.object(row).ok_or_else(|| {
+            ConnectorError::data(format!(
+                "a row of \"{connector}\" has no anchor ({} is NULL)",
+                self.anchor.join(", ")
+            ))
+        })
+    }
+
+    /// The anchor columns of a change: its new values for an add, its current ones otherwise.
+    fn key(&self, op: ExportOperation, c: &ExportChange) -> Value {
+        let src = if op == ExportOperation::Add {
+            &c.attributes
+        } else {
+            &c.current
+        };
+        Value::Object(
+            self.anchor
+                .iter()
+                .map(|a| (a.clone(), src.get(a).cloned().unwrap_or(Value::Null)))
+                .collect(),
+        )
+    }
+}
+
+/// One statement for a batch of changes of one operation to a PostgreSQL table, and its
+/// single JSON parameter.
+pub fn pg_batch(
+    table: &str,
+    shape: &RowShape,
+    mode: Mode,
+    op: ExportOperation,
+    changes: &[&ExportChange],
+) -> Result<(String, Value), String> {
+    if op == ExportOperation::Add {
+        if let Some(_) = changes.iter().find(|c| {
+            shape
+                .anchor
+                .iter()
+                .any(|a| c.attributes.get(a).map_or(true, Value::is_null))
+        }) {
+            return Err(format!(
+                "a new row needs its anchor column(s) {} from the export flows",
+                shape.anchor.join(", ")
+            ));
+        }
+    }
+    let payload = Value::Array(
+        changes
+            .iter()
+            .map(|c| json!({"attributes": c.attributes, "key": shape.key(op, c)}))
+            .collect(),
+    );
+    let mut cols: Vec<&str> = changes
+        .iter()
+        .flat_map(|c| c.attributes.keys().map(String::as_str))
+        .collect();
+    cols.sort();
+    cols.dedup();
+    let sql_op = match op {
+        ExportOperation::Add => Op::Add,
+        ExportOperation::Update | ExportOperation::Disable => Op::Update,
+        ExportOperation::Delete => Op::Delete,
+    };
+    Ok((
+        export_sql::postgres_statement(table, &shape.anchor, &cols, sql_op, mode)?,
+        payload,
+    ))
+}
+
+/// One result per change from the rows the batch wrote. Deleted rows come back as deleted
+/// objects (the connector space learns at once); written rows as the objects they are now
+/// when `read_back` (the table is also the import source), so the export is confirmed.
+pub fn pg_results(
+    table: &str,
+    shape: &RowShape,
+    op: ExportOperation,
+    changes: &[&ExportChange],
+    written: Vec<Value>,
+    read_back: bool,
+) -> Vec<ExportResult> {
+    let mut by_anchor: HashMap<String, Value> = HashMap::new();
+    for row in written {
+        if let Some(a) = shape.anchor_of(&row) {
+            by_anchor.insert(a, row);
+        }
+    }
+    changes
+        .iter()
+        .map(|c| {
+            let anchor = shape.anchor_of(&shape.key(op, c));
+            let row = anchor.as_ref().and_then(|a| by_anchor.remove(a));
+            match (op, row) {
+                (ExportOperation::Delete, row) => {
+                    // Gone either way: the row deleted now, or one already gone.
+                    let mut gone = row.and_then(|r| shape.object(r)).or_else(|| {
+                        anchor.clone().map(|a| {
+                            SourceObject::new(a, shape.object_type.clone(), Attributes::new())
+                        })
+                    });
+                    if let Some(o) = gone.as_mut() {
+                        o.deleted = true;
+                    }
+                    ExportResult::ok(c.mesh_id, gone)
+                }
+                (_, Some(row)) => {
+                    ExportResult::ok(c.mesh_id, if read_back { shape.object(row) } else { None })
+                }
+                (_, None) => ExportResult::failed_with_code(
+                    c.mesh_id,
+                    "02000",
+                    format!(
+                        "no row of {table} has anchor {}",
+                        anchor.unwrap_or_default()
+                    ),
+                ),
+            }
+        })
+        .collect()
+}
+
+/// A delta import of a source without a delta column or watermark reads everything, and
+/// says so (the engine then sees missing rows as deleted).
+pub fn forced_full(mut end: ImportEnd) -> ImportEnd {
+    end.forced_full = true;
+    end.note = Some("no delta column or watermark: read everything".into());
+    end
+}

@@ -33,6 +33,9 @@ pub struct PostgresConfig {
     pub soft_delete_column: Option<String>,
     pub export_table: Option<String>,
     pub export_mode: Mode,
+    /// The user's own statement per operation (add, update, disable, delete), with named
+    /// parameters `:attribute` (the new value, else the current one).
+    pub export_statements: std::collections::HashMap<String, String>,
 }
 
 fn text(config: &Value, key: &str) -> Option<String> {
@@ -59,6 +62,7 @@ impl PostgresConfig {
             "soft_delete_column",
             "export_table",
             "export_mode",
+            "export_statements",
         ];
         if let Some(k) = config
             .as_object()
@@ -107,6 +111,22 @@ impl PostgresConfig {
             overlap: text(config, "overlap"),
             soft_delete_column: text(config, "soft_delete_column"),
             export_table: text(config, "export_table"),
+            export_statements: match config.get("export_statements") {
+                None | Some(Value::Null) => Default::default(),
+                Some(Value::Object(o)) => o
+                    .iter()
+                    .map(|(op, sql)| {
+                        if !["add", "update", "disable", "delete"].contains(&op.as_str()) {
+                            invalid(format!("postgres connector: export_statements has unknown operation \"{op}\""), "");
+                        }
+                        match sql.as_str() {
+                            Some(t) if !t.trim().is_empty() => (op.clone(), t.to_string()),
+                            _ => invalid(format!("postgres connector: export_statements.{op} must be an SQL statement"), ""),
+                        }
+                    })
+                    .collect(),
+                Some(_) => invalid("postgres connector: \"export_statements\" must be an object", ""),
+            },
             export_mode: match text(config, "export_mode").as_deref().unwrap_or("upsert") {
                 "upsert" => Mode::Upsert,
                 "insert" => Mode::Insert,
@@ -379,6 +399,9 @@ impl IdentityConnector for PostgresConnector {
         changes: &'a [ExportChange],
     ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
         Box::pin(async move {
+            if !self.config.export_statements.is_empty() {
+                return Ok(self.export_by_statements(changes).await);
+            }
             let Some(table) = self.config.export_table.clone() else {
                 return Ok(changes
                     .iter()
@@ -421,7 +444,138 @@ impl IdentityConnector for PostgresConnector {
     }
 }
 
+/// The user's statement with `:name` parameters, as one statement taking the change as a
+/// single jsonb parameter; each `:name` is typed as the server infers it from its place.
+/// Returns (statement, the names in order).
+fn named_parameters(sql: &str) -> (String, Vec<String>) {
+    let mut names: Vec<String> = Vec::new();
+    let mut out = String::new();
+    let b = sql.as_bytes();
+    let (mut i, mut in_literal) = (0, false);
+    while i < b.len() {
+        let c = b[i];
+        if c == b'\'' {
+            in_literal = !in_literal;
+        }
+        let starts_name = !in_literal
+            && c == b':'
+            && b.get(i + 1)
+                .is_some_and(|n| n.is_ascii_alphabetic() || *n == b'_')
+            && (i == 0 || b[i - 1] != b':');
+        if starts_name {
+            let start = i + 1;
+            let mut j = start;
+            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'-') {
+                j += 1;
+            }
+            let name = sql[start..j].to_string();
+            let n = match names.iter().position(|x| *x == name) {
+                Some(p) => p + 1,
+                None => {
+                    names.push(name);
+                    names.len()
+                }
+            };
+            out.push_str(&format!("${n}"));
+            i = j;
+            continue;
+        }
+        out.push(c as char);
+        i += 1;
+    }
+    (out, names)
+}
+
+/// `$n` (as numbered by `named_parameters`) → the n-th name read from the one jsonb
+/// parameter, cast to the type the server inferred for it.
+fn typed_parameters(numbered: &str, names: &[String], types: &[String]) -> String {
+    let b = numbered.as_bytes();
+    let mut out = String::new();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'$' && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
+            let mut j = i + 1;
+            while j < b.len() && b[j].is_ascii_digit() {
+                j += 1;
+            }
+            let n: usize = numbered[i + 1..j].parse().unwrap_or(0);
+            if n >= 1 && n <= names.len() {
+                let ty = types.get(n - 1).map(String::as_str).unwrap_or("text");
+                out.push_str(&format!(
+                    "(($1::jsonb)->>{})::{}",
+                    idmesh_core::sql::literal(&names[n - 1]),
+                    ident(ty)
+                ));
+                i = j;
+                continue;
+            }
+        }
+        let ch = numbered[i..].chars().next().unwrap();
+        out.push(ch);
+        i += ch.len_utf8();
+    }
+    out
+}
+
 impl PostgresConnector {
+    /// Runs the user's statement once per change; each change succeeds or fails alone.
+    async fn export_by_statements(&mut self, changes: &[ExportChange]) -> Vec<ExportResult> {
+        let mut results = Vec::with_capacity(changes.len());
+        for c in changes {
+            let Some(user_sql) = self
+                .config
+                .export_statements
+                .get(c.operation.as_str())
+                .cloned()
+            else {
+                results.push(ExportResult::failed(
+                    c.mesh_id,
+                    format!(
+                        "no export statement for \"{}\" in export_statements",
+                        c.operation.as_str()
+                    ),
+                ));
+                continue;
+            };
+            let outcome = async {
+                let (numbered, names) = named_parameters(&user_sql);
+                let client = self.client().await.map_err(|e| (None, e.message))?;
+                // Learn each parameter's type from the server, then send all values in one
+                // jsonb parameter cast to those types: typed by the target, never spliced.
+                let probe = client.prepare(&numbered).await.map_err(|e| {
+                    (
+                        e.as_db_error().map(|d| d.code().code().to_string()),
+                        connection_error("the export statement does not prepare", e).message,
+                    )
+                })?;
+                let types: Vec<String> = probe
+                    .params()
+                    .iter()
+                    .map(|t| t.name().to_string())
+                    .collect();
+                let typed = typed_parameters(&numbered, &names, &types);
+                let mut values = c.current.clone();
+                for (k, v) in &c.attributes {
+                    values.insert(k.clone(), v.clone());
+                }
+                let values = Value::Object(values);
+                client.execute(&typed, &[&values]).await.map_err(|e| {
+                    (
+                        e.as_db_error().map(|d| d.code().code().to_string()),
+                        connection_error("the export statement failed", e).message,
+                    )
+                })
+            }
+            .await;
+            results.push(match outcome {
+                Ok(_) => ExportResult::ok(c.mesh_id, None),
+                Err((Some(code), msg)) => ExportResult::failed_with_code(c.mesh_id, code, msg),
+                Err((None, msg)) => ExportResult::failed(c.mesh_id, msg),
+            });
+        }
+        results
+    }
+
     async fn apply(
         &mut self,
         table: &str,
@@ -451,4 +605,34 @@ impl PostgresConnector {
 /// Checks a postgres connector's configuration (and that a secret can be stored).
 pub fn validate(config: &Value) {
     PostgresConfig::parse(config);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::named_parameters;
+
+    #[test]
+    fn typed_parameters_read_one_json_parameter() {
+        let t = super::typed_parameters(
+            "VALUES ($1, $2, $1)",
+            &["login".into(), "n".into()],
+            &["text".into(), "int4".into()],
+        );
+        assert_eq!(
+            t,
+            "VALUES ((($1::jsonb)->>'login')::\"text\", (($1::jsonb)->>'n')::\"int4\", (($1::jsonb)->>'login')::\"text\")"
+        );
+    }
+
+    #[test]
+    fn named_parameters_number_once_and_skip_literals_and_casts() {
+        let (sql, names) = named_parameters(
+            "INSERT INTO t (a, b, c) VALUES (:login, ':not', :display::text || :login)",
+        );
+        assert_eq!(
+            sql,
+            "INSERT INTO t (a, b, c) VALUES ($1, ':not', $2::text || $1)"
+        );
+        assert_eq!(names, vec!["login", "display"]);
+    }
 }

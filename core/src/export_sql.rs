@@ -151,6 +151,30 @@ pub fn sqlserver_merge(
     ))
 }
 
+/// The SQL Server delete of a batch: rows whose anchor columns match a change's.
+pub fn sqlserver_delete(table: &str, anchors: &[(&str, &str)]) -> String {
+    let with: Vec<String> = anchors
+        .iter()
+        .map(|(c, ty)| {
+            format!(
+                "{} {ty} '$.attributes.{}'",
+                tsql_ident(c),
+                c.replace('\'', "''")
+            )
+        })
+        .collect();
+    let on: Vec<String> = anchors
+        .iter()
+        .map(|(a, _)| format!("t.{0} = k.{0}", tsql_ident(a)))
+        .collect();
+    format!(
+        "DELETE t FROM {} AS t JOIN OPENJSON(@P1) WITH ({}) AS k ON {};",
+        tsql_ident(table),
+        with.join(", "),
+        on.join(" AND ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +253,11 @@ mod tests {
         assert!(sql.contains("WHEN NOT MATCHED THEN INSERT ([employee_id], [mail], [it's]) VALUES (s.[employee_id], s.[mail], s.[it's])"));
         assert!(sql.ends_with("OUTPUT $action, inserted.*;"));
         assert_eq!(tsql_ident("a]b"), "[a]]b]");
+        assert_eq!(
+            sqlserver_delete("dbo.accounts", &[("login", "nvarchar(64)")]),
+            "DELETE t FROM [dbo].[accounts] AS t JOIN OPENJSON(@P1) WITH ([login] nvarchar(64) '$.attributes.login') AS k \
+             ON t.[login] = k.[login];"
+        );
         assert!(sqlserver_merge("t", &anchors(), &[("mail", "nvarchar(10)")]).is_err());
     }
 }

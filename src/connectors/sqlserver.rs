@@ -38,6 +38,8 @@ pub struct SqlServerConfig {
     /// column (default 300), units for an integer one (default 0).
     pub overlap: i64,
     pub soft_delete_column: Option<String>,
+    /// `schema.table` exports upsert into (MERGE on the anchor) and delete from.
+    pub export_table: Option<String>,
 }
 
 fn text(config: &Value, key: &str) -> Option<String> {
@@ -68,6 +70,7 @@ impl SqlServerConfig {
             "delta_type",
             "overlap",
             "soft_delete_column",
+            "export_table",
         ];
         if let Some(k) = config
             .as_object()
@@ -119,6 +122,7 @@ impl SqlServerConfig {
                 }),
             },
             soft_delete_column: text(config, "soft_delete_column"),
+            export_table: text(config, "export_table"),
         }
     }
 }
@@ -393,16 +397,149 @@ impl IdentityConnector for SqlServerConnector {
         changes: &'a [ExportChange],
     ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
         Box::pin(async move {
-            Ok(changes
+            let Some(table) = self.config.export_table.clone() else {
+                return Ok(changes
+                    .iter()
+                    .map(|c| ExportResult::failed(c.mesh_id, "this connector has no export_table"))
+                    .collect());
+            };
+            let types = self.column_types(&table).await?;
+            let mut results = Vec::with_capacity(changes.len());
+            let (writes, deletes): (Vec<&ExportChange>, Vec<&ExportChange>) = changes
+                .iter()
+                .partition(|c| c.operation != ExportOperation::Delete);
+            for (group, delete) in [(writes, false), (deletes, true)] {
+                if group.is_empty() {
+                    continue;
+                }
+                // The batch in one statement; if it fails, each change alone.
+                match self.apply(&table, &types, &group, delete).await {
+                    Ok(()) => {
+                        results.extend(group.iter().map(|c| ExportResult::ok(c.mesh_id, None)))
+                    }
+                    Err(_) => {
+                        for c in &group {
+                            results.push(match self.apply(&table, &types, &[*c], delete).await {
+                                Ok(()) => ExportResult::ok(c.mesh_id, None),
+                                Err(message) => ExportResult::failed(c.mesh_id, message),
+                            });
+                        }
+                    }
+                }
+            }
+            Ok(results)
+        })
+    }
+}
+
+impl SqlServerConnector {
+    /// The export table's columns with their T-SQL types, for OPENJSON.
+    async fn column_types(&mut self, table: &str) -> Result<Vec<(String, String)>, ConnectorError> {
+        let (schema, name) = table.split_once('.').unwrap_or(("dbo", table));
+        let client = self.client().await?;
+        let rows = client
+            .query(
+                "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH, NUMERIC_PRECISION, NUMERIC_SCALE \
+                 FROM INFORMATION_SCHEMA.COLUMNS WHERE TABLE_SCHEMA = @P1 AND TABLE_NAME = @P2 ORDER BY ORDINAL_POSITION",
+                &[&schema, &name],
+            )
+            .await
+            .map_err(|e| server_error("cannot read the export table's columns", e))?
+            .into_first_result()
+            .await
+            .map_err(|e| server_error("cannot read the export table's columns", e))?;
+        let types: Vec<(String, String)> = rows
+            .iter()
+            .filter_map(|r| {
+                let col: &str = r.get(0)?;
+                let ty: &str = r.get(1)?;
+                let len: Option<i32> = r.get(2);
+                let prec: Option<u8> = r.get(3);
+                let scale: Option<i32> = r.get(4);
+                let full = match ty {
+                    "nvarchar" | "varchar" | "nchar" | "char" | "varbinary" | "binary" => match len
+                    {
+                        Some(-1) | None => format!("{ty}(max)"),
+                        Some(n) => format!("{ty}({n})"),
+                    },
+                    "decimal" | "numeric" => {
+                        format!("{ty}({},{})", prec.unwrap_or(18), scale.unwrap_or(0))
+                    }
+                    other => other.to_string(),
+                };
+                Some((col.to_string(), full))
+            })
+            .collect();
+        if types.is_empty() {
+            return Err(ConnectorError::config(format!(
+                "export table {table} has no columns this login can see"
+            )));
+        }
+        Ok(types)
+    }
+
+    /// One MERGE (adds, updates, disables) or one DELETE for a group of changes.
+    async fn apply(
+        &mut self,
+        table: &str,
+        types: &[(String, String)],
+        changes: &[&ExportChange],
+        delete: bool,
+    ) -> Result<(), String> {
+        let anchors = self.config.anchor.clone();
+        let mut cols: Vec<&str> = changes
+            .iter()
+            .flat_map(|c| c.attributes.keys().map(String::as_str))
+            .collect();
+        cols.extend(anchors.iter().map(String::as_str));
+        cols.sort();
+        cols.dedup();
+        let typed: Vec<(&str, &str)> = cols
+            .iter()
+            .map(|c| {
+                types
+                    .iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(c))
+                    .map(|(_, t)| (*c, t.as_str()))
+                    .ok_or_else(|| format!("export table {table} has no column {c}"))
+            })
+            .collect::<Result<_, _>>()?;
+        // Each change with every column of the batch: its new values over its current ones,
+        // so a MERGE never blanks a column the change did not touch.
+        let payload = Value::Array(
+            changes
                 .iter()
                 .map(|c| {
-                    ExportResult::failed(
-                        c.mesh_id,
-                        "exports to SQL Server are not enabled in this version (the MERGE is generated and unit-tested; \
-                         it is verified only against a real SQL Server)",
-                    )
+                    let mut attrs = serde_json::Map::new();
+                    for col in &cols {
+                        let v = c
+                            .attributes
+                            .get(*col)
+                            .or_else(|| c.current.get(*col))
+                            .cloned()
+                            .unwrap_or(Value::Null);
+                        attrs.insert(col.to_string(), v);
+                    }
+                    json!({"attributes": attrs})
                 })
-                .collect())
-        })
+                .collect(),
+        )
+        .to_string();
+        let sql = if delete {
+            let keys: Vec<(&str, &str)> = typed
+                .iter()
+                .filter(|(c, _)| anchors.iter().any(|a| a == c))
+                .cloned()
+                .collect();
+            idmesh_core::export_sql::sqlserver_delete(table, &keys)
+        } else {
+            idmesh_core::export_sql::sqlserver_merge(table, &anchors, &typed)?
+        };
+        let client = self.client().await.map_err(|e| e.message)?;
+        client
+            .execute(sql, &[&payload])
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("the target refused the change: {e}"))
     }
 }

@@ -500,3 +500,71 @@ fn sqlserver_export_against_a_real_server() {
     c.batch_execute("DELETE FROM hr.people; SELECT count(*) FROM mesh.cycle();")
         .unwrap();
 }
+
+/// Exports through the user's own statements with named parameters: values are typed by the
+/// target from where each parameter stands, and a failing change fails alone.
+#[test]
+fn export_through_user_statements_with_named_parameters() {
+    let mut hr = hr_source();
+    hr.batch_execute(
+        "CREATE TABLE badges (badge_for integer PRIMARY KEY, holder text NOT NULL CHECK (holder <> 'Grace'));
+         GRANT ALL ON badges TO hr_app;",
+    )
+    .unwrap();
+    let mut c = mesh_db("idmesh_it_stmt");
+    connector(&mut c, "HR Database", hr_config());
+    connector(
+        &mut c,
+        "Badges",
+        json!({"dsn": format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app", port()),
+               "import_query": "SELECT * FROM badges", "anchor": "badge_for",
+               "export_statements": {
+                   "add": "INSERT INTO badges (badge_for, holder) VALUES (:badge_for, :holder)",
+                   "update": "UPDATE badges SET holder = :holder WHERE badge_for = :badge_for",
+                   "delete": "DELETE FROM badges WHERE badge_for = :badge_for"}}),
+    );
+    c.batch_execute(
+        r#"SELECT mesh.set_projection('HR Database', 'person', true);
+           SELECT mesh.add_import_flow('HR Database', 'person', 'employee_id', 'employee_id', 100);
+           SELECT mesh.add_import_flow('HR Database', 'person', 'name', 'name', 100);
+           SELECT mesh.add_join_rule('Badges', 'person', 'badge_for', 'employee_id');
+           SELECT mesh.add_export_flow('Badges', 'person', 'employee_id', 'badge_for');
+           SELECT mesh.add_export_flow('Badges', 'person', 'name', 'holder');
+           SELECT mesh.set_provisioning('Badges', 'person', NULL, '{"deprovision": "delete"}');"#,
+    )
+    .unwrap();
+    let added: i32 = c
+        .query_one(
+            "SELECT added FROM mesh.cycle() WHERE connector = 'Badges' AND profile = 'export'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(added, 2, "Ada and Alan; Grace is refused by the target");
+    let rows: Vec<(i32, String)> = hr
+        .query("SELECT badge_for, holder FROM badges ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(rows, vec![(1, "Ada".to_string()), (3, "Alan".to_string())]);
+    let e: Value = c
+        .query_one(
+            "SELECT to_jsonb(e) FROM mesh.errors e WHERE connector = 'Badges'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(e["sqlstate"], json!("23514"), "{e}");
+    // The next cycle imports and joins the badges; an update goes through the update statement.
+    c.batch_execute("SELECT count(*) FROM mesh.cycle()")
+        .unwrap();
+    hr.batch_execute("UPDATE employees SET name = 'Ada L.', modified_at = clock_timestamp() WHERE employee_id = 1").unwrap();
+    c.batch_execute("SELECT count(*) FROM mesh.cycle()")
+        .unwrap();
+    let holder: String = hr
+        .query_one("SELECT holder FROM badges WHERE badge_for = 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(holder, "Ada L.");
+}

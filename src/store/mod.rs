@@ -15,10 +15,14 @@ pub fn json(sql: &str, args: &[DatumWithOid]) -> Value {
         if t.is_empty() {
             return Ok::<_, pgrx::spi::Error>(Value::Null);
         }
-        Ok(t.first()
-            .get_one::<JsonB>()?
-            .map(|j| j.0)
-            .unwrap_or(Value::Null))
+        // Converted here, in SPI's own memory context: pgrx's typed getters copy the datum
+        // into the parent context (the transaction's, for an atomic SPI connection), which
+        // would keep every batch's result until commit.
+        Ok(match t.first().get_datum_by_ordinal(1)? {
+            // SAFETY: a non-null datum of the jsonb column the statement returns.
+            Some(d) => unsafe { JsonB::from_datum(d, false) }.map(|j| j.0).unwrap_or(Value::Null),
+            None => Value::Null,
+        })
     })
     .unwrap_or_else(|e| panic!("SPI: {e}"))
 }

@@ -95,6 +95,20 @@ pub fn tsql_ident(name: &str) -> String {
         .join(".")
 }
 
+/// `[col] type '$.attributes.col', ...`: how OPENJSON reads the batch's columns.
+fn openjson_with(cols: &[(&str, &str)]) -> String {
+    cols.iter()
+        .map(|(c, ty)| {
+            format!(
+                "{} {ty} '$.attributes.{}'",
+                tsql_ident(c),
+                c.replace('\'', "''")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The SQL Server upsert: one MERGE over the batch in `@P1` (the same JSON array), read with
 /// OPENJSON using the given column types; OUTPUT returns the rows as written.
 pub fn sqlserver_merge(
@@ -110,16 +124,6 @@ pub fn sqlserver_merge(
             return Err(format!("the anchor column {a} must be among the columns"));
         }
     }
-    let with: Vec<String> = cols
-        .iter()
-        .map(|(c, ty)| {
-            format!(
-                "{} {ty} '$.attributes.{}'",
-                tsql_ident(c),
-                c.replace('\'', "''")
-            )
-        })
-        .collect();
     let on: Vec<String> = anchors
         .iter()
         .map(|a| format!("t.{0} = s.{0}", tsql_ident(a)))
@@ -143,7 +147,7 @@ pub fn sqlserver_merge(
         "MERGE INTO {} AS t USING (SELECT * FROM OPENJSON(@P1) WITH ({})) AS s ON {}{} \
          WHEN NOT MATCHED THEN INSERT ({}) VALUES ({}) OUTPUT $action, inserted.*;",
         tsql_ident(table),
-        with.join(", "),
+        openjson_with(cols),
         on.join(" AND "),
         matched,
         names.join(", "),
@@ -153,16 +157,6 @@ pub fn sqlserver_merge(
 
 /// The SQL Server delete of a batch: rows whose anchor columns match a change's.
 pub fn sqlserver_delete(table: &str, anchors: &[(&str, &str)]) -> String {
-    let with: Vec<String> = anchors
-        .iter()
-        .map(|(c, ty)| {
-            format!(
-                "{} {ty} '$.attributes.{}'",
-                tsql_ident(c),
-                c.replace('\'', "''")
-            )
-        })
-        .collect();
     let on: Vec<String> = anchors
         .iter()
         .map(|(a, _)| format!("t.{0} = k.{0}", tsql_ident(a)))
@@ -170,7 +164,7 @@ pub fn sqlserver_delete(table: &str, anchors: &[(&str, &str)]) -> String {
     format!(
         "DELETE t FROM {} AS t JOIN OPENJSON(@P1) WITH ({}) AS k ON {};",
         tsql_ident(table),
-        with.join(", "),
+        openjson_with(anchors),
         on.join(" AND ")
     )
 }

@@ -410,17 +410,7 @@ impl IdentityConnector for PostgresConnector {
             };
             let table = table.split('.').map(ident).collect::<Vec<_>>().join(".");
             let mut results = Vec::with_capacity(changes.len());
-            for op in [
-                ExportOperation::Add,
-                ExportOperation::Update,
-                ExportOperation::Disable,
-                ExportOperation::Delete,
-            ] {
-                let group: Vec<&ExportChange> =
-                    changes.iter().filter(|c| c.operation == op).collect();
-                if group.is_empty() {
-                    continue;
-                }
+            for (op, group) in super::rows::by_operation(changes) {
                 // The whole group in one statement; if it fails, each change alone.
                 match self.apply(&table, op, &group).await {
                     Ok(r) => results.extend(r),

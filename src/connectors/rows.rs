@@ -205,3 +205,25 @@ pub fn forced_full(mut end: ImportEnd) -> ImportEnd {
     end.note = Some("no delta column or watermark: read everything".into());
     end
 }
+
+/// Changes grouped by operation, in the order exports apply them (adds first, deletes last).
+pub fn by_operation(changes: &[ExportChange]) -> Vec<(ExportOperation, Vec<&ExportChange>)> {
+    [
+        ExportOperation::Add,
+        ExportOperation::Update,
+        ExportOperation::Disable,
+        ExportOperation::Delete,
+    ]
+    .into_iter()
+    .map(|op| {
+        (
+            op,
+            changes
+                .iter()
+                .filter(|c| c.operation == op)
+                .collect::<Vec<_>>(),
+        )
+    })
+    .filter(|(_, group)| !group.is_empty())
+    .collect()
+}

@@ -497,17 +497,7 @@ impl IdentityConnector for TableConnector {
     ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
         Box::pin(async move {
             let mut results = Vec::with_capacity(changes.len());
-            for op in [
-                ExportOperation::Add,
-                ExportOperation::Update,
-                ExportOperation::Disable,
-                ExportOperation::Delete,
-            ] {
-                let group: Vec<&ExportChange> =
-                    changes.iter().filter(|c| c.operation == op).collect();
-                if group.is_empty() {
-                    continue;
-                }
+            for (op, group) in super::rows::by_operation(changes) {
                 // The whole group in one statement; if it fails, each change alone, so one
                 // bad row is an error on that object and the others go through.
                 match subxact(|| self.apply(op, &group)) {

@@ -20,7 +20,9 @@ pub fn json(sql: &str, args: &[DatumWithOid]) -> Value {
         // would keep every batch's result until commit.
         Ok(match t.first().get_datum_by_ordinal(1)? {
             // SAFETY: a non-null datum of the jsonb column the statement returns.
-            Some(d) => unsafe { JsonB::from_datum(d, false) }.map(|j| j.0).unwrap_or(Value::Null),
+            Some(d) => unsafe { JsonB::from_datum(d, false) }
+                .map(|j| j.0)
+                .unwrap_or(Value::Null),
             None => Value::Null,
         })
     })

@@ -13,6 +13,31 @@ use idmesh_sdk::IdentityConnector;
 use pgrx::prelude::*;
 use serde_json::Value;
 
+/// Refuses a setting a connector kind does not know, naming the ones it does.
+pub fn known_settings(config: &Value, kind: &str, known: &[&str]) {
+    if let Some(k) = config
+        .as_object()
+        .and_then(|o| o.keys().find(|k| !known.contains(&k.as_str())))
+    {
+        crate::error::invalid(
+            format!("{kind} connector: unknown setting \"{k}\""),
+            &format!("Settings: {}.", known.join(", ")),
+        );
+    }
+}
+
+/// A string setting, trimmed: absent or null is None; anything but a non-empty string is refused.
+pub fn string_setting<'a>(config: &'a Value, kind: &str, key: &str) -> Option<&'a str> {
+    match config.get(key) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim()),
+        Some(_) => crate::error::invalid(
+            format!("{kind} connector: \"{key}\" must be a non-empty string"),
+            "",
+        ),
+    }
+}
+
 /// Checks a connector's configuration when it is created or altered: errors here stop
 /// `create_connector` before anything is written.
 pub fn validate(kind: &str, config: &Value, has_secret: bool) {

@@ -39,14 +39,7 @@ pub struct PostgresConfig {
 }
 
 fn text(config: &Value, key: &str) -> Option<String> {
-    match config.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Some(_) => invalid(
-            format!("postgres connector: \"{key}\" must be a non-empty string"),
-            "",
-        ),
-    }
+    super::string_setting(config, "postgres", key).map(str::to_string)
 }
 
 impl PostgresConfig {
@@ -64,15 +57,7 @@ impl PostgresConfig {
             "export_mode",
             "export_statements",
         ];
-        if let Some(k) = config
-            .as_object()
-            .and_then(|o| o.keys().find(|k| !KNOWN.contains(&k.as_str())))
-        {
-            invalid(
-                format!("postgres connector: unknown setting \"{k}\""),
-                &format!("Settings: {}.", KNOWN.join(", ")),
-            );
-        }
+        super::known_settings(config, "postgres", KNOWN);
         let dsn = text(config, "dsn").unwrap_or_else(|| {
             invalid(
                 "postgres connector: \"dsn\" is required",

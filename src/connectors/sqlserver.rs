@@ -43,14 +43,7 @@ pub struct SqlServerConfig {
 }
 
 fn text(config: &Value, key: &str) -> Option<String> {
-    match config.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
-        Some(_) => invalid(
-            format!("sqlserver connector: \"{key}\" must be a non-empty string"),
-            "",
-        ),
-    }
+    super::string_setting(config, "sqlserver", key).map(str::to_string)
 }
 
 impl SqlServerConfig {
@@ -72,15 +65,7 @@ impl SqlServerConfig {
             "soft_delete_column",
             "export_table",
         ];
-        if let Some(k) = config
-            .as_object()
-            .and_then(|o| o.keys().find(|k| !KNOWN.contains(&k.as_str())))
-        {
-            invalid(
-                format!("sqlserver connector: unknown setting \"{k}\""),
-                &format!("Settings: {}.", KNOWN.join(", ")),
-            );
-        }
+        super::known_settings(config, "sqlserver", KNOWN);
         let need = |k: &str| {
             text(config, k)
                 .unwrap_or_else(|| invalid(format!("sqlserver connector: \"{k}\" is required"), ""))

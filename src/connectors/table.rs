@@ -44,14 +44,7 @@ pub struct TableConfig {
 }
 
 fn opt_str<'a>(config: &'a Value, key: &str) -> Option<&'a str> {
-    match config.get(key) {
-        None | Some(Value::Null) => None,
-        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim()),
-        Some(_) => invalid(
-            format!("table connector: \"{key}\" must be a non-empty string"),
-            "",
-        ),
-    }
+    super::string_setting(config, "table", key)
 }
 
 /// A relation name as PostgreSQL spells it, or None when it does not exist.
@@ -73,14 +66,7 @@ impl TableConfig {
             "export_mode",
             "export_functions",
         ];
-        if let Some(obj) = config.as_object() {
-            if let Some(k) = obj.keys().find(|k| !KNOWN.contains(&k.as_str())) {
-                invalid(
-                    format!("table connector: unknown setting \"{k}\""),
-                    &format!("Settings: {}.", KNOWN.join(", ")),
-                );
-            }
-        }
+        super::known_settings(config, "table", KNOWN);
         let source_text = opt_str(config, "source").unwrap_or_else(|| {
             invalid(
                 "table connector: \"source\" is required",

@@ -30,6 +30,7 @@ pgrx-test: bootstrap
 integration: install
 	bash scripts/cluster.sh start
 	bash scripts/tds.sh start
+	bash scripts/samba.sh start
 	cargo test -p idmesh-integration-tests -- --test-threads=1
 
 # Every test: plain Rust unit tests, in-database tests, integration tests against the

@@ -6,7 +6,11 @@ PGRX_VERSION=0.18.1
 PG_CONFIG=/usr/lib/postgresql/15/bin/pg_config
 
 need_pkgs=()
-for p in postgresql-15 postgresql-server-dev-15 postgresql-15-cron libclang-dev pkg-config libssl-dev sudo; do
+# The Samba AD domain controller the AD tests, the demo and the benchmark run against
+# (scripts/samba.sh), and the Kerberos libraries the gssapi build links with.
+for p in postgresql-15 postgresql-server-dev-15 postgresql-15-cron libclang-dev pkg-config libssl-dev sudo \
+    samba samba-ad-dc samba-ad-provision samba-dsdb-modules samba-vfs-modules winbind ldb-tools ldap-utils \
+    krb5-user libsasl2-modules-gssapi-mit libkrb5-dev openssl; do
   dpkg -s "$p" >/dev/null 2>&1 || need_pkgs+=("$p")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then

@@ -52,7 +52,7 @@ GRANT EXECUTE ON FUNCTION mesh.is_empty(jsonb), mesh.nullif_empty(jsonb), mesh.n
                           mesh.beats(mesh.contribution, mesh.contribution),
                           mesh.resolve_step(mesh.contribution, jsonb, integer, timestamptz, text, boolean),
                           mesh.resolve_final(mesh.contribution), mesh.resolve(mesh.contribution[]),
-                          mesh.reflects(jsonb, jsonb), mesh.diff(jsonb, jsonb, text[]),
+                          mesh.reflects(jsonb, jsonb), mesh.diff(jsonb, jsonb, text[]), mesh.set_text(jsonb),
                           mesh._compile(text, boolean), mesh.explain(bigint, text)
    TO mesh_reader;
 GRANT EXECUTE ON FUNCTION mesh.resolve_agg(jsonb, integer, timestamptz, text, boolean) TO mesh_reader;
@@ -65,7 +65,7 @@ GRANT EXECUTE ON FUNCTION mesh.run(text, text), mesh.sync(boolean), mesh.cycle()
 GRANT EXECUTE ON FUNCTION mesh.create_connector(text, text, jsonb, text),
                           mesh.alter_connector(text, jsonb, text, boolean), mesh.drop_connector(text),
                           mesh.create_object_type(text),
-                          mesh.add_import_flow(text, text, text, text, integer, boolean, boolean),
+                          mesh.add_import_flow(text, text, text, text, integer, boolean, boolean, text),
                           mesh.add_export_flow(text, text, text, text, boolean, boolean),
                           mesh.remove_flow(integer), mesh.add_join_rule(text, text, text, text),
                           mesh.set_projection(text, text, boolean), mesh.set_provisioning(text, text, text, jsonb),

@@ -96,6 +96,8 @@ CREATE TABLE mesh.flow_rule (
     empty_is_value boolean NOT NULL DEFAULT false,
     -- the value identifies another object (manager, member): stored as a mesh reference
     reference      boolean NOT NULL DEFAULT false,
+    -- a reference naming objects of another connector (NULL: the flow's own connector)
+    references_connector integer REFERENCES mesh.connector ON DELETE CASCADE,
     created_at     timestamptz NOT NULL DEFAULT now(),
     CHECK ((direction = 'import') = (confidence IS NOT NULL)),
     UNIQUE (connector_id, direction, object_type, target)

@@ -129,13 +129,24 @@ BEGIN
     PERFORM mesh._analyze_if('mesh.connector_object', added + updated + deleted);
 END $$;
 
+-- A multi-valued attribute's values as one text, order-insensitive (a directory returns a
+-- group's members in any order; one member compares equal to the same single value).
+CREATE FUNCTION mesh.set_text(v jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN (SELECT string_agg(x, E'\x1f' ORDER BY x COLLATE "C") FROM jsonb_array_elements_text(v) x);
+
 -- Whether an object's attributes show every change (compared as text: 5 and "5" agree).
 CREATE FUNCTION mesh.reflects(attrs jsonb, changes jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 BEGIN ATOMIC
-    SELECT coalesce(bool_and((attrs -> e.key) #>> '{}' IS NOT DISTINCT FROM mesh.nullif_empty(e.value) #>> '{}'), true)
+    SELECT coalesce(bool_and(
+               CASE WHEN jsonb_typeof(attrs -> e.key) = 'array' THEN mesh.set_text(attrs -> e.key) ELSE (attrs -> e.key) #>> '{}' END
+               IS NOT DISTINCT FROM
+               CASE WHEN jsonb_typeof(e.value) = 'array' THEN mesh.set_text(e.value) ELSE mesh.nullif_empty(e.value) #>> '{}' END), true)
     FROM jsonb_each(changes) e;
 END;
+
+
 
 -- Attribute-level difference: the wanted values that differ from the current ones.
 -- Empty wanted values count only for attributes listed in nullable (they clear).
@@ -145,7 +156,9 @@ BEGIN ATOMIC
     SELECT coalesce(jsonb_object_agg(e.key, mesh.nullif_empty(e.value)), '{}')
     FROM jsonb_each(coalesce(want, '{}')) e
     WHERE (NOT mesh.is_empty(e.value) OR e.key = ANY (nullable))
-      AND (current -> e.key) #>> '{}' IS DISTINCT FROM mesh.nullif_empty(e.value) #>> '{}';
+      AND CASE WHEN jsonb_typeof(current -> e.key) = 'array' THEN mesh.set_text(current -> e.key) ELSE (current -> e.key) #>> '{}' END
+          IS DISTINCT FROM
+          CASE WHEN jsonb_typeof(e.value) = 'array' THEN mesh.set_text(e.value) ELSE mesh.nullif_empty(e.value) #>> '{}' END;
 END;
 
 -- Export results: applied, confirmed (read back), or failed with the system's message.

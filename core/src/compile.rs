@@ -25,6 +25,8 @@ pub struct ImportFlow {
     pub confidence: i32,
     pub empty_is_value: bool,
     pub reference: bool,
+    /// The connector whose objects a reference names (usually `connector_id` itself).
+    pub ref_connector_id: i32,
 }
 
 #[derive(Clone, Debug)]
@@ -117,7 +119,7 @@ fn import_value(f: &ImportFlow, src: &Source) -> String {
     let cid = f.connector_id;
     let raw = src.jsonb(&format!("c{cid}"), &format!("x{cid}"), &slot(f.id));
     if f.reference {
-        format!("mesh.ref({cid}, {raw})")
+        format!("mesh.ref({}, {raw})", f.ref_connector_id)
     } else {
         raw
     }
@@ -378,14 +380,15 @@ pub fn unresolved_references_sql(flow: &ImportFlow, scope: Scope) -> Option<Stri
     };
     Some(format!(
         "INSERT INTO mesh.unresolved_reference (mesh_id, rule_id, connector_id, name_key)\n\
-         SELECT DISTINCT c{cid}.mesh_id, {rid}, {cid}, mesh.name_key(e.value)\n\
+         SELECT DISTINCT c{cid}.mesh_id, {rid}, {refc}, mesh.name_key(e.value)\n\
          FROM mesh.connector_object c{cid}\n{affected}{scope_sql}\n\
          CROSS JOIN LATERAL mesh.ref_values({raw}) e(value)\n\
          WHERE c{cid}.connector_id = {cid} AND c{cid}.object_type = {ot} AND c{cid}.mesh_id IS NOT NULL AND NOT c{cid}.deleted\n\
-           AND NOT EXISTS (SELECT 1 FROM mesh.connector_object r WHERE r.connector_id = {cid} \
+           AND NOT EXISTS (SELECT 1 FROM mesh.connector_object r WHERE r.connector_id = {refc} \
                AND r.name_key = mesh.name_key(e.value) AND NOT r.deleted AND r.mesh_id IS NOT NULL)\n\
          ON CONFLICT DO NOTHING",
         rid = flow.id,
+        refc = flow.ref_connector_id,
         ot = literal(&flow.object_type),
     ))
 }
@@ -483,6 +486,7 @@ mod tests {
             confidence: conf,
             empty_is_value: false,
             reference: false,
+            ref_connector_id: cid,
         }
     }
 
@@ -672,8 +676,8 @@ mod tests {
 /// an affected object (their targets' identifiers may have changed).
 pub fn referrers_sql(target: &str) -> String {
     format!(
-        "INSERT INTO _mesh_affected SELECT o.id FROM mesh.mesh_object o \
-         WHERE o.attrs->>{t} IN (SELECT a.id::text FROM _mesh_affected a) ON CONFLICT DO NOTHING",
+        "INSERT INTO _mesh_affected SELECT o.id FROM _mesh_affected a \
+         JOIN mesh.mesh_object o ON o.attrs->{t} @> to_jsonb(a.id) ON CONFLICT DO NOTHING",
         t = literal(target)
     )
 }

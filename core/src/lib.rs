@@ -7,8 +7,10 @@
 //! - [`delta`]: delta-column predicates and overlap windows for SQL sources.
 //! - [`export_sql`]: the statements that apply export batches to SQL tables (PostgreSQL, SQL Server MERGE).
 
+pub mod ad;
 pub mod compile;
 pub mod delta;
+pub mod dn;
 pub mod export_sql;
 pub mod resolve;
 pub mod source;

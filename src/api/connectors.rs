@@ -56,7 +56,12 @@ fn alter_connector(
         if !cfg.0.is_object() {
             crate::error::invalid("connector config must be a JSON object", "");
         }
-        connectors::validate(&c.kind, &cfg.0, secret.is_some());
+        // The secret already stored counts: changing the config keeps it.
+        let stored: Option<bool> = store::one(
+            "SELECT secret IS NOT NULL FROM mesh.connector WHERE id = $1",
+            &[c.id.into()],
+        );
+        connectors::validate(&c.kind, &cfg.0, secret.is_some() || stored == Some(true));
     } else if secret.is_some() {
         connectors::validate(&c.kind, &c.config, true);
     }
@@ -121,6 +126,14 @@ fn test_connection(
             let mut conn = connectors::sqlserver::SqlServerConnector::new(
                 &c.name,
                 connectors::sqlserver::SqlServerConfig::parse(&c.config),
+                crate::secrets::secret_of(c.id, &c.name),
+            );
+            crate::engine::import::runtime().block_on(conn.check())
+        }
+        "active_directory" => {
+            let mut conn = connectors::active_directory::AdConnector::new(
+                &c.name,
+                connectors::active_directory::AdConfig::parse(&c.config),
                 crate::secrets::secret_of(c.id, &c.name),
             );
             crate::engine::import::runtime().block_on(conn.check())

@@ -129,6 +129,20 @@ fn index_mesh_attribute(attr: &str) {
     );
 }
 
+/// A GIN index on a reference attribute: finding the objects that refer to a changed one
+/// (`attrs->'manager' @> '42'`, also inside arrays of members) is an index probe.
+fn index_reference_attribute(attr: &str) {
+    let name: String = format!("mesh_object_ref_{}", attr.to_lowercase()).chars().take(60).collect();
+    store::exec(
+        &format!(
+            "CREATE INDEX IF NOT EXISTS {} ON mesh.mesh_object USING gin ((attrs->{}) jsonb_path_ops)",
+            ident(&name),
+            literal(attr)
+        ),
+        &[],
+    );
+}
+
 /// Adds an import flow: the connector's `source` (attribute or SQL expression) contributes
 /// to mesh attribute `target` with `confidence` (0-100).
 #[pg_extern(volatile)]
@@ -140,11 +154,21 @@ fn add_import_flow(
     confidence: i32,
     empty_is_value: default!(bool, false),
     reference: default!(bool, false),
+    reference_to: default!(Option<&str>, "NULL"),
 ) -> i32 {
     store::lock();
     let c = engine::connector(connector);
     self::object_type(object_type);
     mesh_attribute(target);
+    let ref_connector = reference_to.map(|name| {
+        if !reference {
+            crate::error::invalid(
+                "reference_to is for reference flows",
+                "Add reference => true: the value then names objects of the connector given in reference_to.",
+            );
+        }
+        engine::connector(name).id
+    });
     if !(0..=100).contains(&confidence) {
         raise(
             PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
@@ -163,6 +187,7 @@ fn add_import_flow(
         confidence,
         empty_is_value,
         reference,
+        ref_connector_id: ref_connector.unwrap_or(c.id),
     };
     check_compiles(
         &core_compile::check_import_source_sql(&flow),
@@ -179,8 +204,14 @@ fn add_import_flow(
         empty_is_value,
         reference,
     );
+    if let Some(r) = ref_connector {
+        store::exec(
+            "UPDATE mesh.flow_rule SET references_connector = $2 WHERE id = $1",
+            &[id.into(), r.into()],
+        );
+    }
     if reference {
-        index_mesh_attribute(target);
+        index_reference_attribute(target);
     }
     rules_changed();
     engine::compile::rebuild_views();

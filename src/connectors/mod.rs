@@ -2,6 +2,7 @@
 //! Network connectors (AD, PostgreSQL, SQL Server) import no pgrx; the in-database
 //! `table` kind reads and writes through SPI on the backend thread.
 
+pub mod active_directory;
 pub mod postgres;
 pub mod process;
 pub mod rows;
@@ -64,12 +65,7 @@ pub fn validate(kind: &str, config: &Value, has_secret: bool) {
         "sqlserver" => {
             sqlserver::SqlServerConfig::parse(config);
         }
-        "active_directory" => raise(
-            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-            format!("connector kind \"{kind}\" is not available in this build yet"),
-            "Available now: table (a table, view or set-returning function of this database), postgres \
-             (a PostgreSQL database over the network) and process (a connector program, see docs/connector-protocol.md).",
-        ),
+        "active_directory" => active_directory::validate(config, has_secret),
         other => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("unknown connector kind \"{other}\""),
@@ -93,6 +89,11 @@ pub fn open(id: i32, kind: &str, name: &str, config: &Value) -> Box<dyn Identity
         "sqlserver" => Box::new(sqlserver::SqlServerConnector::new(
             name,
             sqlserver::SqlServerConfig::parse(config),
+            crate::secrets::secret_of(id, name),
+        )),
+        "active_directory" => Box::new(active_directory::AdConnector::new(
+            name,
+            active_directory::AdConfig::parse(config),
             crate::secrets::secret_of(id, name),
         )),
         "process" => Box::new(process::ProcessConnector::new(

@@ -28,7 +28,8 @@ pub fn import_flows() -> Vec<ImportFlow> {
     rows(
         "SELECT coalesce(jsonb_agg(jsonb_build_object('id', f.id, 'connector_id', f.connector_id, 'connector_name', c.name, \
          'object_type', f.object_type, 'source', f.source, 'target', f.target, 'confidence', f.confidence, \
-         'empty_is_value', f.empty_is_value, 'reference', f.reference) ORDER BY f.id), '[]') \
+         'empty_is_value', f.empty_is_value, 'reference', f.reference, \
+         'ref_connector_id', coalesce(f.references_connector, f.connector_id)) ORDER BY f.id), '[]') \
          FROM mesh.flow_rule f JOIN mesh.connector c ON c.id = f.connector_id WHERE f.direction = 'import'",
     )
     .iter()
@@ -42,6 +43,7 @@ pub fn import_flows() -> Vec<ImportFlow> {
         confidence: i(r, "confidence"),
         empty_is_value: b(r, "empty_is_value"),
         reference: b(r, "reference"),
+        ref_connector_id: i(r, "ref_connector_id"),
     })
     .collect()
 }

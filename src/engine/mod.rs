@@ -192,6 +192,24 @@ pub fn cycle(cycle_id: i64) {
         )
         .unwrap_or_else(|e| cancelled(e));
     }
+    // Objects created by this cycle's exports can now be referred to (a new user's manager,
+    // a new group's members): one more sync and export writes those references now rather
+    // than a cycle later.
+    let created: Option<i64> = store::one(
+        "SELECT sum(added)::bigint FROM mesh.run WHERE parent_id = $1 AND profile = 'export'",
+        &[cycle_id.into()],
+    );
+    if created.unwrap_or(0) > 0 {
+        store::exec("SELECT mesh._sync(false, $1)", &[cycle_id.into()]);
+        let again = names(
+            "SELECT coalesce(jsonb_agg(cn.name ORDER BY cn.id), '[]') FROM mesh.connector cn WHERE cn.enabled \
+             AND EXISTS (SELECT 1 FROM mesh.pending_export pe WHERE pe.connector_id = cn.id AND pe.status IN ('pending', 'approved'))",
+        );
+        for name in again {
+            run(&name, "export", Some(cycle_id));
+            checkpoint(cycle_id, "exporting", 0, None).unwrap_or_else(|e| cancelled(e));
+        }
+    }
     store::exec(
         "UPDATE mesh.run r SET finished_at = clock_timestamp(), phase = NULL, \
              status = (SELECT CASE WHEN bool_or(k.status = 'failed') THEN 'failed' \

@@ -39,10 +39,12 @@ test: unit pgrx-test integration
 
 demo: install
 	bash scripts/cluster.sh start
+	bash scripts/samba.sh start
 	bash scripts/demo.sh
 
 bench: install
 	bash scripts/cluster.sh start
+	bash scripts/samba.sh start
 	bash bench/run.sh
 
 stop:

@@ -187,7 +187,68 @@ SQL
   done
 }
 
+
+# The AD part: a full import of the benchmark users from the Samba DC (loaded offline once by
+# scripts/samba.sh load-bench and reused), next to a raw paged ldapsearch of the same users
+# and attributes into /dev/null; at 1,000 and all users, with the engine's peak memory.
+ad_part() {
+  local users=$1 run=${IDMESH_RUN:-/tmp/idmesh-run}
+  bash scripts/samba.sh load-bench "$users" >/dev/null
+  eval "$(bash scripts/samba.sh env)"
+  local ou="OU=Bench,$IDMESH_AD_BASE"
+  local attrs=(sAMAccountName cn givenName sn displayName mail title department telephoneNumber employeeID userAccountControl)
+  printf '%s' "$IDMESH_AD_SVC_PASSWORD" > "$run/bench-ad.secret"
+  chown postgres "$run/bench-ad.secret" 2>/dev/null || true; chmod 600 "$run/bench-ad.secret"
+  echo "== AD: full import from the Samba DC (ldaps, paged 1000) vs ldapsearch -E pr=1000 of the same users and attributes"
+  local filter n
+  for n in 1000 "$users"; do
+    if [ "$n" = "$users" ]; then filter='(objectClass=user)'; else filter='(|(sAMAccountName=bench00*)(sAMAccountName=bench01000))'; fi
+    local db=idmesh_bench_ad app=idmesh_bench_ad_$n memfile t0 t1 ldap_ms got
+    memfile=$(mktemp)
+    "${PSQL[@]}" -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+    "${PSQL[@]}" -q -d "$db" -v ou="$ou" -v ca="$IDMESH_AD_CA" -v svc="$IDMESH_AD_SVC_DN" -v filter="$filter" \
+      -v attrs="$(IFS=,; echo "${attrs[*]}")" -v secret_file="$run/bench-ad.secret" >/dev/null <<'SQL'
+CREATE EXTENSION idmesh;
+SELECT mesh.create_connector('AD', 'active_directory',
+       jsonb_build_object('url', 'ldaps://127.0.0.1', 'ca_file', :'ca', 'bind_dn', :'svc', 'base_dn', :'ou',
+         'object_types', jsonb_build_array('person'), 'filter', :'filter',
+         'attributes', to_jsonb(string_to_array(:'attrs', ','))),
+       secret => pg_read_file(:'secret_file'));
+SQL
+    # Best of three for each side (the first ldapsearch also warms the DC's cache).
+    ldap_ms=999999999
+    for _ in 1 2 3; do
+      t0=$(date +%s%N)
+      LDAPTLS_CACERT="$IDMESH_AD_CA" ldapsearch -x -H ldaps://127.0.0.1 -D "$IDMESH_AD_SVC_DN" -w "$IDMESH_AD_SVC_PASSWORD" \
+        -E pr=1000/noprompt -b "$ou" "(&(&(objectCategory=person)(objectClass=user))$filter)" \
+        objectGUID objectClass "${attrs[@]}" > /dev/null
+      t1=$(date +%s%N); (( (t1 - t0) / 1000000 < ldap_ms )) && ldap_ms=$(( (t1 - t0) / 1000000 ))
+    done
+    # The first import fills an empty connector space; the next ones find everything unchanged.
+    local first_ms again_ms=999999999
+    sample_memory "$app" "$memfile" &
+    t0=$(date +%s%N)
+    PGAPPNAME=$app "${PSQL[@]}" -q -d "$db" -c "SELECT mesh.run('AD', 'full_import')" >/dev/null
+    t1=$(date +%s%N); first_ms=$(( (t1 - t0) / 1000000 ))
+    wait
+    for _ in 1 2; do
+      t0=$(date +%s%N)
+      "${PSQL[@]}" -q -d "$db" -c "SELECT mesh.run('AD', 'full_import')" >/dev/null
+      t1=$(date +%s%N); (( (t1 - t0) / 1000000 < again_ms )) && again_ms=$(( (t1 - t0) / 1000000 ))
+    done
+    got=$("${PSQL[@]}" -d "$db" -Atc "SELECT count(*) FROM mesh.connector_object WHERE NOT deleted")
+    ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / (b > 0 ? b : 1)}'; }
+    printf 'users %d (%d imported): ldapsearch %d ms; first import %d ms (ratio %s); re-import %d ms (ratio %s); peak backend private memory %d MiB\n' \
+      "$n" "$got" "$ldap_ms" "$first_ms" "$(ratio "$first_ms" "$ldap_ms")" "$again_ms" "$(ratio "$again_ms" "$ldap_ms")" \
+      "$(( $(cat "$memfile") / 1024 ))"
+    rm -f "$memfile"
+    [ -n "${BENCH_KEEP:-}" ] || "${PSQL[@]}" -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"
+  done
+  rm -f "$run/bench-ad.secret"
+}
+
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r); PostgreSQL $("${PSQL[@]}" -d postgres -Atc 'SHOW server_version')"
 one_run "$N"
 one_run $(( N / 10 ))
 sql_part "${BENCH_SQL_ROWS:-100000}"
+ad_part "${BENCH_AD_USERS:-10000}"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The demo: a bi-directional sync on the embedded default (two in-database sources) in the
-# project's own cluster. `make demo` installs the extension and starts the cluster first.
+# The demo: a bi-directional sync between a networked HR database, an in-database
+# phonebook and Active Directory (a Samba AD DC on loopback) in the project's own cluster.
+# `make demo` installs the extension and starts the cluster and the DC first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DB=idmesh_demo
@@ -107,6 +108,74 @@ FROM mesh.objects o JOIN phonebook.entries p ON p.emp_no = o.attrs->>'employee_i
 SELECT connector, value, confidence, winner, reason
 FROM mesh.explain((SELECT id FROM mesh.objects WHERE attrs->>'employee_id' = '42'), 'title');
 \echo '== Dashboard'
+SELECT flow, status, summary, last_run, pending_exports, errors FROM mesh.dashboard;
+SQL
+"${PSQL[@]}" -d "$HR_DB" -q -c "SELECT employee_id, title AS hr_title, phone AS hr_phone FROM employees WHERE employee_id = 42"
+
+# ---------------------------------------------------------------------------------------
+# Active Directory: HR people provisioned into department OUs, phones read back into HR.
+eval "$(bash scripts/samba.sh env)"
+AD_OU="OU=Demo,$IDMESH_AD_BASE"
+ldap() { local tool=$1; shift; "$tool" -x -H ldap://127.0.0.1 -D "$IDMESH_AD_ADMIN_DN" -w "$IDMESH_AD_ADMIN_PASSWORD" "$@"; }
+if ldap ldapsearch -LLL -s base -b "$AD_OU" '(objectClass=*)' 1.1 >/dev/null 2>&1; then
+  ldap ldapdelete -r "$AD_OU"
+fi
+printf 'dn: %s\nobjectClass: organizationalUnit\n\ndn: OU=People,%s\nobjectClass: organizationalUnit\n\n' "$AD_OU" "$AD_OU" | ldap ldapadd >/dev/null
+printf '%s' "$IDMESH_AD_SVC_PASSWORD" > "$RUN/demo-ad.secret"
+chown postgres "$RUN/demo-ad.secret" 2>/dev/null || true
+chmod 600 "$RUN/demo-ad.secret"
+echo
+echo "== Active Directory joins: provision the 500 HR people into $AD_OU, by department"
+"${PSQL[@]}" -d "$DB" -q -v ou="$AD_OU" -v ca="$IDMESH_AD_CA" -v svc="$IDMESH_AD_SVC_DN" \
+  -v secret_file="$RUN/demo-ad.secret" <<'SQL'
+\set QUIET on
+\pset footer off
+\o /dev/null
+SELECT mesh.create_connector('Active Directory', 'active_directory',
+       jsonb_build_object('url', 'ldaps://127.0.0.1', 'ca_file', :'ca', 'bind_dn', :'svc', 'base_dn', :'ou',
+         'object_types', jsonb_build_array('person'),
+         'dn_template', jsonb_build_object('person', 'CN={cn},OU={department},OU=People,' || :'ou'),
+         'create_ous', true),
+       secret => pg_read_file(:'secret_file'));
+\o
+SELECT step, ok, detail FROM mesh.test_connection('Active Directory');
+\o /dev/null
+SELECT mesh.add_import_flow('HR Database', 'person', 'first_name', 'first_name', 90);
+SELECT mesh.add_import_flow('HR Database', 'person', 'last_name', 'last_name', 90);
+SELECT mesh.add_join_rule('Active Directory', 'person', 'employeeID', 'employee_id');
+-- Phones maintained in AD win over the phonebook's, and flow on to HR.
+SELECT mesh.add_import_flow('Active Directory', 'person', 'telephoneNumber', 'phone', 90);
+SELECT mesh.add_export_flow('Active Directory', 'person', 'display_name', 'cn');
+SELECT mesh.add_export_flow('Active Directory', 'person', $$'demo' || employee_id$$, 'sAMAccountName');
+SELECT mesh.add_export_flow('Active Directory', 'person', 'first_name', 'givenName');
+SELECT mesh.add_export_flow('Active Directory', 'person', 'last_name', 'sn');
+SELECT mesh.add_export_flow('Active Directory', 'person', 'title', 'title');
+SELECT mesh.add_export_flow('Active Directory', 'person', 'department', 'department');
+SELECT mesh.add_export_flow('Active Directory', 'person', 'employee_id', 'employeeID');
+SELECT mesh.add_export_flow('Active Directory', 'person', 'manager', 'manager', reference => true);
+SELECT mesh.set_provisioning('Active Directory', 'person', NULL,
+       '{"deprovision": "disable", "disable": {"accountDisabled": true}}');
+\o
+\set QUIET off
+SELECT coalesce(connector, '(mesh)') AS connector, profile, status, added, updated, confirmed, deleted, unchanged, errors,
+       round(extract(epoch FROM duration) * 1000) AS ms
+FROM mesh.cycle();
+SQL
+echo "== In AD (ldapsearch): employee 42, created enabled in its department's OU, with its manager's DN"
+ldap ldapsearch -LLL -o ldif-wrap=no -b "$AD_OU" '(employeeID=42)' sAMAccountName title department manager userAccountControl
+echo "== Someone updates employee 42's phone in AD ..."
+printf 'dn: %s\nchangetype: modify\nreplace: telephoneNumber\ntelephoneNumber: +1 555 4242\n' \
+  "$(ldap ldapsearch -LLL -o ldif-wrap=no -b "$AD_OU" '(employeeID=42)' 1.1 | sed -n 's/^dn: //p')" | ldap ldapmodify >/dev/null
+"${PSQL[@]}" -d "$DB" -q <<'SQL'
+\pset footer off
+SELECT coalesce(connector, '(mesh)') AS connector, profile, status, added, updated, confirmed, deleted, unchanged, errors
+FROM mesh.cycle();
+\echo '== ... it reaches the mesh and HR; the next cycle moves nothing (no echo)'
+SELECT coalesce(connector, '(mesh)') AS connector, profile, status, added, updated, confirmed, deleted, unchanged, errors
+FROM mesh.cycle();
+SELECT connector, value, confidence, winner, reason
+FROM mesh.explain((SELECT id FROM mesh.objects WHERE attrs->>'employee_id' = '42'), 'phone');
+\echo '== Dashboard: every connector, both directions'
 SELECT flow, status, summary, last_run, pending_exports, errors FROM mesh.dashboard;
 SQL
 "${PSQL[@]}" -d "$HR_DB" -q -c "SELECT employee_id, title AS hr_title, phone AS hr_phone FROM employees WHERE employee_id = 42"

@@ -178,7 +178,7 @@ fn client_sees_sqlstates_and_nothing_changes() {
             &mut c,
             r#"SELECT mesh.create_connector('AD', 'active_directory', '{"url": "ldaps://dc1"}')"#
         ),
-        "0A000"
+        "22023"
     );
     c.batch_execute(r#"SELECT mesh.create_connector('HR', 'table', '{"source": "hr.employees", "anchor": "employee_id"}')"#)
         .unwrap();

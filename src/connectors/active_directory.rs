@@ -68,6 +68,8 @@ pub struct AdConfig {
     pub random_initial_password: bool,
     pub must_change_password: bool,
     pub multi_valued: Vec<String>,
+    /// An extra LDAP filter every import search must match, e.g. `(employeeType=staff)`.
+    pub filter: Option<String>,
 }
 
 const KNOWN: &[&str] = &[
@@ -94,6 +96,7 @@ const KNOWN: &[&str] = &[
     "initial_password",
     "must_change_password",
     "multi_valued",
+    "filter",
 ];
 
 const DEFAULT_PERSON: &[&str] = &[
@@ -314,7 +317,15 @@ impl AdConfig {
                 "random (a strong random password the user must change at first logon) or none (accounts are created disabled).",
             ),
         };
+        let filter = text(config, "filter").map(|f| {
+            let f = if f.starts_with('(') { f } else { format!("({f})") };
+            if ldap3::parse_filter(&f).is_err() {
+                invalid(format!("{KIND} connector: filter {f} is not an LDAP filter"), "e.g. (employeeType=staff)");
+            }
+            f
+        });
         AdConfig {
+            filter,
             url,
             starttls,
             tls_verify,
@@ -383,6 +394,9 @@ impl AdConfig {
             .filter_map(|t| ad::type_filter(t, tombstone))
             .collect();
         let mut f = format!("(|{types})");
+        if let (Some(extra), false) = (&self.filter, tombstone) {
+            f = format!("(&{f}{extra})");
+        }
         if let Some(u) = from_usn {
             f = format!("(&{f}(uSNChanged>={}))", u + 1);
         }

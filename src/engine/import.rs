@@ -52,12 +52,17 @@ impl ImportSink for StagingSink {
             )));
         }
         self.seen += rows.len() as u64;
-        store::exec(
-            "INSERT INTO mesh.staging (run_id, anchor, name, object_type, attrs, deleted, mesh_id) \
-             SELECT $1, x.anchor, x.name, x.object_type, x.attrs, x.deleted, x.mesh_id \
-             FROM jsonb_to_recordset($2) AS x(anchor text, name text, object_type text, attrs jsonb, deleted boolean, mesh_id bigint)",
-            &[self.run_id.into(), JsonB(Value::Array(rows)).into()],
-        );
+        // The batch's datum lives in a context of its own, freed with the batch: memory stays
+        // flat however many batches an import has.
+        store::in_batch_context(|| {
+            store::exec(
+                "INSERT INTO mesh.staging (run_id, anchor, name, object_type, attrs, deleted, mesh_id) \
+                 SELECT $1, x.anchor, x.name, x.object_type, x.attrs, x.deleted, x.mesh_id \
+                 FROM jsonb_to_recordset($2) AS x(anchor text, name text, object_type text, attrs jsonb, deleted boolean, mesh_id bigint)",
+                &[self.run_id.into(), JsonB(Value::Array(rows)).into()],
+            )
+        });
+
         if self.checkpoints {
             super::checkpoint(self.run_id, "reading", self.seen, self.total)?;
         }

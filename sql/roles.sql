@@ -43,7 +43,8 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA mesh FROM PUBLIC;
 GRANT USAGE ON SCHEMA mesh TO mesh_reader;
 
 GRANT SELECT ON mesh.dashboard, mesh.run_history, mesh.errors, mesh.pending_exports, mesh.conflicts,
-                mesh.objects, mesh.contributions, mesh.compiled_sql, mesh.audit_log, mesh.running
+                mesh.objects, mesh.contributions, mesh.compiled_sql, mesh.audit_log, mesh.running,
+                mesh.pending_deletions, mesh.schema
    TO mesh_reader;
 
 -- Pure helpers the views and the resolution SQL use (they read nothing secret).
@@ -70,7 +71,8 @@ GRANT EXECUTE ON FUNCTION mesh.create_connector(text, text, jsonb, text),
                           mesh.remove_flow(integer), mesh.add_join_rule(text, text, text, text),
                           mesh.set_projection(text, text, boolean), mesh.set_provisioning(text, text, text, jsonb),
                           mesh.set_safety(text, integer, numeric, boolean), mesh.test_connection(text),
-                          mesh.rotate_secret_key()
+                          mesh.rotate_secret_key(), mesh.discover_schema(text),
+                          mesh.set_deletion_rule(text, text, interval), mesh.delete_object(bigint)
    TO mesh_admin;
 
 -- Reference lookups read the connector space for whoever reads mesh.contributions; their
@@ -88,7 +90,8 @@ BEGIN
                                   'add_import_flow', 'add_export_flow', 'remove_flow', 'add_join_rule',
                                   'set_projection', 'set_provisioning', 'set_safety', 'run', 'sync', 'cycle',
                                   'explain', 'preview', 'preview_cycle', 'approve', 'retry',
-                                  'enqueue', 'enqueue_cycle', 'cancel', 'test_connection', 'rotate_secret_key')
+                                  'enqueue', 'enqueue_cycle', 'cancel', 'test_connection', 'rotate_secret_key',
+                                  'discover_schema', 'set_deletion_rule', 'delete_object')
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, mesh, public, pg_temp', f);
     END LOOP;

@@ -4,7 +4,12 @@
 
 -- Object types the mesh knows. person, group and contact come built in.
 CREATE TABLE mesh.object_type (
-    name text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$')
+    name     text PRIMARY KEY CHECK (name ~ '^[a-z][a-z0-9_]{0,62}$'),
+    -- When a mesh object of this type goes: 'authoritative' (its last object of a projecting
+    -- connector is gone), 'last_connector' (its last connector object is gone) or 'manual'
+    -- (only mesh.delete_object); after the grace period, during which it is only marked.
+    deletion text NOT NULL DEFAULT 'authoritative' CHECK (deletion IN ('authoritative', 'last_connector', 'manual')),
+    grace    interval NOT NULL DEFAULT '0' CHECK (grace >= interval '0')
 );
 INSERT INTO mesh.object_type VALUES ('person'), ('group'), ('contact');
 
@@ -50,11 +55,16 @@ CREATE TABLE mesh.mesh_object (
     attrs        jsonb NOT NULL DEFAULT '{}',
     deleted      boolean NOT NULL DEFAULT false,
     projected_by integer,
+    -- marked for deletion: goes at delete_at unless a source object joins it again first
+    -- (reason 'grace'), or at the next sync (reason 'manual', from mesh.delete_object)
+    delete_at    timestamptz,
+    delete_reason text CHECK (delete_reason IN ('grace', 'manual')),
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX mesh_object_type_idx ON mesh.mesh_object (object_type) WHERE NOT deleted;
 CREATE INDEX mesh_object_deleted_idx ON mesh.mesh_object (id) WHERE deleted;
+CREATE INDEX mesh_object_delete_at_idx ON mesh.mesh_object (delete_at) WHERE delete_at IS NOT NULL AND NOT deleted;
 
 -- The connector space: the engine's last-known copy of each object in each system.
 CREATE TABLE mesh.connector_object (
@@ -81,6 +91,19 @@ CREATE UNIQUE INDEX connector_object_mesh_idx ON mesh.connector_object (connecto
     WHERE mesh_id IS NOT NULL AND NOT deleted;
 CREATE INDEX connector_object_unjoined_idx ON mesh.connector_object (connector_id)
     WHERE mesh_id IS NULL AND NOT deleted;
+
+-- What a connected system holds, as mesh.discover_schema read it: flows are checked against it.
+CREATE TABLE mesh.connector_schema (
+    connector_id  integer NOT NULL REFERENCES mesh.connector ON DELETE CASCADE,
+    object_type   text NOT NULL,
+    source_class  text NOT NULL,          -- the system's name: user, group, a table, import_query
+    attribute     text NOT NULL,
+    syntax        text NOT NULL,          -- the system's type: DN, Unicode String, integer, ...
+    multi_valued  boolean NOT NULL DEFAULT false,
+    reference     boolean NOT NULL DEFAULT false,   -- the value names another object (a DN)
+    discovered_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (connector_id, object_type, attribute)
+);
 
 -- Import flows (connector -> mesh, with confidence) and export flows (mesh -> connector).
 CREATE TABLE mesh.flow_rule (
@@ -253,6 +276,7 @@ CREATE INDEX staging_run_idx ON mesh.staging (run_id, anchor);
 SELECT pg_catalog.pg_extension_config_dump('mesh.object_type', 'WHERE name NOT IN (''person'', ''group'', ''contact'')');
 SELECT pg_catalog.pg_extension_config_dump('mesh.connector', '');
 SELECT pg_catalog.pg_extension_config_dump('mesh.watermark', '');
+SELECT pg_catalog.pg_extension_config_dump('mesh.connector_schema', '');
 SELECT pg_catalog.pg_extension_config_dump('mesh.mesh_object', '');
 SELECT pg_catalog.pg_extension_config_dump('mesh.connector_object', '');
 SELECT pg_catalog.pg_extension_config_dump('mesh.flow_rule', '');

@@ -270,6 +270,10 @@ BEGIN
         INSERT INTO _mesh_affected
         SELECT DISTINCT c.mesh_id FROM mesh.connector_object c WHERE c.change_seq > st.last_seq AND c.mesh_id IS NOT NULL
         ON CONFLICT DO NOTHING;
+        -- Marked objects whose time has come.
+        INSERT INTO _mesh_affected
+        SELECT o.id FROM mesh.mesh_object o WHERE o.delete_at <= now() AND NOT o.deleted
+        ON CONFLICT DO NOTHING;
         INSERT INTO _mesh_affected
         SELECT DISTINCT u.mesh_id FROM mesh.unresolved_reference u
           JOIN mesh.connector_object c ON c.connector_id = u.connector_id AND c.name_key = u.name_key
@@ -320,7 +324,10 @@ BEGIN
 
     -- 7. Done with: connector objects deleted at their source, and deleted mesh objects
     --    nothing points at any more.
-    DELETE FROM mesh.connector_object c WHERE c.deleted;
+    --    A deleted object of a mesh object marked for deletion stays (still linked) until
+    --    the mesh object goes: if it comes back (same anchor), it rejoins the same object.
+    DELETE FROM mesh.connector_object c WHERE c.deleted
+       AND NOT EXISTS (SELECT 1 FROM mesh.mesh_object o WHERE o.id = c.mesh_id AND NOT o.deleted AND o.delete_at IS NOT NULL);
     DELETE FROM mesh.run_error e
      WHERE e.operation = 'join'
        AND NOT EXISTS (SELECT 1 FROM mesh.connector_object c
@@ -404,9 +411,11 @@ LANGUAGE plpgsql AS $$
 DECLARE n bigint;
 BEGIN
     -- One grouped pass over the joined objects (hash joins), not a lookup per mesh object.
+    -- An orphan (per its type's deletion rule) goes now, or is marked to go after the grace
+    -- period; a marked object that has a source again is unmarked; marks that are due go.
     EXECUTE format($q$
         WITH cand AS (
-            SELECT o.id, o.object_type FROM mesh.mesh_object o %s WHERE NOT o.deleted
+            SELECT o.id, o.object_type, o.delete_at, o.delete_reason FROM mesh.mesh_object o %s WHERE NOT o.deleted
         ), live AS (
             SELECT c.mesh_id, bool_or(p.connector_id IS NOT NULL) AS authoritative
               FROM mesh.connector_object c
@@ -414,15 +423,40 @@ BEGIN
               LEFT JOIN mesh.projection p ON p.connector_id = c.connector_id AND p.object_type = c.object_type AND p.enabled
              WHERE NOT c.deleted
              GROUP BY c.mesh_id
-        ), gone AS (
-            SELECT cand.id FROM cand LEFT JOIN live ON live.mesh_id = cand.id
-             WHERE NOT coalesce(live.authoritative, false)
-               AND (live.mesh_id IS NULL
-                    OR cand.object_type IN (SELECT p.object_type FROM mesh.projection p WHERE p.enabled))
+        ), verdict AS (
+            SELECT cand.id, cand.delete_at, cand.delete_reason, t.grace,
+                   CASE t.deletion
+                       WHEN 'manual' THEN false
+                       WHEN 'last_connector' THEN live.mesh_id IS NULL
+                       ELSE NOT coalesce(live.authoritative, false)
+                            AND (live.mesh_id IS NULL
+                                 OR cand.object_type IN (SELECT p.object_type FROM mesh.projection p WHERE p.enabled))
+                   END AS orphan
+              FROM cand JOIN mesh.object_type t ON t.name = cand.object_type
+              LEFT JOIN live ON live.mesh_id = cand.id
+        ), act AS (
+            SELECT v.*,
+                   coalesce((v.orphan AND v.grace = interval '0')
+                            OR (v.delete_at <= now() AND (v.orphan OR v.delete_reason = 'manual')), false) AS go
+              FROM verdict v
+        ), upd AS (
+            UPDATE mesh.mesh_object o
+               SET deleted = act.go,
+                   delete_at = CASE WHEN act.go THEN o.delete_at
+                                    WHEN act.orphan THEN coalesce(o.delete_at, now() + act.grace)
+                                    WHEN o.delete_reason = 'manual' THEN o.delete_at END,
+                   delete_reason = CASE WHEN act.go THEN o.delete_reason
+                                        WHEN act.orphan THEN coalesce(o.delete_reason, 'grace')
+                                        WHEN o.delete_reason = 'manual' THEN 'manual' END,
+                   updated_at = now()
+              FROM act
+             WHERE o.id = act.id
+               AND (act.go OR (act.orphan AND o.delete_at IS NULL)
+                    OR (NOT act.orphan AND o.delete_reason = 'grace'))
+            RETURNING act.go
         )
-        UPDATE mesh.mesh_object o SET deleted = true, updated_at = now() FROM gone WHERE o.id = gone.id$q$,
-        CASE WHEN full_sync THEN '' ELSE 'JOIN _mesh_affected a ON a.id = o.id' END);
-    GET DIAGNOSTICS n = ROW_COUNT;
+        SELECT count(*) FILTER (WHERE go) FROM upd$q$,
+        CASE WHEN full_sync THEN '' ELSE 'JOIN _mesh_affected a ON a.id = o.id' END) INTO n;
     RETURN n;
 END $$;
 
@@ -521,8 +555,60 @@ CREATE VIEW mesh.objects AS
 SELECT o.id, o.object_type, o.attrs, o.deleted, pc.name AS projected_by, o.created_at, o.updated_at,
        (SELECT jsonb_object_agg(c.name, co.anchor ORDER BY c.name)
           FROM mesh.connector_object co JOIN mesh.connector c ON c.id = co.connector_id
-         WHERE co.mesh_id = o.id AND NOT co.deleted) AS connectors
+         WHERE co.mesh_id = o.id AND NOT co.deleted) AS connectors,
+       o.delete_at
 FROM mesh.mesh_object o LEFT JOIN mesh.connector pc ON pc.id = o.projected_by;
+
+-- Mesh objects marked for deletion and when they go (unless a source object joins them again).
+CREATE VIEW mesh.pending_deletions AS
+SELECT o.id, o.object_type, o.attrs, o.delete_reason AS reason, o.delete_at,
+       greatest(o.delete_at - now(), interval '0') AS remaining
+FROM mesh.mesh_object o WHERE o.delete_at IS NOT NULL AND NOT o.deleted;
+
+-- Each connector's discovered schema, and the flows that use each attribute.
+CREATE VIEW mesh.schema AS
+SELECT c.name AS connector, s.object_type, s.source_class, s.attribute, s.syntax, s.multi_valued, s.reference,
+       (SELECT array_agg(format('%s #%s %s %s', f.direction, f.id, CASE f.direction WHEN 'import' THEN '->' ELSE '<-' END,
+                                CASE f.direction WHEN 'import' THEN f.target ELSE f.source END) ORDER BY f.id)
+          FROM mesh.flow_rule f
+         WHERE f.connector_id = s.connector_id AND f.object_type = s.object_type
+           AND ((f.direction = 'export' AND f.target = s.attribute)
+                OR (f.direction = 'import' AND (f.source = s.attribute OR f.source ~ ('(^|[^A-Za-z0-9_"])' || s.attribute || '($|[^A-Za-z0-9_"])'))))
+       ) AS used_by,
+       s.discovered_at
+FROM mesh.connector_schema s JOIN mesh.connector c ON c.id = s.connector_id;
+
+-- When mesh objects of a type go (see mesh.object_type) and after which grace period.
+CREATE FUNCTION mesh.set_deletion_rule(object_type text, rule text, grace interval DEFAULT '0')
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM mesh._lock();
+    IF rule IS NULL OR rule NOT IN ('authoritative', 'last_connector', 'manual') THEN
+        RAISE EXCEPTION 'unknown deletion rule "%"', rule USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'authoritative (its last object of a projecting connector is gone), last_connector (its last connector object is gone) or manual (mesh.delete_object only).';
+    END IF;
+    IF grace IS NULL OR grace < interval '0' THEN
+        RAISE EXCEPTION 'a grace period must be zero or more, not %', grace USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE mesh.object_type t SET deletion = rule, grace = set_deletion_rule.grace WHERE t.name = object_type;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'object type "%" does not exist', object_type USING ERRCODE = 'undefined_object',
+            HINT = 'Object types are listed in mesh.object_type; add one with mesh.create_object_type(name).';
+    END IF;
+END $$;
+
+-- Deletes a mesh object by hand: the next sync deletes it and deprovisions it per policy.
+CREATE FUNCTION mesh.delete_object(object_id bigint) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM mesh._lock();
+    UPDATE mesh.mesh_object o SET delete_at = now(), delete_reason = 'manual', updated_at = now()
+     WHERE o.id = object_id AND NOT o.deleted;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'mesh object % does not exist', object_id USING ERRCODE = 'undefined_object',
+            HINT = 'Mesh objects are listed in mesh.objects.';
+    END IF;
+END $$;
 
 -- Every contribution of every connector object: one row per import flow. Rebuilt from the
 -- flows by mesh._rebuild_views(); this first version is empty.

@@ -676,3 +676,101 @@ fn kerberos_bind_from_a_keytab() {
         .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "22023");
 }
+
+// Issue 8, 1: a grace period keeps a mesh object (and its AD account) while its source row
+// is gone; re-created in time, nothing downstream is touched; not re-created, the object is
+// deleted after the period and the account deprovisioned per policy.
+#[test]
+fn grace_period_protects_ad_accounts_until_it_ends() {
+    let ou = format!("OU=Grace,{TOP}");
+    let mut c = mesh_db("idmesh_it_ad_grace");
+    provisioning_setup(&mut c, &ou, "g");
+    c.batch_execute("DELETE FROM hr_employees WHERE id = 5").unwrap();
+    settle(&mut c);
+    let before = entry(&ou, "(employeeID=3)", &["userAccountControl", "whenChanged", "uSNChanged"]).expect("Alan created");
+    c.batch_execute("SELECT mesh.set_deletion_rule('person', 'authoritative', interval '3 seconds')").unwrap();
+
+    // Deleted and re-created within the period: marked, then unmarked; AD untouched.
+    let row: (i32, String, String, String, String, Option<i32>) = {
+        let r = c.query_one("SELECT id, first_name, last_name, title, department, manager_id FROM hr_employees WHERE id = 3", &[]).unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))
+    };
+    c.batch_execute("DELETE FROM hr_employees WHERE id = 3").unwrap();
+    let steps: Value = c.query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[]).unwrap().get(0);
+    let marked: Vec<(i64, Option<String>)> = c
+        .query("SELECT id, reason FROM mesh.pending_deletions", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(marked.len(), 1, "{steps}");
+    assert_eq!(marked[0].1.as_deref(), Some("grace"));
+    assert!(entry(&ou, "(employeeID=3)", &["userAccountControl", "whenChanged", "uSNChanged"]).unwrap() == before, "{steps}");
+    c.execute(
+        "INSERT INTO hr_employees (id, first_name, last_name, title, department, manager_id) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&row.0, &row.1, &row.2, &row.3, &row.4, &row.5],
+    )
+    .unwrap();
+    let steps: Value = c.query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[]).unwrap().get(0);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mesh.pending_deletions"), 0, "rejoined: {steps}");
+    let same: i64 = c.query_one("SELECT count(*) FROM mesh.objects WHERE id = $1 AND NOT deleted", &[&marked[0].0]).unwrap().get(0);
+    assert_eq!(same, 1, "the same mesh object, not a new one");
+    let after = entry(&ou, "(employeeID=3)", &["userAccountControl", "whenChanged", "uSNChanged"]).unwrap();
+    assert_eq!(after, before, "the AD account was not touched");
+
+    // Deleted for good: after the period the object goes and the account is disabled and moved.
+    c.batch_execute("DELETE FROM hr_employees WHERE id = 3").unwrap();
+    c.batch_execute("SELECT * FROM mesh.cycle()").unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mesh.pending_deletions"), 1);
+    assert_eq!(attr(&entry(&ou, "(employeeID=3)", &["userAccountControl"]).unwrap(), "userAccountControl"), vec!["512"]);
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    settle(&mut c);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mesh.pending_deletions"), 0);
+    let gone: bool = c.query_one("SELECT NOT EXISTS (SELECT 1 FROM mesh.objects WHERE id = $1 AND NOT deleted)", &[&marked[0].0]).unwrap().get(0);
+    assert!(gone);
+    let alan = entry(&ou, "(employeeID=3)", &["userAccountControl"]).unwrap();
+    assert_eq!(alan.0, format!("CN=Alan Turing,OU=Disabled,{ou}"));
+    assert_eq!(attr(&alan, "userAccountControl"), vec!["514"]);
+}
+
+// Issue 8, 3: schema discovery against the DC; flows are checked against it.
+#[test]
+fn schema_discovery_lists_classes_and_checks_flows() {
+    let ou = format!("OU=Schema,{TOP}");
+    reset_ou(&ou);
+    let mut c = mesh_db("idmesh_it_ad_schema");
+    create_ad(&mut c, "AD", ad_config(&ou, json!({})));
+    let rows: Vec<(String, String, String, bool, bool)> = c
+        .query("SELECT object_type, attribute, syntax, multi_valued, reference FROM mesh.discover_schema('AD')", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
+        .collect();
+    let find = |t: &str, a: &str| rows.iter().find(|r| r.0 == t && r.1 == a).cloned().unwrap_or_else(|| panic!("{t}.{a} not discovered"));
+    let manager = find("person", "manager");
+    assert_eq!((manager.2.as_str(), manager.3, manager.4), ("DN", false, true), "manager: a single DN reference");
+    let member = find("group", "member");
+    assert!(member.3 && member.4, "member: multi-valued DN reference");
+    assert_eq!(find("person", "telephoneNumber").2, "Unicode String");
+    assert!(rows.iter().filter(|r| r.0 == "person").count() > 100, "user has hundreds of attributes");
+    let source_class: String = c
+        .query_one("SELECT source_class FROM mesh.schema WHERE connector = 'AD' AND object_type = 'person' LIMIT 1", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(source_class, "user");
+    // A misspelled attribute is refused, naming the right one; the view shows which flows use what.
+    let err = c
+        .batch_execute("SELECT mesh.add_import_flow('AD', 'person', 'telephonNumber', 'phone', 80)")
+        .unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "42703");
+    assert!(db.hint().unwrap_or("").contains("telephoneNumber"), "{db:?}");
+    let err = c.batch_execute("SELECT mesh.add_export_flow('AD', 'person', 'title', 'titel')").unwrap_err();
+    assert!(err.as_db_error().unwrap().hint().unwrap_or("").contains("title"), "{err}");
+    c.batch_execute("SELECT mesh.add_import_flow('AD', 'person', 'telephoneNumber', 'phone', 80)").unwrap();
+    let used: Option<Vec<String>> = c
+        .query_one("SELECT used_by FROM mesh.schema WHERE connector = 'AD' AND object_type = 'person' AND attribute = 'telephoneNumber'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(used.unwrap().len(), 1);
+}

@@ -272,3 +272,58 @@ fn roles_over_real_logins() {
         "42501"
     );
 }
+
+// Issue 8, 2: a source that goes away stops contributing at once, even while its mesh
+// object waits out a grace period.
+#[test]
+fn gone_source_is_recalled_at_once_despite_a_grace_period() {
+    let mut c = fresh_database("idmesh_it_recall");
+    c.batch_execute(
+        "CREATE TABLE hr (id int PRIMARY KEY, title text, phone text);
+         CREATE TABLE badge (id int PRIMARY KEY, title text);
+         INSERT INTO hr VALUES (1, 'HR title', '+1 555 0001'), (2, 'Other', NULL);
+         INSERT INTO badge VALUES (1, 'Badge title');
+         SELECT mesh.create_connector('HR', 'table', '{\"source\": \"hr\", \"anchor\": \"id\"}');
+         SELECT mesh.create_connector('Badge', 'table', '{\"source\": \"badge\", \"anchor\": \"id\"}');
+         SELECT mesh.set_projection('HR', 'person', true);
+         SELECT mesh.add_import_flow('HR', 'person', 'id', 'employee_id', 100);
+         SELECT mesh.add_import_flow('HR', 'person', 'title', 'title', 90);
+         SELECT mesh.add_import_flow('HR', 'person', 'phone', 'phone', 90);
+         SELECT mesh.add_join_rule('Badge', 'person', 'id', 'employee_id');
+         SELECT mesh.add_import_flow('Badge', 'person', 'title', 'title', 50);
+         SELECT mesh.set_deletion_rule('person', 'authoritative', interval '1 day');
+         SELECT * FROM mesh.cycle();",
+    )
+    .unwrap();
+    let title = |c: &mut postgres::Client| -> (Option<String>, Option<String>, bool) {
+        let r = c
+            .query_one("SELECT attrs->>'title', attrs->>'phone', delete_at IS NOT NULL FROM mesh.objects WHERE id = (SELECT mesh_id FROM mesh.connector_object WHERE anchor = '1' AND connector_id = (SELECT id FROM mesh.connector WHERE name = 'Badge'))", &[])
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2))
+    };
+    assert_eq!(title(&mut c), (Some("HR title".into()), Some("+1 555 0001".into()), false));
+    c.batch_execute("DELETE FROM hr WHERE id = 1; SELECT * FROM mesh.cycle();").unwrap();
+    // HR's values are recalled now: the badge system's title wins, HR's phone is gone; the
+    // object itself waits out the day.
+    assert_eq!(title(&mut c), (Some("Badge title".into()), None, true));
+    assert_eq!(
+        sqlstate_of(&mut c, "SELECT mesh.set_deletion_rule('person', 'sometimes')"),
+        "22023"
+    );
+    assert_eq!(
+        sqlstate_of(&mut c, "SELECT mesh.set_deletion_rule('persn', 'manual')"),
+        "42704"
+    );
+    // Deleted by hand: goes at the next sync, whatever the rule.
+    c.batch_execute(
+        "SELECT mesh.set_deletion_rule('person', 'manual');
+         SELECT mesh.delete_object(id) FROM mesh.objects WHERE attrs->>'employee_id' = '2';
+         SELECT mesh.sync();",
+    )
+    .unwrap();
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM mesh.objects WHERE attrs->>'employee_id' = '2' AND NOT deleted", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}

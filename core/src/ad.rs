@@ -256,6 +256,77 @@ pub fn unicode_pwd(password: &str) -> Vec<u8> {
         .collect()
 }
 
+/// The name of an attributeSyntax OID, as AD's schema documentation calls it.
+pub fn syntax_name(oid: &str) -> &'static str {
+    match oid {
+        "2.5.5.1" => "DN",
+        "2.5.5.2" => "OID",
+        "2.5.5.3" => "Case-Sensitive String",
+        "2.5.5.4" => "Case-Insensitive String",
+        "2.5.5.5" => "IA5 String",
+        "2.5.5.6" => "Numeric String",
+        "2.5.5.7" => "DN-Binary",
+        "2.5.5.8" => "Boolean",
+        "2.5.5.9" => "Integer",
+        "2.5.5.10" => "Octet String",
+        "2.5.5.11" => "Generalized Time",
+        "2.5.5.12" => "Unicode String",
+        "2.5.5.13" => "Presentation Address",
+        "2.5.5.14" => "DN-String",
+        "2.5.5.15" => "NT Security Descriptor",
+        "2.5.5.16" => "Large Integer",
+        "2.5.5.17" => "SID",
+        _ => "unknown",
+    }
+}
+
+/// One classSchema entry: its superclass, auxiliary classes and attributes.
+#[derive(Clone, Debug, Default)]
+pub struct ClassDef {
+    pub sub_class_of: Option<String>,
+    pub auxiliary: Vec<String>,
+    pub attributes: Vec<String>,
+}
+
+/// Every attribute an object of `class` may hold: its own, its superclasses' (up to `top`)
+/// and those of every auxiliary class on the way, sorted and without duplicates.
+pub fn class_attributes(
+    classes: &std::collections::HashMap<String, ClassDef>,
+    class: &str,
+) -> Vec<String> {
+    let mut seen_classes = std::collections::HashSet::new();
+    let mut out = std::collections::BTreeSet::new();
+    let mut todo = vec![class.to_string()];
+    while let Some(c) = todo.pop() {
+        if !seen_classes.insert(c.to_lowercase()) {
+            continue;
+        }
+        let Some(def) = classes
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(&c))
+            .map(|(_, v)| v)
+        else {
+            continue;
+        };
+        out.extend(def.attributes.iter().cloned());
+        todo.extend(def.auxiliary.iter().cloned());
+        if let Some(sup) = &def.sub_class_of {
+            todo.push(sup.clone());
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The AD class behind a mesh object type.
+pub fn class_of(object_type: &str) -> Option<&'static str> {
+    Some(match object_type {
+        "person" => "user",
+        "group" => "group",
+        "contact" => "contact",
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,5 +404,28 @@ mod tests {
         assert!(p.chars().any(|c| c.is_ascii_digit()));
         assert_eq!(unicode_pwd("ab"), vec![b'"', 0, b'a', 0, b'b', 0, b'"', 0]);
         assert_eq!(filter_escape("a*(b)\\"), "a\\2a\\28b\\29\\5c");
+    }
+
+    #[test]
+    fn class_attributes_follow_superclasses_and_auxiliary_classes() {
+        use std::collections::HashMap;
+        let mut classes = HashMap::new();
+        let def = |sup: &str, aux: &[&str], attrs: &[&str]| ClassDef {
+            sub_class_of: Some(sup.to_string()),
+            auxiliary: aux.iter().map(|s| s.to_string()).collect(),
+            attributes: attrs.iter().map(|s| s.to_string()).collect(),
+        };
+        classes.insert("top".to_string(), def("top", &[], &["objectClass", "cn"]));
+        classes.insert("person".to_string(), def("top", &[], &["sn", "telephoneNumber"]));
+        classes.insert("organizationalPerson".to_string(), def("person", &[], &["manager", "title"]));
+        classes.insert("user".to_string(), def("organizationalPerson", &["securityPrincipal"], &["sAMAccountName"]));
+        classes.insert("securityPrincipal".to_string(), def("top", &[], &["objectSid"]));
+        let a = class_attributes(&classes, "user");
+        for want in ["sAMAccountName", "manager", "title", "sn", "cn", "objectSid", "objectClass"] {
+            assert!(a.contains(&want.to_string()), "{want} in {a:?}");
+        }
+        assert_eq!(a.iter().filter(|x| *x == "cn").count(), 1);
+        assert_eq!(syntax_name("2.5.5.1"), "DN");
+        assert_eq!(class_of("person"), Some("user"));
     }
 }

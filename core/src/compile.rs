@@ -462,7 +462,7 @@ pub fn export_plan_sql(
          FROM mesh.mesh_object o\n{affected}\
          LEFT JOIN mesh.connector_object c ON c.connector_id = {connector_id} AND c.mesh_id = o.id AND NOT c.deleted\n\
          {expr_scope}\n\
-         WHERE o.object_type = {ot} AND (NOT o.deleted OR c.anchor IS NOT NULL)",
+         WHERE o.object_type = {ot} AND (NOT o.deleted OR c.anchor IS NOT NULL) AND (o.deleted OR o.delete_at IS NULL)",
         want = build_object(&pairs),
         nullable = nullable.join(", "),
         affected = affected_join(scope, "o"),

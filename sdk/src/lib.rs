@@ -318,6 +318,17 @@ pub trait IdentityConnector {
         &'a mut self,
         changes: &'a [ExportChange],
     ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>>;
+
+    /// What the connected system holds: its object classes and their attributes, so flow
+    /// rules can be checked against it. Optional: the default says the kind cannot tell.
+    fn discover_schema<'a>(&'a mut self) -> BoxFuture<'a, Result<Schema, ConnectorError>> {
+        let kind = self.kind().to_string();
+        Box::pin(async move {
+            Err(ConnectorError::config(format!(
+                "connector kind \"{kind}\" cannot describe its schema"
+            )))
+        })
+    }
 }
 
 /// Encodes multi-column anchors: values joined by the ASCII unit separator, so the same

@@ -157,3 +157,69 @@ fn rotate_secret_key() -> i64 {
     store::lock();
     crate::secrets::rotate()
 }
+
+/// Reads what the connected system holds (AD: the schema partition's classes and
+/// attributes; SQL: the import query's columns) and keeps it in `mesh.connector_schema`,
+/// replacing what an earlier discovery found. Flows are then checked against it.
+#[pg_extern(volatile)]
+#[allow(clippy::type_complexity)]
+fn discover_schema(
+    name: &str,
+) -> TableIterator<
+    'static,
+    (
+        name!(object_type, String),
+        name!(source_class, String),
+        name!(attribute, String),
+        name!(syntax, String),
+        name!(multi_valued, bool),
+        name!(reference, bool),
+    ),
+> {
+    store::lock();
+    let c = engine::connector(name);
+    let mut conn = connectors::open(c.id, &c.kind, &c.name, &c.config);
+    let schema = match engine::import::runtime().block_on(conn.discover_schema()) {
+        Ok(s) => s,
+        Err(e) if e.message.contains("cannot describe its schema") => raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            e.message,
+            "Schema discovery is available for active_directory, postgres and table connectors.",
+        ),
+        Err(e) => engine::import::fail(e, &c),
+    };
+    let rows: Vec<(String, String, String, String, bool, bool)> = schema
+        .classes
+        .iter()
+        .flat_map(|k| {
+            k.attributes.iter().map(move |a| {
+                (
+                    k.object_type.clone(),
+                    k.source_class.clone(),
+                    a.name.clone(),
+                    a.syntax.clone(),
+                    a.multi_valued,
+                    a.reference,
+                )
+            })
+        })
+        .collect();
+    let json: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            serde_json::json!({"object_type": r.0, "source_class": r.1, "attribute": r.2, "syntax": r.3,
+                               "multi_valued": r.4, "reference": r.5})
+        })
+        .collect();
+    store::exec(
+        "DELETE FROM mesh.connector_schema WHERE connector_id = $1",
+        &[c.id.into()],
+    );
+    store::exec(
+        "INSERT INTO mesh.connector_schema (connector_id, object_type, source_class, attribute, syntax, multi_valued, reference) \
+         SELECT DISTINCT ON (x.object_type, x.attribute) $1, x.object_type, x.source_class, x.attribute, x.syntax, x.multi_valued, x.reference \
+         FROM jsonb_to_recordset($2) AS x(object_type text, source_class text, attribute text, syntax text, multi_valued boolean, reference boolean)",
+        &[c.id.into(), JsonB(serde_json::Value::Array(json)).into()],
+    );
+    TableIterator::new(rows)
+}

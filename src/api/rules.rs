@@ -85,9 +85,22 @@ fn distance(a: &str, b: &str) -> usize {
 }
 
 /// A plain source attribute must be one the connector provides (where that is known).
-fn source_attribute(c: &Connector, source: &str) {
+/// The attributes a connector's objects of a type have: its discovered schema
+/// (`mesh.discover_schema`), else what its kind knows before a run (None: not known).
+fn known_attributes(c: &Connector, object_type: &str) -> Option<Vec<String>> {
+    let found = store::json(
+        "SELECT jsonb_agg(attribute ORDER BY attribute) FROM mesh.connector_schema WHERE connector_id = $1 AND object_type = $2",
+        &[c.id.into(), object_type.into()],
+    );
+    match found.as_array() {
+        Some(a) => Some(a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()),
+        None => connectors::import_attributes(&c.kind, &c.config),
+    }
+}
+
+fn source_attribute(c: &Connector, object_type: &str, source: &str) {
     let Source::Attribute(attr) = Source::parse(source) else {
-        if let Some(known) = connectors::import_attributes(&c.kind, &c.config) {
+        if let Some(known) = known_attributes(c, object_type) {
             for n in Source::parse(source).reads() {
                 if !known.iter().any(|k| k == &n) {
                     pgrx::warning!(
@@ -100,7 +113,7 @@ fn source_attribute(c: &Connector, source: &str) {
         }
         return;
     };
-    if let Some(known) = connectors::import_attributes(&c.kind, &c.config) {
+    if let Some(known) = known_attributes(c, object_type) {
         if !known.iter().any(|k| k == &attr) {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
@@ -176,7 +189,7 @@ fn add_import_flow(
             "Confidence is 0 to 100; the highest wins.",
         );
     }
-    source_attribute(&c, source);
+    source_attribute(&c, object_type, source);
     let flow = ImportFlow {
         id: 0,
         connector_id: c.id,
@@ -271,7 +284,9 @@ fn add_export_flow(
     store::lock();
     let c = engine::connector(connector);
     self::object_type(object_type);
-    if let Some(known) = connectors::export_targets(&c.kind, &c.config) {
+    if let Some(known) = connectors::export_targets(&c.kind, &c.config)
+        .or_else(|| known_attributes(&c, object_type).filter(|_| c.kind == "active_directory"))
+    {
         if !known.iter().any(|k| k == target) {
             raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
@@ -342,7 +357,7 @@ fn add_join_rule(connector: &str, object_type: &str, source: &str, mesh_attribut
     let c = engine::connector(connector);
     self::object_type(object_type);
     self::mesh_attribute(mesh_attribute);
-    source_attribute(&c, source);
+    source_attribute(&c, object_type, source);
     let position: i32 = store::one(
         "SELECT coalesce(max(position), 0) + 1 FROM mesh.join_rule WHERE connector_id = $1 AND object_type = $2",
         &[c.id.into(), object_type.into()],

@@ -1272,6 +1272,91 @@ impl AdConnector {
         Ok(ExportResult::ok(change.mesh_id, back))
     }
 
+    /// The schema partition's classes and attributes for the connector's object types.
+    async fn schema(&mut self) -> Result<Schema, ConnectorError> {
+        let mut ldap = self.ldap().await?;
+        let (entries, _) = ldap
+            .search("", Scope::Base, "(objectClass=*)", vec!["schemaNamingContext"])
+            .await
+            .and_then(|r| r.success())
+            .map_err(|e| ldap_error("reading the rootDSE", e))?;
+        let schema_nc = entries
+            .into_iter()
+            .next()
+            .map(SearchEntry::construct)
+            .and_then(|e| text_values(&e, "schemaNamingContext").into_iter().next())
+            .and_then(|s| Dn::parse(&s).ok())
+            .ok_or_else(|| ConnectorError::data("the rootDSE names no schemaNamingContext"))?;
+        let mut classes: HashMap<String, ad::ClassDef> = HashMap::new();
+        let class_attrs: Vec<String> = [
+            "lDAPDisplayName", "subClassOf", "auxiliaryClass", "systemAuxiliaryClass",
+            "mustContain", "mayContain", "systemMustContain", "systemMayContain",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.paged(&schema_nc, "(objectClass=classSchema)", vec![], &class_attrs, |_, page| {
+            for e in page {
+                let Some(name) = text_values(&e, "lDAPDisplayName").into_iter().next() else { continue };
+                let many = |names: &[&str]| names.iter().flat_map(|n| text_values(&e, n)).collect::<Vec<_>>();
+                classes.insert(
+                    name,
+                    ad::ClassDef {
+                        sub_class_of: text_values(&e, "subClassOf").into_iter().next(),
+                        auxiliary: many(&["auxiliaryClass", "systemAuxiliaryClass"]),
+                        attributes: many(&["mustContain", "mayContain", "systemMustContain", "systemMayContain"]),
+                    },
+                );
+            }
+            Ok(())
+        })
+        .await?;
+        let mut syntax: HashMap<String, (String, bool)> = HashMap::new();
+        let attr_attrs: Vec<String> = ["lDAPDisplayName", "attributeSyntax", "isSingleValued"].iter().map(|s| s.to_string()).collect();
+        self.paged(&schema_nc, "(objectClass=attributeSchema)", vec![], &attr_attrs, |_, page| {
+            for e in page {
+                let first = |n: &str| text_values(&e, n).into_iter().next().unwrap_or_default();
+                let name = first("lDAPDisplayName");
+                if !name.is_empty() {
+                    syntax.insert(name.to_lowercase(), (first("attributeSyntax"), first("isSingleValued") == "TRUE"));
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        let mut out = Vec::new();
+        for t in &self.config.object_types {
+            let Some(class) = ad::class_of(t) else { continue };
+            let mut attributes: Vec<SchemaAttribute> = ad::class_attributes(&classes, class)
+                .into_iter()
+                .map(|name| {
+                    let (oid, single) = syntax.get(&name.to_lowercase()).cloned().unwrap_or_default();
+                    SchemaAttribute {
+                        syntax: ad::syntax_name(&oid).to_string(),
+                        multi_valued: !single,
+                        reference: oid == "2.5.5.1",
+                        name,
+                    }
+                })
+                .collect();
+            if t == "person" {
+                // The connector's own view of userAccountControl's disabled bit.
+                attributes.push(SchemaAttribute {
+                    name: "accountDisabled".into(),
+                    syntax: "Boolean".into(),
+                    multi_valued: false,
+                    reference: false,
+                });
+            }
+            out.push(SchemaClass {
+                object_type: t.clone(),
+                source_class: class.to_string(),
+                attributes,
+            });
+        }
+        Ok(Schema { classes: out })
+    }
+
     /// Reachability, login and a one-entry search, for `mesh.test_connection`.
     pub async fn check(&mut self) -> Vec<(String, bool, String)> {
         let mut out = Vec::new();
@@ -1364,6 +1449,10 @@ impl IdentityConnector for AdConnector {
                 }
             }
         })
+    }
+
+    fn discover_schema<'a>(&'a mut self) -> BoxFuture<'a, Result<Schema, ConnectorError>> {
+        Box::pin(self.schema())
     }
 
     fn export<'a>(&'a mut self, changes: &'a [ExportChange]) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {

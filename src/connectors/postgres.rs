@@ -355,6 +355,35 @@ impl PostgresConnector {
 }
 
 impl IdentityConnector for PostgresConnector {
+    /// The import query's columns and their types, as the server prepares it.
+    fn discover_schema<'a>(&'a mut self) -> BoxFuture<'a, Result<Schema, ConnectorError>> {
+        Box::pin(async move {
+            let (query, _) = self.prepared_query().await?;
+            let client = self.client().await?;
+            let stmt = client
+                .prepare(&query)
+                .await
+                .map_err(|e| connection_error("the import_query does not prepare", e))?;
+            let attributes = stmt
+                .columns()
+                .iter()
+                .map(|c| SchemaAttribute {
+                    name: c.name().to_string(),
+                    syntax: c.type_().name().to_string(),
+                    multi_valued: matches!(c.type_().kind(), tokio_postgres::types::Kind::Array(_)),
+                    reference: false,
+                })
+                .collect();
+            Ok(Schema {
+                classes: vec![SchemaClass {
+                    object_type: self.config.object_type.clone(),
+                    source_class: "import_query".into(),
+                    attributes,
+                }],
+            })
+        })
+    }
+
     fn kind(&self) -> &str {
         "postgres"
     }

@@ -418,6 +418,27 @@ impl IdentityConnector for TableConnector {
         "table"
     }
 
+    /// The source's columns and their types.
+    fn discover_schema<'a>(&'a mut self) -> BoxFuture<'a, Result<Schema, ConnectorError>> {
+        let attributes = self
+            .config
+            .source_columns()
+            .into_iter()
+            .map(|(name, ty)| SchemaAttribute {
+                multi_valued: ty.ends_with("[]"),
+                syntax: ty,
+                reference: false,
+                name,
+            })
+            .collect();
+        let class = SchemaClass {
+            object_type: self.config.object_type.clone(),
+            source_class: self.config.source.clone(),
+            attributes,
+        };
+        Box::pin(async move { Ok(Schema { classes: vec![class] }) })
+    }
+
     fn full_import<'a>(
         &'a mut self,
         sink: &'a mut dyn ImportSink,

@@ -268,7 +268,11 @@ CREATE UNLOGGED TABLE mesh.staging (
     object_type text NOT NULL,
     attrs       jsonb NOT NULL,
     deleted     boolean NOT NULL,
-    mesh_id     bigint                  -- set for objects read back after an export
+    mesh_id     bigint,                 -- set for objects read back after an export
+    -- computed while staging, batch by batch (while the source prepares the next batch),
+    -- so the merge at the end of the run does not
+    hash        text NOT NULL,
+    name_key    text NOT NULL
 );
 CREATE INDEX staging_run_idx ON mesh.staging (run_id, anchor);
 

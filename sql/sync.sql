@@ -32,7 +32,9 @@ CREATE FUNCTION mesh._analyze_if(tbl regclass, changed bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF changed > 2000 THEN
-        EXECUTE format('ANALYZE %s (%s)', tbl,
+        -- SKIP_LOCKED: never wait for autovacuum working on the same table (it held runs
+        -- for a second); the statistics are then at most one run old.
+        EXECUTE format('ANALYZE (SKIP_LOCKED) %s (%s)', tbl,
             (SELECT string_agg(quote_ident(a.attname), ', ')
                FROM pg_attribute a
               WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid <> 'jsonb'::regtype));
@@ -75,20 +77,20 @@ BEGIN
 
     PERFORM mesh._analyze_if('mesh.staging', (SELECT count(*) FROM mesh.staging s WHERE s.run_id = p_run));
     WITH s AS (
-        SELECT st.*, md5(st.attrs::text) AS hash FROM mesh.staging st WHERE st.run_id = p_run
+        SELECT st.* FROM mesh.staging st WHERE st.run_id = p_run
     ), cls AS (
         SELECT s.*, c.anchor IS NOT NULL AS known, c.deleted AS was_deleted, c.hash AS old_hash, c.name AS old_name
         FROM s LEFT JOIN mesh.connector_object c ON c.connector_id = p_connector AND c.anchor = s.anchor
     ), ins AS (
         INSERT INTO mesh.connector_object AS c (connector_id, anchor, object_type, name, name_key, attrs, hash, deleted,
                                                 mesh_id, observed_at, change_seq)
-        SELECT p_connector, cls.anchor, cls.object_type, cls.name, mesh.name_key(cls.name), cls.attrs, cls.hash, false,
+        SELECT p_connector, cls.anchor, cls.object_type, cls.name, cls.name_key, cls.attrs, cls.hash, false,
                cls.mesh_id, statement_timestamp(), nextval('mesh.change_seq')
         FROM cls WHERE NOT cls.known AND NOT cls.deleted
         RETURNING 1
     ), upd AS (
         UPDATE mesh.connector_object c
-           SET attrs = cls.attrs, hash = cls.hash, name = cls.name, name_key = mesh.name_key(cls.name),
+           SET attrs = cls.attrs, hash = cls.hash, name = cls.name, name_key = cls.name_key,
                object_type = cls.object_type, deleted = cls.deleted, mesh_id = coalesce(c.mesh_id, cls.mesh_id),
                disconnected = c.disconnected AND cls.mesh_id IS NULL,
                observed_at = statement_timestamp(), change_seq = nextval('mesh.change_seq')

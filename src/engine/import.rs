@@ -56,8 +56,8 @@ impl ImportSink for StagingSink {
         // flat however many batches an import has.
         store::in_batch_context(|| {
             store::exec(
-                "INSERT INTO mesh.staging (run_id, anchor, name, object_type, attrs, deleted, mesh_id) \
-                 SELECT $1, x.anchor, x.name, x.object_type, x.attrs, x.deleted, x.mesh_id \
+                "INSERT INTO mesh.staging (run_id, anchor, name, object_type, attrs, deleted, mesh_id, hash, name_key) \
+                 SELECT $1, x.anchor, x.name, x.object_type, x.attrs, x.deleted, x.mesh_id, md5(x.attrs::text), mesh.name_key(x.name) \
                  FROM jsonb_to_recordset($2) AS x(anchor text, name text, object_type text, attrs jsonb, deleted boolean, mesh_id bigint)",
                 &[self.run_id.into(), JsonB(Value::Array(rows)).into()],
             )
@@ -81,8 +81,9 @@ impl ImportSink for StagingSink {
     ) -> Option<Result<u64, ConnectorError>> {
         let k = params.len();
         let stage = format!(
-            "INSERT INTO mesh.staging (run_id, anchor, name, object_type, attrs, deleted) \
-             SELECT ${}, coalesce(nullif(q.anchor, ''), mesh._missing_anchor(${})), coalesce(q.name, q.anchor), ${}, q.attrs, q.deleted \
+            "INSERT INTO mesh.staging (run_id, anchor, name, object_type, attrs, deleted, hash, name_key) \
+             SELECT ${}, coalesce(nullif(q.anchor, ''), mesh._missing_anchor(${})), coalesce(q.name, q.anchor), ${}, q.attrs, q.deleted, \
+                    md5(q.attrs::text), mesh.name_key(coalesce(q.name, q.anchor)) \
              FROM ({sql}) q",
             k + 1,
             k + 2,

@@ -32,9 +32,14 @@ CREATE FUNCTION mesh._analyze_if(tbl regclass, changed bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF changed > 2000 THEN
-        -- SKIP_LOCKED: never wait for autovacuum working on the same table (it held runs
-        -- for a second); the statistics are then at most one run old.
-        EXECUTE format('ANALYZE (SKIP_LOCKED) %s (%s)', tbl,
+        -- An autovacuum working on the same table is cancelled when a lock request waits
+        -- longer than deadlock_timeout (1 s by default: it held runs for a second); a
+        -- short timeout for this transaction makes that 20 ms.
+        BEGIN
+            PERFORM set_config('deadlock_timeout', '20ms', true);
+        EXCEPTION WHEN insufficient_privilege THEN NULL;
+        END;
+        EXECUTE format('ANALYZE %s (%s)', tbl,
             (SELECT string_agg(quote_ident(a.attname), ', ')
                FROM pg_attribute a
               WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid <> 'jsonb'::regtype));

@@ -774,3 +774,34 @@ fn schema_discovery_lists_classes_and_checks_flows() {
         .get(0);
     assert_eq!(used.unwrap().len(), 1);
 }
+
+/// Starts the DC again when dropped, so a failing assertion cannot leave it stopped.
+struct RestartDc;
+impl Drop for RestartDc {
+    fn drop(&mut self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/samba.sh");
+        let _ = Command::new("bash").args([script, "start"]).status();
+    }
+}
+
+// A lost connection fails the run and leaves the watermark where it was.
+#[test]
+fn lost_connection_fails_the_run_and_keeps_the_watermark() {
+    let ou = format!("OU=Lost,{TOP}");
+    reset_ou(&ou);
+    ldif("ldapadd", &user_ldif("Lost 1", &ou, ""));
+    let mut c = mesh_db("idmesh_it_ad_lost");
+    create_ad(&mut c, "AD", ad_config(&ou, json!({"object_types": ["person"]})));
+    run(&mut c, "AD", "full_import");
+    let before: Value = c.query_one("SELECT value FROM mesh.watermark", &[]).unwrap().get(0);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/samba.sh");
+    let _restart = RestartDc;
+    assert!(Command::new("bash").args([script, "stop"]).status().unwrap().success());
+    let err = c.batch_execute("SELECT mesh.run('AD', 'delta_import')").unwrap_err();
+    let db = err.as_db_error().expect("a database error");
+    assert_eq!(db.code().code(), "08006", "{db:?}");
+    assert!(!db.message().contains(&svc_pw()));
+    let after: Value = c.query_one("SELECT value FROM mesh.watermark", &[]).unwrap().get(0);
+    assert_eq!(after, before);
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mesh.connector_object WHERE NOT deleted"), 1);
+}

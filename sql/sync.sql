@@ -147,9 +147,9 @@ CREATE FUNCTION mesh.reflects(attrs jsonb, changes jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 BEGIN ATOMIC
     SELECT coalesce(bool_and(
-               CASE WHEN jsonb_typeof(attrs -> e.key) = 'array' THEN mesh.set_text(attrs -> e.key) ELSE (attrs -> e.key) #>> '{}' END
-               IS NOT DISTINCT FROM
-               CASE WHEN jsonb_typeof(e.value) = 'array' THEN mesh.set_text(e.value) ELSE mesh.nullif_empty(e.value) #>> '{}' END), true)
+               (attrs -> e.key) #>> '{}' IS NOT DISTINCT FROM mesh.nullif_empty(e.value) #>> '{}'
+               OR coalesce(jsonb_typeof(e.value) = 'array' AND jsonb_typeof(attrs -> e.key) = 'array'
+                           AND mesh.set_text(attrs -> e.key) = mesh.set_text(e.value), false)), true)
     FROM jsonb_each(changes) e;
 END;
 
@@ -163,9 +163,10 @@ BEGIN ATOMIC
     SELECT coalesce(jsonb_object_agg(e.key, mesh.nullif_empty(e.value)), '{}')
     FROM jsonb_each(coalesce(want, '{}')) e
     WHERE (NOT mesh.is_empty(e.value) OR e.key = ANY (nullable))
-      AND CASE WHEN jsonb_typeof(current -> e.key) = 'array' THEN mesh.set_text(current -> e.key) ELSE (current -> e.key) #>> '{}' END
-          IS DISTINCT FROM
-          CASE WHEN jsonb_typeof(e.value) = 'array' THEN mesh.set_text(e.value) ELSE mesh.nullif_empty(e.value) #>> '{}' END;
+      AND (current -> e.key) #>> '{}' IS DISTINCT FROM mesh.nullif_empty(e.value) #>> '{}'
+      -- two arrays with the same values in another order are the same set
+      AND NOT coalesce(jsonb_typeof(e.value) = 'array' AND jsonb_typeof(current -> e.key) = 'array'
+                       AND mesh.set_text(current -> e.key) = mesh.set_text(e.value), false);
 END;
 
 -- Export results: applied, confirmed (read back), or failed with the system's message.

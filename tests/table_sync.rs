@@ -327,3 +327,28 @@ fn gone_source_is_recalled_at_once_despite_a_grace_period() {
         .get(0);
     assert_eq!(n, 0);
 }
+
+// Multi-valued attributes compare as sets: a directory returning members in another order
+// is no change, a member more or less is.
+#[test]
+fn multi_valued_values_compare_as_sets() {
+    let mut c = fresh_database("idmesh_it_sets");
+    let row = c
+        .query_one(
+            r#"SELECT mesh.diff('{"member": ["a", "b"], "title": "x"}', '{"member": ["b", "a"], "title": "x"}', '{}'),
+                      mesh.diff('{"member": ["a", "b"]}', '{"member": ["b", "c"]}', '{}'),
+                      mesh.diff('{}', '{"member": ["a"]}', '{}'),
+                      mesh.reflects('{"member": ["a", "b"]}', '{"member": ["b", "a"]}'),
+                      mesh.reflects('{"member": ["a"]}', '{"member": ["a", "b"]}'),
+                      mesh.reflects('{}', '{"member": ["a"]}')"#,
+            &[],
+        )
+        .unwrap();
+    let same: Value = row.get(0);
+    let changed: Value = row.get(1);
+    let added: Value = row.get(2);
+    assert_eq!(same, serde_json::json!({}));
+    assert_eq!(changed, serde_json::json!({"member": ["b", "c"]}));
+    assert_eq!(added, serde_json::json!({"member": ["a"]}));
+    assert_eq!((row.get::<_, bool>(3), row.get::<_, bool>(4), row.get::<_, bool>(5)), (true, false, false));
+}

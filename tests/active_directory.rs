@@ -14,13 +14,19 @@ fn env(key: &str, default: &str) -> String {
     std::env::var(key).unwrap_or_else(|_| default.to_string())
 }
 fn admin_dn() -> String {
-    env("IDMESH_AD_ADMIN_DN", "CN=Administrator,CN=Users,DC=corp,DC=local")
+    env(
+        "IDMESH_AD_ADMIN_DN",
+        "CN=Administrator,CN=Users,DC=corp,DC=local",
+    )
 }
 fn admin_pw() -> String {
     env("IDMESH_AD_ADMIN_PASSWORD", "Idmesh-Admin-1!")
 }
 fn svc_dn() -> String {
-    env("IDMESH_AD_SVC_DN", "CN=svc-idmesh,CN=Users,DC=corp,DC=local")
+    env(
+        "IDMESH_AD_SVC_DN",
+        "CN=svc-idmesh,CN=Users,DC=corp,DC=local",
+    )
 }
 fn svc_pw() -> String {
     env("IDMESH_AD_SVC_PASSWORD", "Idmesh-Svc-1!")
@@ -37,7 +43,8 @@ const TOP: &str = "OU=IdmeshTest,DC=corp,DC=local";
 fn ldap_tool(tool: &str, args: &[&str], input: &str) -> (bool, String) {
     let (dn, pw) = (admin_dn(), admin_pw());
     let mut cmd = Command::new(tool);
-    cmd.args(["-x", "-H", "ldap://127.0.0.1", "-D", &dn, "-w", &pw]).args(args);
+    cmd.args(["-x", "-H", "ldap://127.0.0.1", "-D", &dn, "-w", &pw])
+        .args(args);
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -50,27 +57,52 @@ fn ldap_tool(tool: &str, args: &[&str], input: &str) -> (bool, String) {
     let writer = std::thread::spawn(move || stdin.write_all(input_owned.as_bytes()));
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
 
 fn ldif(tool: &str, input: &str) {
     let (ok, text) = ldap_tool(tool, &[], input);
-    assert!(ok, "{tool} failed: {text}\n--- input:\n{}", &input[..input.len().min(2000)]);
+    assert!(
+        ok,
+        "{tool} failed: {text}\n--- input:\n{}",
+        &input[..input.len().min(2000)]
+    );
 }
 
 /// Entries of a paged ldapsearch: (dn, attribute, value) lines, values decoded.
 fn ldapsearch(base: &str, filter: &str, attrs: &[&str]) -> Vec<(String, Vec<(String, String)>)> {
-    let mut args = vec!["-LLL", "-o", "ldif-wrap=no", "-E", "pr=1000/noprompt", "-b", base, filter];
+    let mut args = vec![
+        "-LLL",
+        "-o",
+        "ldif-wrap=no",
+        "-E",
+        "pr=1000/noprompt",
+        "-b",
+        base,
+        filter,
+    ];
     args.extend_from_slice(attrs);
     let (ok, text) = ldap_tool("ldapsearch", &args, "");
-    assert!(ok || text.contains("No such object"), "ldapsearch failed: {text}");
+    assert!(
+        ok || text.contains("No such object"),
+        "ldapsearch failed: {text}"
+    );
     let mut out: Vec<(String, Vec<(String, String)>)> = Vec::new();
     for line in text.lines() {
-        let Some((k, v)) = line.split_once(':') else { continue };
+        let Some((k, v)) = line.split_once(':') else {
+            continue;
+        };
         let (k, v) = if let Some(b) = v.strip_prefix(": ") {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(b.trim()).unwrap_or_default();
-            (k, String::from_utf8(bytes.clone()).unwrap_or_else(|_| bytes.iter().map(|b| format!("{b:02x}")).collect()))
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .unwrap_or_default();
+            (
+                k,
+                String::from_utf8(bytes.clone())
+                    .unwrap_or_else(|_| bytes.iter().map(|b| format!("{b:02x}")).collect()),
+            )
         } else {
             (k, v.trim_start().to_string())
         };
@@ -84,29 +116,50 @@ fn ldapsearch(base: &str, filter: &str, attrs: &[&str]) -> Vec<(String, Vec<(Str
 }
 
 fn exists(dn: &str) -> bool {
-    let (ok, _) = ldap_tool("ldapsearch", &["-LLL", "-s", "base", "-b", dn, "(objectClass=*)", "1.1"], "");
+    let (ok, _) = ldap_tool(
+        "ldapsearch",
+        &["-LLL", "-s", "base", "-b", dn, "(objectClass=*)", "1.1"],
+        "",
+    );
     ok
 }
 
 /// Removes `dn` and everything below it, then creates it (and the top OU) again.
 fn reset_ou(dn: &str) {
     if !exists(TOP) {
-        ldif("ldapadd", &format!("dn: {TOP}\nobjectClass: organizationalUnit\n"));
+        ldif(
+            "ldapadd",
+            &format!("dn: {TOP}\nobjectClass: organizationalUnit\n"),
+        );
     }
     if exists(dn) {
         let (ok, text) = ldap_tool("ldapdelete", &["-r", dn], "");
         assert!(ok, "ldapdelete -r {dn}: {text}");
     }
-    ldif("ldapadd", &format!("dn: {dn}\nobjectClass: organizationalUnit\n"));
+    ldif(
+        "ldapadd",
+        &format!("dn: {dn}\nobjectClass: organizationalUnit\n"),
+    );
 }
 
 fn add_ou(dn: &str) {
-    ldif("ldapadd", &format!("dn: {dn}\nobjectClass: organizationalUnit\n"));
+    ldif(
+        "ldapadd",
+        &format!("dn: {dn}\nobjectClass: organizationalUnit\n"),
+    );
 }
 
 fn user_ldif(cn: &str, parent: &str, extra: &str) -> String {
-    let sam: String = cn.chars().filter(|c| c.is_ascii_alphanumeric()).take(20).collect();
-    let extra = if extra.is_empty() { String::new() } else { format!("{}\n", extra.trim_end()) };
+    let sam: String = cn
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .take(20)
+        .collect();
+    let extra = if extra.is_empty() {
+        String::new()
+    } else {
+        format!("{}\n", extra.trim_end())
+    };
     format!(
         "dn: CN={},{parent}\nobjectClass: user\nsAMAccountName: {sam}\ngivenName: {cn}\nsn: Test\ndisplayName: {cn}\n{extra}\n",
         idmesh_dn_escape(cn)
@@ -124,8 +177,10 @@ fn idmesh_dn_escape(v: &str) -> String {
 
 fn mesh_db(name: &str) -> Client {
     let mut c = fresh_database(name);
-    c.batch_execute(&format!("SET idmesh.secret_key_file = '/tmp/idmesh-run/{name}.key'"))
-        .unwrap();
+    c.batch_execute(&format!(
+        "SET idmesh.secret_key_file = '/tmp/idmesh-run/{name}.key'"
+    ))
+    .unwrap();
     let _ = std::fs::remove_file(format!("/tmp/idmesh-run/{name}.key"));
     c
 }
@@ -150,9 +205,12 @@ fn create_ad(c: &mut Client, name: &str, config: Value) {
 }
 
 fn run(c: &mut Client, connector: &str, profile: &str) -> Value {
-    c.query_one("SELECT to_jsonb(r) FROM mesh.run($1, $2) r", &[&connector, &profile])
-        .unwrap()
-        .get(0)
+    c.query_one(
+        "SELECT to_jsonb(r) FROM mesh.run($1, $2) r",
+        &[&connector, &profile],
+    )
+    .unwrap()
+    .get(0)
 }
 
 fn count(c: &mut Client, sql: &str) -> i64 {
@@ -174,8 +232,15 @@ fn objects(c: &mut Client, connector: &str) -> Vec<Value> {
 
 fn guid_of(dn: &str) -> String {
     let e = ldapsearch(dn, "(objectClass=*)", &["objectGUID"]);
-    let hex = &e[0].1.iter().find(|(k, _)| k == "objectGUID").expect("objectGUID").1;
-    let b: Vec<u8> = (0..16).map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap()).collect();
+    let hex = &e[0]
+        .1
+        .iter()
+        .find(|(k, _)| k == "objectGUID")
+        .expect("objectGUID")
+        .1;
+    let b: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
     format!(
         "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
         b[3], b[2], b[1], b[0], b[5], b[4], b[7], b[6], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]
@@ -198,15 +263,30 @@ fn full_import_matches_ldapsearch_and_reads_big_groups_by_ranges() {
         let mut l = String::new();
         l.push_str(&user_ldif("Semi;Colon", &people, "title: Escapes"));
         for i in 1..=USERS {
-            let mgr = if i > 1 { format!("manager: CN=User {:04},{people}\n", (i - 1) / 10 + 1) } else { String::new() };
-            l.push_str(&user_ldif(&format!("User {i:04}"), &people, &format!("title: Engineer {}\ntelephoneNumber: +1 555 {i:04}\n{mgr}employeeID: {i}", i % 7)));
+            let mgr = if i > 1 {
+                format!("manager: CN=User {:04},{people}\n", (i - 1) / 10 + 1)
+            } else {
+                String::new()
+            };
+            l.push_str(&user_ldif(
+                &format!("User {i:04}"),
+                &people,
+                &format!(
+                    "title: Engineer {}\ntelephoneNumber: +1 555 {i:04}\n{mgr}employeeID: {i}",
+                    i % 7
+                ),
+            ));
         }
         ldif("ldapadd", &l);
         let mut g = String::new();
         for name in ["Small", "Medium", "Empty"] {
-            g.push_str(&format!("dn: CN={name},{groups}\nobjectClass: group\nsAMAccountName: it-{name}\n\n"));
+            g.push_str(&format!(
+                "dn: CN={name},{groups}\nobjectClass: group\nsAMAccountName: it-{name}\n\n"
+            ));
         }
-        g.push_str(&format!("dn: CN=Big,{groups}\nobjectClass: group\nsAMAccountName: it-Big\n"));
+        g.push_str(&format!(
+            "dn: CN=Big,{groups}\nobjectClass: group\nsAMAccountName: it-Big\n"
+        ));
         for i in 1..=USERS {
             g.push_str(&format!("member: CN=User {i:04},{people}\n"));
         }
@@ -222,13 +302,22 @@ fn full_import_matches_ldapsearch_and_reads_big_groups_by_ranges() {
             ),
         );
     }
-    let want_users = ldapsearch(&ou, "(&(objectCategory=person)(objectClass=user))", &["1.1"]).len();
+    let want_users = ldapsearch(
+        &ou,
+        "(&(objectCategory=person)(objectClass=user))",
+        &["1.1"],
+    )
+    .len();
     let want_groups = ldapsearch(&ou, "(objectClass=group)", &["1.1"]).len();
     assert_eq!((want_users, want_groups), (USERS + 1, 4));
 
     let mut c = mesh_db("idmesh_it_ad_import");
     // Ranges of 500 values asked for explicitly (Samba, unlike Windows, never cuts them).
-    create_ad(&mut c, "AD", ad_config(&ou, json!({"range_step": 500, "page_size": 200})));
+    create_ad(
+        &mut c,
+        "AD",
+        ad_config(&ou, json!({"range_step": 500, "page_size": 200})),
+    );
     let checks: Vec<(String, bool)> = c
         .query("SELECT step, ok FROM mesh.test_connection('AD')", &[])
         .unwrap()
@@ -238,23 +327,49 @@ fn full_import_matches_ldapsearch_and_reads_big_groups_by_ranges() {
     assert!(checks.iter().all(|(_, ok)| *ok), "{checks:?}");
     let r = run(&mut c, "AD", "full_import");
     assert_eq!(r["status"], "success", "{r}");
-    assert_eq!(r["added"].as_i64().unwrap() as usize, want_users + want_groups);
+    assert_eq!(
+        r["added"].as_i64().unwrap() as usize,
+        want_users + want_groups
+    );
     let objs = objects(&mut c, "AD");
-    assert_eq!(objs.iter().filter(|o| o["type"] == "person").count(), want_users);
-    assert_eq!(objs.iter().filter(|o| o["type"] == "group").count(), want_groups);
+    assert_eq!(
+        objs.iter().filter(|o| o["type"] == "person").count(),
+        want_users
+    );
+    assert_eq!(
+        objs.iter().filter(|o| o["type"] == "group").count(),
+        want_groups
+    );
 
-    let by_name = |n: &str| objs.iter().find(|o| o["name"].as_str().unwrap().eq_ignore_ascii_case(n)).cloned().unwrap_or_else(|| panic!("{n} not imported"));
+    let by_name = |n: &str| {
+        objs.iter()
+            .find(|o| o["name"].as_str().unwrap().eq_ignore_ascii_case(n))
+            .cloned()
+            .unwrap_or_else(|| panic!("{n} not imported"))
+    };
     let big = by_name(&format!("CN=Big,{groups}"));
     let members = big["attrs"]["member"].as_array().unwrap();
-    assert_eq!(members.len(), USERS, "every member of Big, read in ranges of 500");
-    assert_eq!(by_name(&format!("CN=Small,{groups}"))["attrs"]["member"].as_array().unwrap().len(), 2);
-    assert!(by_name(&format!("CN=Empty,{groups}"))["attrs"].get("member").is_none());
+    assert_eq!(
+        members.len(),
+        USERS,
+        "every member of Big, read in ranges of 500"
+    );
+    assert_eq!(
+        by_name(&format!("CN=Small,{groups}"))["attrs"]["member"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(by_name(&format!("CN=Empty,{groups}"))["attrs"]
+        .get("member")
+        .is_none());
     // objectGUID is the anchor, in AD's own format.
     let u1 = by_name(&format!("CN=User 0001,{people}"));
     assert_eq!(u1["anchor"], guid_of(&format!("CN=User 0001,{people}")));
     assert!(u1["attrs"]["memberOf"].as_array().unwrap().len() >= 3);
     assert_eq!(u1["attrs"]["accountDisabled"], true); // created without a password
-    // `;` comes back from Samba as \3B: the name and the reference to it have one spelling.
+                                                      // `;` comes back from Samba as \3B: the name and the reference to it have one spelling.
     let semi = by_name(&format!("CN=Semi\\;Colon,{people}"));
     let u2 = by_name(&format!("CN=User 0002,{people}"));
     assert_eq!(u2["attrs"]["manager"], semi["name"]);
@@ -307,14 +422,21 @@ fn delta_import_sees_exactly_the_changes() {
     let a = format!("OU=A,{ou}");
     let mut l = String::new();
     for i in 1..=10 {
-        l.push_str(&user_ldif(&format!("Delta {i:02}"), &a, &format!("title: T{i}")));
+        l.push_str(&user_ldif(
+            &format!("Delta {i:02}"),
+            &a,
+            &format!("title: T{i}"),
+        ));
     }
     ldif("ldapadd", &l);
     let mut c = mesh_db("idmesh_it_ad_delta");
     create_ad(
         &mut c,
         "AD",
-        ad_config(&ou, json!({"exclude_ous": [format!("OU=Outside,{ou}")], "object_types": ["person"]})),
+        ad_config(
+            &ou,
+            json!({"exclude_ous": [format!("OU=Outside,{ou}")], "object_types": ["person"]}),
+        ),
     );
     c.batch_execute(
         "SELECT mesh.set_projection('AD', 'person', true);
@@ -328,7 +450,15 @@ fn delta_import_sees_exactly_the_changes() {
     let renamed_anchor = guid_of(&format!("CN=Delta 02,{a}"));
     // Nothing changed: a delta reads nothing.
     let r = run(&mut c, "AD", "delta_import");
-    assert_eq!((r["added"].as_i64(), r["updated"].as_i64(), r["deleted"].as_i64()), (Some(0), Some(0), Some(0)), "{r}");
+    assert_eq!(
+        (
+            r["added"].as_i64(),
+            r["updated"].as_i64(),
+            r["deleted"].as_i64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{r}"
+    );
 
     ldif(
         "ldapmodify",
@@ -345,21 +475,37 @@ fn delta_import_sees_exactly_the_changes() {
     assert_eq!(r["status"], "success", "{r}");
     assert_eq!(r["updated"], 2, "title of Delta 01, cn of Delta 02: {r}");
     assert_eq!(r["renamed"], 2, "Delta 02 renamed, Delta 03 moved: {r}");
-    assert_eq!(r["deleted"], 2, "Delta 04 deleted, Delta 05 moved out of scope: {r}");
+    assert_eq!(
+        r["deleted"], 2,
+        "Delta 04 deleted, Delta 05 moved out of scope: {r}"
+    );
     assert_eq!(r["added"], 0, "{r}");
-    assert_eq!(r["details"]["seen"].as_i64().unwrap(), 5, "exactly the changed objects arrive: {r}");
+    assert_eq!(
+        r["details"]["seen"].as_i64().unwrap(),
+        5,
+        "exactly the changed objects arrive: {r}"
+    );
     let objs = objects(&mut c, "AD");
-    let renamed = objs.iter().find(|o| o["anchor"] == renamed_anchor.as_str()).unwrap();
+    let renamed = objs
+        .iter()
+        .find(|o| o["anchor"] == renamed_anchor.as_str())
+        .unwrap();
     assert_eq!(renamed["name"], format!("CN=Delta 02 Renamed,{a}"));
     assert_eq!(renamed["deleted"], false);
-    let gone = objs.iter().find(|o| o["anchor"] == gone_anchor.as_str()).unwrap();
+    let gone = objs
+        .iter()
+        .find(|o| o["anchor"] == gone_anchor.as_str())
+        .unwrap();
     assert_eq!(gone["deleted"], true);
     c.batch_execute("SELECT mesh.sync()").unwrap();
     let n = count(
         &mut c,
         &format!("SELECT count(*) FROM mesh.contributions WHERE anchor = '{gone_anchor}'"),
     );
-    assert_eq!(n, 0, "the tombstone removed the deleted user's contributions");
+    assert_eq!(
+        n, 0,
+        "the tombstone removed the deleted user's contributions"
+    );
     let title: String = c
         .query_one(
             "SELECT o.attrs->>'title' FROM mesh.objects o JOIN mesh.connector_object co ON co.mesh_id = o.id \
@@ -379,13 +525,28 @@ fn delta_import_sees_exactly_the_changes() {
 fn changed_invocation_id_forces_a_full_import() {
     let ou = format!("OU=Invocation,{TOP}");
     reset_ou(&ou);
-    ldif("ldapadd", &(1..=3).map(|i| user_ldif(&format!("Inv {i}"), &ou, "")).collect::<String>());
+    ldif(
+        "ldapadd",
+        &(1..=3)
+            .map(|i| user_ldif(&format!("Inv {i}"), &ou, ""))
+            .collect::<String>(),
+    );
     let mut c = mesh_db("idmesh_it_ad_invocation");
-    create_ad(&mut c, "AD", ad_config(&ou, json!({"object_types": ["person"]})));
+    create_ad(
+        &mut c,
+        "AD",
+        ad_config(&ou, json!({"object_types": ["person"]})),
+    );
     let r = run(&mut c, "AD", "full_import");
     assert_eq!(r["added"], 3);
-    let w: Value = c.query_one("SELECT value FROM mesh.watermark", &[]).unwrap().get(0);
-    assert!(w["usn"].as_u64().unwrap() > 0 && w["dc"].as_str().unwrap().contains("dc1"), "{w}");
+    let w: Value = c
+        .query_one("SELECT value FROM mesh.watermark", &[])
+        .unwrap()
+        .get(0);
+    assert!(
+        w["usn"].as_u64().unwrap() > 0 && w["dc"].as_str().unwrap().contains("dc1"),
+        "{w}"
+    );
     c.batch_execute(
         "UPDATE mesh.watermark SET value = jsonb_set(value, '{invocation_id}', '\"00000000-0000-0000-0000-000000000000\"')",
     )
@@ -396,9 +557,15 @@ fn changed_invocation_id_forces_a_full_import() {
     let r = run(&mut c, "AD", "delta_import");
     assert_eq!(r["status"], "success", "{r}");
     assert_eq!(r["details"]["forced_full"], true, "{r}");
-    assert!(r["message"].as_str().unwrap_or("").contains("invocationId"), "{r}");
+    assert!(
+        r["message"].as_str().unwrap_or("").contains("invocationId"),
+        "{r}"
+    );
     assert_eq!(r["deleted"], 1, "{r}");
-    let w: Value = c.query_one("SELECT value FROM mesh.watermark", &[]).unwrap().get(0);
+    let w: Value = c
+        .query_one("SELECT value FROM mesh.watermark", &[])
+        .unwrap()
+        .get(0);
     assert_ne!(w["invocation_id"], "00000000-0000-0000-0000-000000000000");
 }
 
@@ -411,7 +578,10 @@ fn passwords_never_go_over_plain_ldap() {
     let plain = json!({"url": "ldap://127.0.0.1", "bind_dn": svc_dn(), "base_dn": ou, "object_types": ["person"],
                        "dn_template": {"person": format!("CN={{cn}},{ou}")}});
     let err = c
-        .execute("SELECT mesh.create_connector('AD', 'active_directory', $1, secret => $2)", &[&plain, &svc_pw()])
+        .execute(
+            "SELECT mesh.create_connector('AD', 'active_directory', $1, secret => $2)",
+            &[&plain, &svc_pw()],
+        )
         .unwrap_err();
     assert_eq!(err.code().unwrap().code(), "22023", "{err}");
     assert!(!err.to_string().contains(&svc_pw()));
@@ -432,12 +602,21 @@ fn passwords_never_go_over_plain_ldap() {
     )
     .unwrap();
     let (code, msg) = error_row(
-        c.query_one("SELECT sqlstate, message FROM mesh.errors WHERE connector = 'AD'", &[])
-            .unwrap(),
+        c.query_one(
+            "SELECT sqlstate, message FROM mesh.errors WHERE connector = 'AD'",
+            &[],
+        )
+        .unwrap(),
     );
     assert_eq!(code.as_deref(), Some("13"));
-    assert!(msg.contains("refusing to send an initial password"), "{msg}");
-    assert!(ldapsearch(&ou, "(objectClass=user)", &["1.1"]).is_empty(), "no account was created");
+    assert!(
+        msg.contains("refusing to send an initial password"),
+        "{msg}"
+    );
+    assert!(
+        ldapsearch(&ou, "(objectClass=user)", &["1.1"]).is_empty(),
+        "no account was created"
+    );
 }
 
 /// The SQLSTATE column and the message of a mesh.errors row.
@@ -532,9 +711,15 @@ fn provisioning_setup(c: &mut Client, ou: &str, prefix: &str) {
 fn settle(c: &mut Client) -> Vec<Value> {
     let mut steps = Vec::new();
     for _ in 0..4 {
-        let v: Value = c.query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[]).unwrap().get(0);
+        let v: Value = c
+            .query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[])
+            .unwrap()
+            .get(0);
         steps = v.as_array().unwrap().clone();
-        let pending = count(c, "SELECT count(*) FROM mesh.pending_export WHERE status IN ('pending', 'applied')");
+        let pending = count(
+            c,
+            "SELECT count(*) FROM mesh.pending_export WHERE status IN ('pending', 'applied')",
+        );
         if pending == 0 {
             break;
         }
@@ -547,7 +732,10 @@ fn entry(dn_base: &str, filter: &str, attrs: &[&str]) -> Option<(String, Vec<(St
 }
 
 fn attr<'a>(e: &'a (String, Vec<(String, String)>), name: &str) -> Vec<&'a str> {
-    e.1.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect()
+    e.1.iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 // 3. Provisioning from HR: OUs, enabled with a password over ldaps, manager, department
@@ -559,10 +747,23 @@ fn provisioning_from_hr_into_ad() {
     provisioning_setup(&mut c, &ou, "p");
     let people = format!("OU=People,{ou}");
     settle(&mut c);
-    let ada = entry(&ou, "(employeeID=1)", &["userAccountControl", "pwdLastSet", "sAMAccountName"]).expect("Ada created");
+    let ada = entry(
+        &ou,
+        "(employeeID=1)",
+        &["userAccountControl", "pwdLastSet", "sAMAccountName"],
+    )
+    .expect("Ada created");
     assert_eq!(ada.0, format!("CN=Ada Lovelace,OU=Engineering,{people}"));
-    assert_eq!(attr(&ada, "userAccountControl"), vec!["512"], "enabled: it has a password");
-    assert_eq!(attr(&ada, "pwdLastSet"), vec!["0"], "must change the password at first logon");
+    assert_eq!(
+        attr(&ada, "userAccountControl"),
+        vec!["512"],
+        "enabled: it has a password"
+    );
+    assert_eq!(
+        attr(&ada, "pwdLastSet"),
+        vec!["0"],
+        "must change the password at first logon"
+    );
     assert_eq!(attr(&ada, "sAMAccountName"), vec!["p1"]);
     let grace = entry(&ou, "(employeeID=2)", &["manager", "title"]).expect("Grace created");
     assert_eq!(attr(&grace, "manager"), vec![ada.0.as_str()]);
@@ -576,7 +777,10 @@ fn provisioning_from_hr_into_ad() {
             .unwrap(),
     );
     assert_eq!(code.as_deref(), Some("32"), "{msg}");
-    assert!(msg.contains("OU=Research") && msg.contains("create_ous"), "{msg}");
+    assert!(
+        msg.contains("OU=Research") && msg.contains("create_ous"),
+        "{msg}"
+    );
     // Department groups, members as DNs.
     let eng = entry(&ou, "(&(objectClass=group)(cn=Engineering))", &["member"]).expect("group");
     let mut members = attr(&eng, "member");
@@ -585,36 +789,53 @@ fn provisioning_from_hr_into_ad() {
     assert!(members.contains(&grace.0.as_str()));
 
     // The options allow OUs to be created: Research appears, with Jane (a comma in her name).
-    let mut cfg: Value = c.query_one("SELECT config FROM mesh.connector WHERE name = 'AD'", &[]).unwrap().get(0);
+    let mut cfg: Value = c
+        .query_one("SELECT config FROM mesh.connector WHERE name = 'AD'", &[])
+        .unwrap()
+        .get(0);
     cfg["create_ous"] = json!(true);
-    c.execute("SELECT mesh.alter_connector('AD', config => $1)", &[&cfg]).unwrap();
+    c.execute("SELECT mesh.alter_connector('AD', config => $1)", &[&cfg])
+        .unwrap();
     c.batch_execute("SELECT mesh.retry('AD')").unwrap();
     settle(&mut c);
-    let jane = entry(&ou, "(employeeID=5)", &["1.1"]).expect("Jane created once OUs may be created");
+    let jane =
+        entry(&ou, "(employeeID=5)", &["1.1"]).expect("Jane created once OUs may be created");
     assert_eq!(jane.0, format!("CN=Doe\\, Jane Smith,OU=Research,{people}"));
-    assert_eq!(count(&mut c, "SELECT count(*) FROM mesh.errors WHERE connector = 'AD'"), 0);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM mesh.errors WHERE connector = 'AD'"
+        ),
+        0
+    );
 
     // A title change in HR is one modify.
-    c.batch_execute("UPDATE hr_employees SET title = 'Principal Engineer' WHERE id = 2").unwrap();
+    c.batch_execute("UPDATE hr_employees SET title = 'Principal Engineer' WHERE id = 2")
+        .unwrap();
     let steps = settle(&mut c);
     let grace = entry(&ou, "(employeeID=2)", &["title"]).unwrap();
     assert_eq!(attr(&grace, "title"), vec!["Principal Engineer"]);
     let _ = steps;
     // A department change moves the user to the new OU and between department groups.
-    c.batch_execute("UPDATE hr_employees SET department = 'Sales' WHERE id = 3").unwrap();
+    c.batch_execute("UPDATE hr_employees SET department = 'Sales' WHERE id = 3")
+        .unwrap();
     settle(&mut c);
     let alan = entry(&ou, "(employeeID=3)", &["department", "memberOf"]).unwrap();
     assert_eq!(alan.0, format!("CN=Alan Turing,OU=Sales,{people}"));
     let groups: Vec<&str> = attr(&alan, "memberOf");
     assert_eq!(groups, vec![format!("CN=Sales,OU=Groups,{ou}").as_str()]);
     // Termination: out of scope, disabled (other bits kept) and moved per policy.
-    c.batch_execute("UPDATE hr_employees SET status = 'terminated' WHERE id = 4").unwrap();
+    c.batch_execute("UPDATE hr_employees SET status = 'terminated' WHERE id = 4")
+        .unwrap();
     settle(&mut c);
     let joan = entry(&ou, "(employeeID=4)", &["userAccountControl"]).unwrap();
     assert_eq!(joan.0, format!("CN=Joan Clarke,OU=Disabled,{ou}"));
     assert_eq!(attr(&joan, "userAccountControl"), vec!["514"]);
     let sales = entry(&ou, "(&(objectClass=group)(cn=Sales))", &["member"]).unwrap();
-    assert_eq!(attr(&sales, "member"), vec![format!("CN=Alan Turing,OU=Sales,{people}").as_str()]);
+    assert_eq!(
+        attr(&sales, "member"),
+        vec![format!("CN=Alan Turing,OU=Sales,{people}").as_str()]
+    );
 }
 
 // 4. Round trip: a phone number changed in AD reaches HR, and does not come back.
@@ -623,19 +844,31 @@ fn phone_changed_in_ad_flows_to_hr_once() {
     let ou = format!("OU=RoundTrip,{TOP}");
     let mut c = mesh_db("idmesh_it_ad_roundtrip");
     provisioning_setup(&mut c, &ou, "r");
-    c.batch_execute("DELETE FROM hr_employees WHERE id = 5").unwrap();
+    c.batch_execute("DELETE FROM hr_employees WHERE id = 5")
+        .unwrap();
     settle(&mut c);
     let grace = entry(&ou, "(employeeID=2)", &["1.1"]).unwrap();
     ldif("ldapmodify", &format!("dn: {}\nchangetype: modify\nreplace: telephoneNumber\ntelephoneNumber: +44 20 7946 0002\n", grace.0));
-    let steps: Value = c.query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[]).unwrap().get(0);
-    let phone: Option<String> = c.query_one("SELECT phone FROM hr_employees WHERE id = 2", &[]).unwrap().get(0);
+    let steps: Value = c
+        .query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[])
+        .unwrap()
+        .get(0);
+    let phone: Option<String> = c
+        .query_one("SELECT phone FROM hr_employees WHERE id = 2", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(phone.as_deref(), Some("+44 20 7946 0002"), "{steps}");
     // The next cycles move nothing: no echo of the value back into AD or HR.
     for _ in 0..2 {
-        let steps: Value = c.query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[]).unwrap().get(0);
+        let steps: Value = c
+            .query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[])
+            .unwrap()
+            .get(0);
         for s in steps.as_array().unwrap() {
             if s["profile"] == "export" || s["connector"] == "AD" {
-                let moved = s["added"].as_i64().unwrap_or(0) + s["updated"].as_i64().unwrap_or(0) + s["deleted"].as_i64().unwrap_or(0);
+                let moved = s["added"].as_i64().unwrap_or(0)
+                    + s["updated"].as_i64().unwrap_or(0)
+                    + s["deleted"].as_i64().unwrap_or(0);
                 assert_eq!(moved, 0, "nothing moves: {steps}");
             }
         }
@@ -649,7 +882,12 @@ fn phone_changed_in_ad_flows_to_hr_once() {
 fn kerberos_bind_from_a_keytab() {
     let ou = format!("OU=Kerberos,{TOP}");
     reset_ou(&ou);
-    ldif("ldapadd", &(1..=2).map(|i| user_ldif(&format!("Krb {i}"), &ou, "")).collect::<String>());
+    ldif(
+        "ldapadd",
+        &(1..=2)
+            .map(|i| user_ldif(&format!("Krb {i}"), &ou, ""))
+            .collect::<String>(),
+    );
     let mut c = mesh_db("idmesh_it_ad_kerberos");
     let cfg = json!({
         "url": "ldap://127.0.0.1", "bind": "kerberos",
@@ -658,9 +896,16 @@ fn kerberos_bind_from_a_keytab() {
         "server_fqdn": env("IDMESH_AD_FQDN", "dc1.corp.local"),
         "base_dn": ou, "object_types": ["person"],
     });
-    c.execute("SELECT mesh.create_connector('AD', 'active_directory', $1)", &[&cfg]).unwrap();
+    c.execute(
+        "SELECT mesh.create_connector('AD', 'active_directory', $1)",
+        &[&cfg],
+    )
+    .unwrap();
     let checks: Vec<(String, bool, String)> = c
-        .query("SELECT step, ok, detail FROM mesh.test_connection('AD')", &[])
+        .query(
+            "SELECT step, ok, detail FROM mesh.test_connection('AD')",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
@@ -685,18 +930,31 @@ fn grace_period_protects_ad_accounts_until_it_ends() {
     let ou = format!("OU=Grace,{TOP}");
     let mut c = mesh_db("idmesh_it_ad_grace");
     provisioning_setup(&mut c, &ou, "g");
-    c.batch_execute("DELETE FROM hr_employees WHERE id = 5").unwrap();
+    c.batch_execute("DELETE FROM hr_employees WHERE id = 5")
+        .unwrap();
     settle(&mut c);
-    let before = entry(&ou, "(employeeID=3)", &["userAccountControl", "whenChanged", "uSNChanged"]).expect("Alan created");
-    c.batch_execute("SELECT mesh.set_deletion_rule('person', 'authoritative', interval '3 seconds')").unwrap();
+    let before = entry(
+        &ou,
+        "(employeeID=3)",
+        &["userAccountControl", "whenChanged", "uSNChanged"],
+    )
+    .expect("Alan created");
+    c.batch_execute(
+        "SELECT mesh.set_deletion_rule('person', 'authoritative', interval '3 seconds')",
+    )
+    .unwrap();
 
     // Deleted and re-created within the period: marked, then unmarked; AD untouched.
     let row: (i32, String, String, String, String, Option<i32>) = {
         let r = c.query_one("SELECT id, first_name, last_name, title, department, manager_id FROM hr_employees WHERE id = 3", &[]).unwrap();
         (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4), r.get(5))
     };
-    c.batch_execute("DELETE FROM hr_employees WHERE id = 3").unwrap();
-    let steps: Value = c.query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[]).unwrap().get(0);
+    c.batch_execute("DELETE FROM hr_employees WHERE id = 3")
+        .unwrap();
+    let steps: Value = c
+        .query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[])
+        .unwrap()
+        .get(0);
     let marked: Vec<(i64, Option<String>)> = c
         .query("SELECT id, reason FROM mesh.pending_deletions", &[])
         .unwrap()
@@ -705,28 +963,74 @@ fn grace_period_protects_ad_accounts_until_it_ends() {
         .collect();
     assert_eq!(marked.len(), 1, "{steps}");
     assert_eq!(marked[0].1.as_deref(), Some("grace"));
-    assert!(entry(&ou, "(employeeID=3)", &["userAccountControl", "whenChanged", "uSNChanged"]).unwrap() == before, "{steps}");
+    assert!(
+        entry(
+            &ou,
+            "(employeeID=3)",
+            &["userAccountControl", "whenChanged", "uSNChanged"]
+        )
+        .unwrap()
+            == before,
+        "{steps}"
+    );
     c.execute(
         "INSERT INTO hr_employees (id, first_name, last_name, title, department, manager_id) VALUES ($1, $2, $3, $4, $5, $6)",
         &[&row.0, &row.1, &row.2, &row.3, &row.4, &row.5],
     )
     .unwrap();
-    let steps: Value = c.query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[]).unwrap().get(0);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM mesh.pending_deletions"), 0, "rejoined: {steps}");
-    let same: i64 = c.query_one("SELECT count(*) FROM mesh.objects WHERE id = $1 AND NOT deleted", &[&marked[0].0]).unwrap().get(0);
+    let steps: Value = c
+        .query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM mesh.pending_deletions"),
+        0,
+        "rejoined: {steps}"
+    );
+    let same: i64 = c
+        .query_one(
+            "SELECT count(*) FROM mesh.objects WHERE id = $1 AND NOT deleted",
+            &[&marked[0].0],
+        )
+        .unwrap()
+        .get(0);
     assert_eq!(same, 1, "the same mesh object, not a new one");
-    let after = entry(&ou, "(employeeID=3)", &["userAccountControl", "whenChanged", "uSNChanged"]).unwrap();
+    let after = entry(
+        &ou,
+        "(employeeID=3)",
+        &["userAccountControl", "whenChanged", "uSNChanged"],
+    )
+    .unwrap();
     assert_eq!(after, before, "the AD account was not touched");
 
     // Deleted for good: after the period the object goes and the account is disabled and moved.
-    c.batch_execute("DELETE FROM hr_employees WHERE id = 3").unwrap();
+    c.batch_execute("DELETE FROM hr_employees WHERE id = 3")
+        .unwrap();
     c.batch_execute("SELECT * FROM mesh.cycle()").unwrap();
-    assert_eq!(count(&mut c, "SELECT count(*) FROM mesh.pending_deletions"), 1);
-    assert_eq!(attr(&entry(&ou, "(employeeID=3)", &["userAccountControl"]).unwrap(), "userAccountControl"), vec!["512"]);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM mesh.pending_deletions"),
+        1
+    );
+    assert_eq!(
+        attr(
+            &entry(&ou, "(employeeID=3)", &["userAccountControl"]).unwrap(),
+            "userAccountControl"
+        ),
+        vec!["512"]
+    );
     std::thread::sleep(std::time::Duration::from_millis(3500));
     settle(&mut c);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM mesh.pending_deletions"), 0);
-    let gone: bool = c.query_one("SELECT NOT EXISTS (SELECT 1 FROM mesh.objects WHERE id = $1 AND NOT deleted)", &[&marked[0].0]).unwrap().get(0);
+    assert_eq!(
+        count(&mut c, "SELECT count(*) FROM mesh.pending_deletions"),
+        0
+    );
+    let gone: bool = c
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM mesh.objects WHERE id = $1 AND NOT deleted)",
+            &[&marked[0].0],
+        )
+        .unwrap()
+        .get(0);
     assert!(gone);
     let alan = entry(&ou, "(employeeID=3)", &["userAccountControl"]).unwrap();
     assert_eq!(alan.0, format!("CN=Alan Turing,OU=Disabled,{ou}"));
@@ -746,13 +1050,25 @@ fn schema_discovery_lists_classes_and_checks_flows() {
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4)))
         .collect();
-    let find = |t: &str, a: &str| rows.iter().find(|r| r.0 == t && r.1 == a).cloned().unwrap_or_else(|| panic!("{t}.{a} not discovered"));
+    let find = |t: &str, a: &str| {
+        rows.iter()
+            .find(|r| r.0 == t && r.1 == a)
+            .cloned()
+            .unwrap_or_else(|| panic!("{t}.{a} not discovered"))
+    };
     let manager = find("person", "manager");
-    assert_eq!((manager.2.as_str(), manager.3, manager.4), ("DN", false, true), "manager: a single DN reference");
+    assert_eq!(
+        (manager.2.as_str(), manager.3, manager.4),
+        ("DN", false, true),
+        "manager: a single DN reference"
+    );
     let member = find("group", "member");
     assert!(member.3 && member.4, "member: multi-valued DN reference");
     assert_eq!(find("person", "telephoneNumber").2, "Unicode String");
-    assert!(rows.iter().filter(|r| r.0 == "person").count() > 100, "user has hundreds of attributes");
+    assert!(
+        rows.iter().filter(|r| r.0 == "person").count() > 100,
+        "user has hundreds of attributes"
+    );
     let source_class: String = c
         .query_one("SELECT source_class FROM mesh.schema WHERE connector = 'AD' AND object_type = 'person' LIMIT 1", &[])
         .unwrap()
@@ -764,10 +1080,23 @@ fn schema_discovery_lists_classes_and_checks_flows() {
         .unwrap_err();
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code().code(), "42703");
-    assert!(db.hint().unwrap_or("").contains("telephoneNumber"), "{db:?}");
-    let err = c.batch_execute("SELECT mesh.add_export_flow('AD', 'person', 'title', 'titel')").unwrap_err();
-    assert!(err.as_db_error().unwrap().hint().unwrap_or("").contains("title"), "{err}");
-    c.batch_execute("SELECT mesh.add_import_flow('AD', 'person', 'telephoneNumber', 'phone', 80)").unwrap();
+    assert!(
+        db.hint().unwrap_or("").contains("telephoneNumber"),
+        "{db:?}"
+    );
+    let err = c
+        .batch_execute("SELECT mesh.add_export_flow('AD', 'person', 'title', 'titel')")
+        .unwrap_err();
+    assert!(
+        err.as_db_error()
+            .unwrap()
+            .hint()
+            .unwrap_or("")
+            .contains("title"),
+        "{err}"
+    );
+    c.batch_execute("SELECT mesh.add_import_flow('AD', 'person', 'telephoneNumber', 'phone', 80)")
+        .unwrap();
     let used: Option<Vec<String>> = c
         .query_one("SELECT used_by FROM mesh.schema WHERE connector = 'AD' AND object_type = 'person' AND attribute = 'telephoneNumber'", &[])
         .unwrap()
@@ -791,17 +1120,39 @@ fn lost_connection_fails_the_run_and_keeps_the_watermark() {
     reset_ou(&ou);
     ldif("ldapadd", &user_ldif("Lost 1", &ou, ""));
     let mut c = mesh_db("idmesh_it_ad_lost");
-    create_ad(&mut c, "AD", ad_config(&ou, json!({"object_types": ["person"]})));
+    create_ad(
+        &mut c,
+        "AD",
+        ad_config(&ou, json!({"object_types": ["person"]})),
+    );
     run(&mut c, "AD", "full_import");
-    let before: Value = c.query_one("SELECT value FROM mesh.watermark", &[]).unwrap().get(0);
+    let before: Value = c
+        .query_one("SELECT value FROM mesh.watermark", &[])
+        .unwrap()
+        .get(0);
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/samba.sh");
     let _restart = RestartDc;
-    assert!(Command::new("bash").args([script, "stop"]).status().unwrap().success());
-    let err = c.batch_execute("SELECT mesh.run('AD', 'delta_import')").unwrap_err();
+    assert!(Command::new("bash")
+        .args([script, "stop"])
+        .status()
+        .unwrap()
+        .success());
+    let err = c
+        .batch_execute("SELECT mesh.run('AD', 'delta_import')")
+        .unwrap_err();
     let db = err.as_db_error().expect("a database error");
     assert_eq!(db.code().code(), "08006", "{db:?}");
     assert!(!db.message().contains(&svc_pw()));
-    let after: Value = c.query_one("SELECT value FROM mesh.watermark", &[]).unwrap().get(0);
+    let after: Value = c
+        .query_one("SELECT value FROM mesh.watermark", &[])
+        .unwrap()
+        .get(0);
     assert_eq!(after, before);
-    assert_eq!(count(&mut c, "SELECT count(*) FROM mesh.connector_object WHERE NOT deleted"), 1);
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM mesh.connector_object WHERE NOT deleted"
+        ),
+        1
+    );
 }

@@ -24,7 +24,9 @@ pub fn sid_string(bytes: &[u8]) -> Option<String> {
     if bytes.len() != 8 + 4 * count {
         return None;
     }
-    let authority = bytes[2..8].iter().fold(0u64, |acc, b| (acc << 8) | *b as u64);
+    let authority = bytes[2..8]
+        .iter()
+        .fold(0u64, |acc, b| (acc << 8) | *b as u64);
     let mut s = format!("S-{}-{}", bytes[0], authority);
     for i in 0..count {
         let at = 8 + 4 * i;
@@ -45,14 +47,19 @@ pub struct RangePart {
 
 pub fn parse_range(returned: &str) -> Option<RangePart> {
     let (attr, opts) = returned.split_once(';')?;
-    let range = opts
-        .split(';')
-        .find_map(|o| o.strip_prefix("range=").or_else(|| o.strip_prefix("Range=")))?;
+    let range = opts.split(';').find_map(|o| {
+        o.strip_prefix("range=")
+            .or_else(|| o.strip_prefix("Range="))
+    })?;
     let (start, end) = range.split_once('-')?;
     Some(RangePart {
         attr: attr.to_string(),
         start: start.parse().ok()?,
-        end: if end == "*" { None } else { Some(end.parse().ok()?) },
+        end: if end == "*" {
+            None
+        } else {
+            Some(end.parse().ok()?)
+        },
     })
 }
 
@@ -242,7 +249,11 @@ pub fn random_password(mut random: impl FnMut(usize) -> usize) -> String {
     let classes = [UPPER, LOWER, DIGIT, SYMBOL];
     (0..20)
         .map(|i| {
-            let class = if i < 4 { classes[i] } else { classes[random(4)] };
+            let class = if i < 4 {
+                classes[i]
+            } else {
+                classes[random(4)]
+            };
             class[random(class.len())] as char
         })
         .collect()
@@ -334,9 +345,13 @@ mod tests {
     #[test]
     fn guid_and_sid_in_readable_form() {
         let guid = [
-            0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
+            0x33, 0x22, 0x11, 0x00, 0x55, 0x44, 0x77, 0x66, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+            0xee, 0xff,
         ];
-        assert_eq!(guid_string(&guid).unwrap(), "00112233-4455-6677-8899-aabbccddeeff");
+        assert_eq!(
+            guid_string(&guid).unwrap(),
+            "00112233-4455-6677-8899-aabbccddeeff"
+        );
         assert!(guid_string(&guid[..15]).is_none());
         // S-1-5-21-1-2-3-500
         let mut sid = vec![1u8, 5, 0, 0, 0, 0, 0, 5];
@@ -350,7 +365,14 @@ mod tests {
     #[test]
     fn ranges_parse_and_continue() {
         let p = parse_range("member;range=0-1499").unwrap();
-        assert_eq!(p, RangePart { attr: "member".into(), start: 0, end: Some(1499) });
+        assert_eq!(
+            p,
+            RangePart {
+                attr: "member".into(),
+                start: 0,
+                end: Some(1499)
+            }
+        );
         assert_eq!(next_range(&p, None).unwrap(), "member;range=1500-*");
         assert_eq!(next_range(&p, Some(500)).unwrap(), "member;range=1500-1999");
         let last = parse_range("member;range=3000-*").unwrap();
@@ -370,25 +392,58 @@ mod tests {
 
     #[test]
     fn delta_needs_same_dc_and_invocation() {
-        let now = DcPosition { host: "dc1.corp.local".into(), invocation_id: "abc".into(), usn: 100 };
+        let now = DcPosition {
+            host: "dc1.corp.local".into(),
+            invocation_id: "abc".into(),
+            usn: 100,
+        };
         let saved = now.to_json();
         assert_eq!(delta_start(&saved, &now), DeltaStart::From(100));
-        let other = DcPosition { invocation_id: "def".into(), ..now.clone() };
-        assert!(matches!(delta_start(&saved, &other), DeltaStart::Full(m) if m.contains("invocationId")));
-        let moved = DcPosition { host: "dc2.corp.local".into(), ..now.clone() };
+        let other = DcPosition {
+            invocation_id: "def".into(),
+            ..now.clone()
+        };
+        assert!(
+            matches!(delta_start(&saved, &other), DeltaStart::Full(m) if m.contains("invocationId"))
+        );
+        let moved = DcPosition {
+            host: "dc2.corp.local".into(),
+            ..now.clone()
+        };
         assert!(matches!(delta_start(&saved, &moved), DeltaStart::Full(m) if m.contains("dc2")));
-        assert!(matches!(delta_start(&json!(null), &now), DeltaStart::Full(_)));
-        let behind = DcPosition { usn: 50, ..now.clone() };
+        assert!(matches!(
+            delta_start(&json!(null), &now),
+            DeltaStart::Full(_)
+        ));
+        let behind = DcPosition {
+            usn: 50,
+            ..now.clone()
+        };
         assert!(matches!(delta_start(&saved, &behind), DeltaStart::Full(_)));
     }
 
     #[test]
     fn types_from_classes() {
         let c = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(type_of(&c(&["top", "person", "organizationalPerson", "user"])), Some("person"));
-        assert_eq!(type_of(&c(&["top", "person", "organizationalPerson", "user", "computer"])), None);
+        assert_eq!(
+            type_of(&c(&["top", "person", "organizationalPerson", "user"])),
+            Some("person")
+        );
+        assert_eq!(
+            type_of(&c(&[
+                "top",
+                "person",
+                "organizationalPerson",
+                "user",
+                "computer"
+            ])),
+            None
+        );
         assert_eq!(type_of(&c(&["top", "group"])), Some("group"));
-        assert_eq!(type_of(&c(&["top", "person", "organizationalPerson", "contact"])), Some("contact"));
+        assert_eq!(
+            type_of(&c(&["top", "person", "organizationalPerson", "contact"])),
+            Some("contact")
+        );
     }
 
     #[test]
@@ -416,12 +471,36 @@ mod tests {
             attributes: attrs.iter().map(|s| s.to_string()).collect(),
         };
         classes.insert("top".to_string(), def("top", &[], &["objectClass", "cn"]));
-        classes.insert("person".to_string(), def("top", &[], &["sn", "telephoneNumber"]));
-        classes.insert("organizationalPerson".to_string(), def("person", &[], &["manager", "title"]));
-        classes.insert("user".to_string(), def("organizationalPerson", &["securityPrincipal"], &["sAMAccountName"]));
-        classes.insert("securityPrincipal".to_string(), def("top", &[], &["objectSid"]));
+        classes.insert(
+            "person".to_string(),
+            def("top", &[], &["sn", "telephoneNumber"]),
+        );
+        classes.insert(
+            "organizationalPerson".to_string(),
+            def("person", &[], &["manager", "title"]),
+        );
+        classes.insert(
+            "user".to_string(),
+            def(
+                "organizationalPerson",
+                &["securityPrincipal"],
+                &["sAMAccountName"],
+            ),
+        );
+        classes.insert(
+            "securityPrincipal".to_string(),
+            def("top", &[], &["objectSid"]),
+        );
         let a = class_attributes(&classes, "user");
-        for want in ["sAMAccountName", "manager", "title", "sn", "cn", "objectSid", "objectClass"] {
+        for want in [
+            "sAMAccountName",
+            "manager",
+            "title",
+            "sn",
+            "cn",
+            "objectSid",
+            "objectClass",
+        ] {
             assert!(a.contains(&want.to_string()), "{want} in {a:?}");
         }
         assert_eq!(a.iter().filter(|x| *x == "cn").count(), 1);

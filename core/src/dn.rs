@@ -228,7 +228,9 @@ pub fn expand_template(
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let Some(close) = rest[open..].find('}') else {
-            return Err(DnError(format!("dn_template \"{template}\": a {{ is not closed")));
+            return Err(DnError(format!(
+                "dn_template \"{template}\": a {{ is not closed"
+            )));
         };
         let name = rest[open + 1..open + close].trim();
         match value_of(name) {
@@ -276,7 +278,17 @@ mod tests {
 
     #[test]
     fn commas_quotes_leading_hash_and_spaces_survive_a_round_trip() {
-        for v in ["Doe, Jane", "\"Quoted\"", "#hash", " lead", "trail ", "a+b", "x<y>z", "back\\slash", "Zoë Ørsted"] {
+        for v in [
+            "Doe, Jane",
+            "\"Quoted\"",
+            "#hash",
+            " lead",
+            "trail ",
+            "a+b",
+            "x<y>z",
+            "back\\slash",
+            "Zoë Ørsted",
+        ] {
             let dn = format!("CN={},OU=People,DC=corp,DC=local", escape_value(v));
             let parsed = Dn::parse(&dn).unwrap();
             assert_eq!(parsed.0[0][0].value, v, "value {v:?} via {dn}");
@@ -310,16 +322,27 @@ mod tests {
 
     #[test]
     fn templates_escape_values_so_they_cannot_add_rdns() {
-        let dn = expand_template("CN={cn},OU={department},OU=People,DC=corp,DC=local", |n| match n {
-            "cn" => Some("Doe, Jane".into()),
-            "department" => Some("R+D".into()),
-            _ => None,
-        })
+        let dn = expand_template(
+            "CN={cn},OU={department},OU=People,DC=corp,DC=local",
+            |n| match n {
+                "cn" => Some("Doe, Jane".into()),
+                "department" => Some("R+D".into()),
+                _ => None,
+            },
+        )
         .unwrap();
         assert_eq!(dn.0.len(), 5);
-        assert_eq!(dn.canonical(), "CN=Doe\\, Jane,OU=R\\+D,OU=People,DC=corp,DC=local");
-        let missing = expand_template("CN={cn},OU={department},DC=x", |n| (n == "cn").then(|| "a".to_string()));
+        assert_eq!(
+            dn.canonical(),
+            "CN=Doe\\, Jane,OU=R\\+D,OU=People,DC=corp,DC=local"
+        );
+        let missing = expand_template("CN={cn},OU={department},DC=x", |n| {
+            (n == "cn").then(|| "a".to_string())
+        });
         assert!(missing.unwrap_err().0.contains("{department}"));
-        assert_eq!(template_names("CN={cn},OU={ department }"), vec!["cn", "department"]);
+        assert_eq!(
+            template_names("CN={cn},OU={ department }"),
+            vec!["cn", "department"]
+        );
     }
 }

@@ -13,7 +13,9 @@ use idmesh_core::ad::{self, DcPosition, DeltaStart};
 use idmesh_core::dn::{self, Dn};
 use idmesh_sdk::*;
 use ldap3::controls::{Control, ControlType, PagedResults, RawControl};
-use ldap3::{Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Mod, Scope, SearchEntry};
+use ldap3::{
+    Ldap, LdapConnAsync, LdapConnSettings, LdapError, LdapResult, Mod, Scope, SearchEntry,
+};
 use serde_json::{Map, Value};
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -117,8 +119,24 @@ const DEFAULT_PERSON: &[&str] = &[
     "userAccountControl",
     "memberOf",
 ];
-const DEFAULT_GROUP: &[&str] = &["sAMAccountName", "cn", "description", "mail", "member", "managedBy", "groupType"];
-const DEFAULT_CONTACT: &[&str] = &["cn", "givenName", "sn", "displayName", "mail", "telephoneNumber", "company"];
+const DEFAULT_GROUP: &[&str] = &[
+    "sAMAccountName",
+    "cn",
+    "description",
+    "mail",
+    "member",
+    "managedBy",
+    "groupType",
+];
+const DEFAULT_CONTACT: &[&str] = &[
+    "cn",
+    "givenName",
+    "sn",
+    "displayName",
+    "mail",
+    "telephoneNumber",
+    "company",
+];
 
 fn text(config: &Value, key: &str) -> Option<String> {
     super::string_setting(config, KIND, key).map(str::to_string)
@@ -128,7 +146,10 @@ fn flag(config: &Value, key: &str, default: bool) -> bool {
     match config.get(key) {
         None | Some(Value::Null) => default,
         Some(Value::Bool(b)) => *b,
-        Some(_) => invalid(format!("{KIND} connector: \"{key}\" must be true or false"), ""),
+        Some(_) => invalid(
+            format!("{KIND} connector: \"{key}\" must be true or false"),
+            "",
+        ),
     }
 }
 
@@ -136,7 +157,10 @@ fn dn_setting(key: &str, value: &str) -> Dn {
     match Dn::parse(value) {
         Ok(d) if !d.is_empty() => d,
         Ok(_) => invalid(format!("{KIND} connector: \"{key}\" is empty"), ""),
-        Err(e) => invalid(format!("{KIND} connector: \"{key}\": {e}"), "e.g. OU=People,DC=corp,DC=local"),
+        Err(e) => invalid(
+            format!("{KIND} connector: \"{key}\": {e}"),
+            "e.g. OU=People,DC=corp,DC=local",
+        ),
     }
 }
 
@@ -147,10 +171,16 @@ fn dn_list(config: &Value, key: &str) -> Vec<Dn> {
             .iter()
             .map(|v| match v.as_str() {
                 Some(s) => dn_setting(key, s),
-                None => invalid(format!("{KIND} connector: \"{key}\" must be an array of DNs"), ""),
+                None => invalid(
+                    format!("{KIND} connector: \"{key}\" must be an array of DNs"),
+                    "",
+                ),
             })
             .collect(),
-        Some(_) => invalid(format!("{KIND} connector: \"{key}\" must be an array of DNs"), ""),
+        Some(_) => invalid(
+            format!("{KIND} connector: \"{key}\" must be an array of DNs"),
+            "",
+        ),
     }
 }
 
@@ -160,10 +190,16 @@ fn string_list(v: &Value, what: &str) -> Vec<String> {
             .iter()
             .map(|x| match x.as_str() {
                 Some(s) if !s.trim().is_empty() => s.trim().to_string(),
-                _ => invalid(format!("{KIND} connector: \"{what}\" must be an array of names"), ""),
+                _ => invalid(
+                    format!("{KIND} connector: \"{what}\" must be an array of names"),
+                    "",
+                ),
             })
             .collect(),
-        None => invalid(format!("{KIND} connector: \"{what}\" must be an array of names"), ""),
+        None => invalid(
+            format!("{KIND} connector: \"{what}\" must be an array of names"),
+            "",
+        ),
     }
 }
 
@@ -177,11 +213,19 @@ impl AdConfig {
             )
         });
         if !(url.starts_with("ldap://") || url.starts_with("ldaps://")) {
-            invalid(format!("{KIND} connector: url must start with ldap:// or ldaps://"), "");
+            invalid(
+                format!("{KIND} connector: url must start with ldap:// or ldaps://"),
+                "",
+            );
         }
         let starttls = flag(config, "starttls", false);
         if starttls && url.starts_with("ldaps://") {
-            invalid(format!("{KIND} connector: starttls is for ldap:// URLs; ldaps:// is encrypted already"), "");
+            invalid(
+                format!(
+                    "{KIND} connector: starttls is for ldap:// URLs; ldaps:// is encrypted already"
+                ),
+                "",
+            );
         }
         let tls_verify = match text(config, "tls_verify").as_deref().unwrap_or("full") {
             "full" => TlsVerify::Full,
@@ -228,14 +272,20 @@ impl AdConfig {
         let base_dn = dn_setting(
             "base_dn",
             &text(config, "base_dn").unwrap_or_else(|| {
-                invalid(format!("{KIND} connector: \"base_dn\" is required"), "e.g. DC=corp,DC=local")
+                invalid(
+                    format!("{KIND} connector: \"base_dn\" is required"),
+                    "e.g. DC=corp,DC=local",
+                )
             }),
         );
         let include_ous = dn_list(config, "include_ous");
         let exclude_ous = dn_list(config, "exclude_ous");
         for ou in include_ous.iter().chain(&exclude_ous) {
             if !ou.is_within(&base_dn) {
-                invalid(format!("{KIND} connector: {ou} is not under base_dn {base_dn}"), "");
+                invalid(
+                    format!("{KIND} connector: {ou} is not under base_dn {base_dn}"),
+                    "",
+                );
             }
         }
         let object_types = match config.get("object_types") {
@@ -244,7 +294,10 @@ impl AdConfig {
         };
         for t in &object_types {
             if ad::type_filter(t, false).is_none() {
-                invalid(format!("{KIND} connector: object type \"{t}\" is not one AD holds"), "person (users), group, contact.");
+                invalid(
+                    format!("{KIND} connector: object type \"{t}\" is not one AD holds"),
+                    "person (users), group, contact.",
+                );
             }
         }
         let defaults = |t: &str| -> Vec<String> {
@@ -276,14 +329,20 @@ impl AdConfig {
             None | Some(Value::Null) => 1000,
             Some(v) => match v.as_i64() {
                 Some(n) if (1..=100_000).contains(&n) => n as i32,
-                _ => invalid(format!("{KIND} connector: page_size must be between 1 and 100000"), ""),
+                _ => invalid(
+                    format!("{KIND} connector: page_size must be between 1 and 100000"),
+                    "",
+                ),
             },
         };
         let range_step = match config.get("range_step") {
             None | Some(Value::Null) => None,
             Some(v) => match v.as_u64() {
                 Some(n) if n >= 1 => Some(n),
-                _ => invalid(format!("{KIND} connector: range_step must be a positive number"), ""),
+                _ => invalid(
+                    format!("{KIND} connector: range_step must be a positive number"),
+                    "",
+                ),
             },
         };
         let dn_template: HashMap<String, String> = match config.get("dn_template") {
@@ -318,9 +377,16 @@ impl AdConfig {
             ),
         };
         let filter = text(config, "filter").map(|f| {
-            let f = if f.starts_with('(') { f } else { format!("({f})") };
+            let f = if f.starts_with('(') {
+                f
+            } else {
+                format!("({f})")
+            };
             if ldap3::parse_filter(&f).is_err() {
-                invalid(format!("{KIND} connector: filter {f} is not an LDAP filter"), "e.g. (employeeType=staff)");
+                invalid(
+                    format!("{KIND} connector: filter {f} is not an LDAP filter"),
+                    "e.g. (employeeType=staff)",
+                );
             }
             f
         });
@@ -364,7 +430,11 @@ impl AdConfig {
     }
 
     fn is_multi(&self, attr: &str) -> bool {
-        ad::is_in(ad::MULTI_VALUED, attr) || self.multi_valued.iter().any(|m| m.eq_ignore_ascii_case(attr))
+        ad::is_in(ad::MULTI_VALUED, attr)
+            || self
+                .multi_valued
+                .iter()
+                .any(|m| m.eq_ignore_ascii_case(attr))
     }
 
     /// Every attribute a search asks for (all types), with what each entry always needs.
@@ -497,7 +567,10 @@ type Step = Result<(), (String, String)>;
 fn step(r: Result<LdapResult, LdapError>, what: &str) -> Result<Step, ConnectorError> {
     match r {
         Ok(res) if res.rc == 0 => Ok(Ok(())),
-        Ok(res) => Ok(Err((res.rc.to_string(), format!("{what}: {}", describe(&res))))),
+        Ok(res) => Ok(Err((
+            res.rc.to_string(),
+            format!("{what}: {}", describe(&res)),
+        ))),
         // A lost connection is not one object's problem: the run stops.
         Err(e) => Err(ldap_error(what, e)),
     }
@@ -563,8 +636,9 @@ impl AdConnector {
                 builder.disable_built_in_roots(true);
                 let pem = std::fs::read(f)
                     .map_err(|e| ConnectorError::config(format!("cannot read ca_file {f}: {e}")))?;
-                let cert = native_tls::Certificate::from_pem(&pem)
-                    .map_err(|e| ConnectorError::config(format!("ca_file {f} is not a PEM certificate: {e}")))?;
+                let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
+                    ConnectorError::config(format!("ca_file {f} is not a PEM certificate: {e}"))
+                })?;
                 builder.add_root_certificate(cert);
             }
             match c.tls_verify {
@@ -641,7 +715,17 @@ impl AdConnector {
     async fn position(&mut self) -> Result<DcPosition, ConnectorError> {
         let mut ldap = self.ldap().await?;
         let (entries, _) = ldap
-            .search("", Scope::Base, "(objectClass=*)", vec!["dnsHostName", "highestCommittedUSN", "dsServiceName", "defaultNamingContext"])
+            .search(
+                "",
+                Scope::Base,
+                "(objectClass=*)",
+                vec![
+                    "dnsHostName",
+                    "highestCommittedUSN",
+                    "dsServiceName",
+                    "defaultNamingContext",
+                ],
+            )
             .await
             .and_then(|r| r.success())
             .map_err(|e| ldap_error("reading the rootDSE", e))?;
@@ -651,13 +735,22 @@ impl AdConnector {
             .map(SearchEntry::construct)
             .ok_or_else(|| ConnectorError::connection("the DC returned no rootDSE"))?;
         let first = |a: &str| text_values(&root, a).into_iter().next().unwrap_or_default();
-        let usn: u64 = first("highestCommittedUSN")
-            .parse()
-            .map_err(|_| ConnectorError::data("the rootDSE has no highestCommittedUSN: is this Active Directory?"))?;
+        let usn: u64 = first("highestCommittedUSN").parse().map_err(|_| {
+            ConnectorError::data(
+                "the rootDSE has no highestCommittedUSN: is this Active Directory?",
+            )
+        })?;
         let service = first("dsServiceName");
-        self.naming_context = Dn::parse(&first("defaultNamingContext")).ok().filter(|d| !d.is_empty());
+        self.naming_context = Dn::parse(&first("defaultNamingContext"))
+            .ok()
+            .filter(|d| !d.is_empty());
         let (entries, _) = ldap
-            .search(&service, Scope::Base, "(objectClass=*)", vec!["invocationId"])
+            .search(
+                &service,
+                Scope::Base,
+                "(objectClass=*)",
+                vec!["invocationId"],
+            )
             .await
             .and_then(|r| r.success())
             .map_err(|e| ldap_error("reading the DC's invocationId", e))?;
@@ -667,7 +760,9 @@ impl AdConnector {
             .map(SearchEntry::construct)
             .and_then(|e| raw_values(&e, "invocationId").into_iter().next())
             .and_then(|b| ad::guid_string(&b))
-            .ok_or_else(|| ConnectorError::data("the DC's NTDS Settings object has no invocationId"))?;
+            .ok_or_else(|| {
+                ConnectorError::data("the DC's NTDS Settings object has no invocationId")
+            })?;
         Ok(DcPosition {
             host: first("dnsHostName"),
             invocation_id,
@@ -685,14 +780,26 @@ impl AdConnector {
         }
         let dn = Dn::parse(&e.dn).ok()?;
         let mut attrs = Map::new();
-        for attr in self.config.attributes.get(object_type).into_iter().flatten() {
+        for attr in self
+            .config
+            .attributes
+            .get(object_type)
+            .into_iter()
+            .flatten()
+        {
             if let Some(v) = self.value(e, attr) {
                 attrs.insert(attr.clone(), v);
             }
         }
         if object_type == "person" {
-            if let Some(uac) = text_values(e, "userAccountControl").first().and_then(|v| v.parse::<u32>().ok()) {
-                attrs.insert("accountDisabled".into(), Value::Bool(uac & ad::UF_ACCOUNTDISABLE != 0));
+            if let Some(uac) = text_values(e, "userAccountControl")
+                .first()
+                .and_then(|v| v.parse::<u32>().ok())
+            {
+                attrs.insert(
+                    "accountDisabled".into(),
+                    Value::Bool(uac & ad::UF_ACCOUNTDISABLE != 0),
+                );
             }
         }
         Some(SourceObject {
@@ -709,15 +816,24 @@ impl AdConnector {
     fn value(&self, e: &SearchEntry, attr: &str) -> Option<Value> {
         use base64::Engine;
         let mut values: Vec<String> = if ad::is_in(ad::GUID_ATTRIBUTES, attr) {
-            raw_values(e, attr).iter().filter_map(|b| ad::guid_string(b)).collect()
+            raw_values(e, attr)
+                .iter()
+                .filter_map(|b| ad::guid_string(b))
+                .collect()
         } else if ad::is_in(ad::SID_ATTRIBUTES, attr) {
-            raw_values(e, attr).iter().filter_map(|b| ad::sid_string(b)).collect()
+            raw_values(e, attr)
+                .iter()
+                .filter_map(|b| ad::sid_string(b))
+                .collect()
         } else {
             let mut v = text_values(e, attr);
             // Range parts collected by `complete_ranges` are stored under the plain name.
             for (k, vs) in &e.bin_attrs {
                 if k.eq_ignore_ascii_case(attr) {
-                    v.extend(vs.iter().map(|b| base64::engine::general_purpose::STANDARD.encode(b)));
+                    v.extend(
+                        vs.iter()
+                            .map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+                    );
                 }
             }
             v
@@ -739,13 +855,20 @@ impl AdConnector {
         } else {
             values.sort();
         }
-        Some(Value::Array(values.into_iter().map(Value::String).collect()))
+        Some(Value::Array(
+            values.into_iter().map(Value::String).collect(),
+        ))
     }
 
     /// AD returns large multi-valued attributes in ranges (`member;range=0-1499`): reads the
     /// rest of each with base searches and stores the whole set under the plain name.
     async fn complete_ranges(&mut self, e: &mut SearchEntry) -> Result<(), ConnectorError> {
-        let ranged: Vec<String> = e.attrs.keys().filter(|k| ad::parse_range(k).is_some()).cloned().collect();
+        let ranged: Vec<String> = e
+            .attrs
+            .keys()
+            .filter(|k| ad::parse_range(k).is_some())
+            .cloned()
+            .collect();
         for key in ranged {
             let mut values = e.attrs.remove(&key).unwrap_or_default();
             let mut part = ad::parse_range(&key).expect("range");
@@ -760,7 +883,11 @@ impl AdConnector {
                 let Some(entry) = entries.into_iter().next().map(SearchEntry::construct) else {
                     break;
                 };
-                let Some((k, vs)) = entry.attrs.into_iter().find(|(k, _)| ad::parse_range(k).is_some()) else {
+                let Some((k, vs)) = entry
+                    .attrs
+                    .into_iter()
+                    .find(|(k, _)| ad::parse_range(k).is_some())
+                else {
                     break;
                 };
                 values.extend(vs);
@@ -862,13 +989,17 @@ impl AdConnector {
             self.paged(&root, &filter, vec![], &attrs, |me, page| {
                 let mut batch = Vec::with_capacity(page.len());
                 for e in &page {
-                    let Some(mut obj) = me.object(e) else { continue };
+                    let Some(mut obj) = me.object(e) else {
+                        continue;
+                    };
                     if let Some(s) = seen.as_mut() {
                         if !s.insert(obj.anchor.clone()) {
                             continue;
                         }
                     }
-                    let in_scope = Dn::parse(&e.dn).map(|d| me.config.in_scope(&d)).unwrap_or(false);
+                    let in_scope = Dn::parse(&e.dn)
+                        .map(|d| me.config.in_scope(&d))
+                        .unwrap_or(false);
                     if !in_scope {
                         if from_usn.is_none() {
                             continue;
@@ -896,38 +1027,50 @@ impl AdConnector {
             };
             let filter = self.config.filter(true, Some(usn));
             let base = self.domain_root();
-            let tomb_attrs = vec!["objectGUID".to_string(), "objectClass".to_string(), "lastKnownParent".to_string()];
-            self.paged(&base, &filter, vec![show_deleted], &tomb_attrs, |me, page| {
-                let batch: Vec<SourceObject> = page
-                    .iter()
-                    .filter_map(|e| {
-                        let anchor = ad::guid_string(raw_values(e, "objectGUID").first()?)?;
-                        let object_type = ad::type_of(&text_values(e, "objectClass"))?;
-                        if !me.config.object_types.iter().any(|t| t == object_type) {
-                            return None;
-                        }
-                        Some(SourceObject {
-                            anchor,
-                            name: Some(dn::canonical(&e.dn)),
-                            object_type: object_type.to_string(),
-                            attributes: Map::new(),
-                            deleted: true,
+            let tomb_attrs = vec![
+                "objectGUID".to_string(),
+                "objectClass".to_string(),
+                "lastKnownParent".to_string(),
+            ];
+            self.paged(
+                &base,
+                &filter,
+                vec![show_deleted],
+                &tomb_attrs,
+                |me, page| {
+                    let batch: Vec<SourceObject> = page
+                        .iter()
+                        .filter_map(|e| {
+                            let anchor = ad::guid_string(raw_values(e, "objectGUID").first()?)?;
+                            let object_type = ad::type_of(&text_values(e, "objectClass"))?;
+                            if !me.config.object_types.iter().any(|t| t == object_type) {
+                                return None;
+                            }
+                            Some(SourceObject {
+                                anchor,
+                                name: Some(dn::canonical(&e.dn)),
+                                object_type: object_type.to_string(),
+                                attributes: Map::new(),
+                                deleted: true,
+                            })
                         })
-                    })
-                    .collect();
-                if batch.is_empty() {
-                    Ok(())
-                } else {
-                    sink.accept(batch)
-                }
-            })
+                        .collect();
+                    if batch.is_empty() {
+                        Ok(())
+                    } else {
+                        sink.accept(batch)
+                    }
+                },
+            )
             .await?;
         }
         Ok(position)
     }
 
     fn domain_root(&self) -> Dn {
-        self.naming_context.clone().unwrap_or_else(|| self.config.base_dn.clone())
+        self.naming_context
+            .clone()
+            .unwrap_or_else(|| self.config.base_dn.clone())
     }
 
     /// Reads one object back by its DN, as an import would see it.
@@ -967,7 +1110,10 @@ impl AdConnector {
             }
             let mut ldap = self.ldap().await?;
             let attrs = vec![
-                ("objectClass".to_string(), HashSet::from(["top".to_string(), "organizationalUnit".to_string()])),
+                (
+                    "objectClass".to_string(),
+                    HashSet::from(["top".to_string(), "organizationalUnit".to_string()]),
+                ),
                 ("ou".to_string(), HashSet::from([rdn[0].value.clone()])),
             ];
             match ldap.add(&ou.canonical(), attrs).await {
@@ -1037,17 +1183,24 @@ impl AdConnector {
         let dn = match self.wanted_dn(change) {
             Some(Ok(d)) => d,
             Some(Err(e)) => return Ok(Err(("".into(), e))),
-            None => {
-                return Ok(Err((
-                    "".into(),
-                    format!("no dn_template for {} in the connector's config: cannot place a new object", change.object_type),
-                )))
-            }
+            None => return Ok(Err((
+                "".into(),
+                format!(
+                    "no dn_template for {} in the connector's config: cannot place a new object",
+                    change.object_type
+                ),
+            ))),
         };
         let Some(classes) = ad::object_classes(&change.object_type) else {
-            return Ok(Err(("".into(), format!("cannot create objects of type {}", change.object_type))));
+            return Ok(Err((
+                "".into(),
+                format!("cannot create objects of type {}", change.object_type),
+            )));
         };
-        let rdn_attrs: Vec<String> = dn.rdn().map(|r| r.iter().map(|a| a.attr.to_lowercase()).collect()).unwrap_or_default();
+        let rdn_attrs: Vec<String> = dn
+            .rdn()
+            .map(|r| r.iter().map(|a| a.attr.to_lowercase()).collect())
+            .unwrap_or_default();
         let mut attrs: Vec<(Vec<u8>, HashSet<Vec<u8>>)> = vec![(
             b"objectClass".to_vec(),
             classes.iter().map(|c| c.as_bytes().to_vec()).collect(),
@@ -1058,7 +1211,8 @@ impl AdConnector {
                 disabled = v.as_bool().unwrap_or(false) || v.as_str() == Some("true");
                 continue;
             }
-            if k.eq_ignore_ascii_case("userAccountControl") || k.eq_ignore_ascii_case("unicodePwd") {
+            if k.eq_ignore_ascii_case("userAccountControl") || k.eq_ignore_ascii_case("unicodePwd")
+            {
                 continue;
             }
             if rdn_attrs.contains(&k.to_lowercase()) {
@@ -1066,7 +1220,10 @@ impl AdConnector {
             }
             let vals = Self::ldap_values(k, v);
             if !vals.is_empty() {
-                attrs.push((k.as_bytes().to_vec(), vals.into_iter().map(String::into_bytes).collect()));
+                attrs.push((
+                    k.as_bytes().to_vec(),
+                    vals.into_iter().map(String::into_bytes).collect(),
+                ));
             }
         }
         if change.object_type == "person" {
@@ -1080,7 +1237,10 @@ impl AdConnector {
                 }
                 let mut rng = rand_index();
                 let pw = ad::random_password(&mut rng);
-                attrs.push((b"unicodePwd".to_vec(), HashSet::from([ad::unicode_pwd(&pw)])));
+                attrs.push((
+                    b"unicodePwd".to_vec(),
+                    HashSet::from([ad::unicode_pwd(&pw)]),
+                ));
                 if self.config.must_change_password {
                     attrs.push((b"pwdLastSet".to_vec(), HashSet::from([b"0".to_vec()])));
                 }
@@ -1090,7 +1250,10 @@ impl AdConnector {
             } else {
                 ad::UF_NORMAL_ACCOUNT | ad::UF_ACCOUNTDISABLE
             };
-            attrs.push((b"userAccountControl".to_vec(), HashSet::from([uac.to_string().into_bytes()])));
+            attrs.push((
+                b"userAccountControl".to_vec(),
+                HashSet::from([uac.to_string().into_bytes()]),
+            ));
         }
         let dn_text = dn.canonical();
         for attempt in 0..2 {
@@ -1114,7 +1277,11 @@ impl AdConnector {
 
     /// Renames and moves (modrdn with deleteOldRdn and newSuperior) when the template gives
     /// another DN. Returns the DN the object has afterwards.
-    async fn place(&mut self, current: &Dn, wanted: &Dn) -> Result<Result<Dn, (String, String)>, ConnectorError> {
+    async fn place(
+        &mut self,
+        current: &Dn,
+        wanted: &Dn,
+    ) -> Result<Result<Dn, (String, String)>, ConnectorError> {
         if current.key() == wanted.key() {
             return Ok(Ok(current.clone()));
         }
@@ -1123,7 +1290,9 @@ impl AdConnector {
         let new_sup = (parent.key() != current.parent().key()).then(|| parent.canonical());
         for attempt in 0..2 {
             let mut ldap = self.ldap().await?;
-            let r = ldap.modifydn(&current.canonical(), &rdn, true, new_sup.as_deref()).await;
+            let r = ldap
+                .modifydn(&current.canonical(), &rdn, true, new_sup.as_deref())
+                .await;
             match r {
                 Ok(res) if res.rc == 32 && attempt == 0 && new_sup.is_some() => {
                     if !self.config.create_ous {
@@ -1134,16 +1303,23 @@ impl AdConnector {
                     }
                 }
                 other => {
-                    return Ok(step(other, &format!("moving {current} to {wanted}"))?.map(|_| wanted.clone()));
+                    return Ok(step(other, &format!("moving {current} to {wanted}"))?
+                        .map(|_| wanted.clone()));
                 }
             }
         }
         Ok(Ok(wanted.clone()))
     }
 
-    async fn update(&mut self, change: &ExportChange) -> Result<Result<Dn, (String, String)>, ConnectorError> {
+    async fn update(
+        &mut self,
+        change: &ExportChange,
+    ) -> Result<Result<Dn, (String, String)>, ConnectorError> {
         let Some(name) = &change.name else {
-            return Ok(Err(("".into(), "the object's DN is not known; run an import first".into())));
+            return Ok(Err((
+                "".into(),
+                "the object's DN is not known; run an import first".into(),
+            )));
         };
         let mut current = match Dn::parse(name) {
             Ok(d) => d,
@@ -1151,7 +1327,10 @@ impl AdConnector {
         };
         // Disabling may move the object to the disabled OU; otherwise the template places it.
         let wanted = if change.operation == ExportOperation::Disable {
-            self.config.disabled_ou.as_ref().map(|ou| Ok(Dn::child_of(current.rdn().expect("rdn"), ou)))
+            self.config
+                .disabled_ou
+                .as_ref()
+                .map(|ou| Ok(Dn::child_of(current.rdn().expect("rdn"), ou)))
         } else {
             self.wanted_dn(change)
         };
@@ -1165,7 +1344,10 @@ impl AdConnector {
                 Err(e) => return Ok(Err(e)),
             }
         }
-        let rdn_attrs: Vec<String> = current.rdn().map(|r| r.iter().map(|a| a.attr.to_lowercase()).collect()).unwrap_or_default();
+        let rdn_attrs: Vec<String> = current
+            .rdn()
+            .map(|r| r.iter().map(|a| a.attr.to_lowercase()).collect())
+            .unwrap_or_default();
         let mut mods: Vec<Mod<Vec<u8>>> = Vec::new();
         for (k, v) in &change.attributes {
             if k == "accountDisabled" {
@@ -1183,12 +1365,30 @@ impl AdConnector {
             let new = Self::ldap_values(k, v);
             if self.config.is_multi(k) {
                 // Value by value, so a large group is not rewritten for one member.
-                let old = change.current.get(k).map(|o| Self::ldap_values(k, o)).unwrap_or_default();
-                let key = |s: &String| if ad::is_in(ad::DN_ATTRIBUTES, k) { dn::canonical(s).to_lowercase() } else { s.clone() };
+                let old = change
+                    .current
+                    .get(k)
+                    .map(|o| Self::ldap_values(k, o))
+                    .unwrap_or_default();
+                let key = |s: &String| {
+                    if ad::is_in(ad::DN_ATTRIBUTES, k) {
+                        dn::canonical(s).to_lowercase()
+                    } else {
+                        s.clone()
+                    }
+                };
                 let old_keys: HashSet<String> = old.iter().map(key).collect();
                 let new_keys: HashSet<String> = new.iter().map(key).collect();
-                let add: HashSet<Vec<u8>> = new.iter().filter(|s| !old_keys.contains(&key(s))).map(|s| s.clone().into_bytes()).collect();
-                let del: HashSet<Vec<u8>> = old.iter().filter(|s| !new_keys.contains(&key(s))).map(|s| s.clone().into_bytes()).collect();
+                let add: HashSet<Vec<u8>> = new
+                    .iter()
+                    .filter(|s| !old_keys.contains(&key(s)))
+                    .map(|s| s.clone().into_bytes())
+                    .collect();
+                let del: HashSet<Vec<u8>> = old
+                    .iter()
+                    .filter(|s| !new_keys.contains(&key(s)))
+                    .map(|s| s.clone().into_bytes())
+                    .collect();
                 if !del.is_empty() {
                     mods.push(Mod::Delete(k.as_bytes().to_vec(), del));
                 }
@@ -1196,7 +1396,10 @@ impl AdConnector {
                     mods.push(Mod::Add(k.as_bytes().to_vec(), add));
                 }
             } else {
-                mods.push(Mod::Replace(k.as_bytes().to_vec(), new.into_iter().map(String::into_bytes).collect()));
+                mods.push(Mod::Replace(
+                    k.as_bytes().to_vec(),
+                    new.into_iter().map(String::into_bytes).collect(),
+                ));
             }
         }
         if !mods.is_empty() {
@@ -1211,20 +1414,36 @@ impl AdConnector {
 
     /// userAccountControl with the disabled bit set or cleared, from the value the DC has
     /// now (read-modify-write: other bits stay as they are). None: already so.
-    async fn set_disabled(&mut self, dn: &Dn, disable: bool) -> Result<Result<Option<Mod<Vec<u8>>>, (String, String)>, ConnectorError> {
+    async fn set_disabled(
+        &mut self,
+        dn: &Dn,
+        disable: bool,
+    ) -> Result<Result<Option<Mod<Vec<u8>>>, (String, String)>, ConnectorError> {
         let mut ldap = self.ldap().await?;
         let ldap3::SearchResult(entries, res) = ldap
-            .search(&dn.canonical(), Scope::Base, "(objectClass=*)", vec!["userAccountControl"])
+            .search(
+                &dn.canonical(),
+                Scope::Base,
+                "(objectClass=*)",
+                vec!["userAccountControl"],
+            )
             .await
             .map_err(|e| ldap_error(&format!("reading userAccountControl of {dn}"), e))?;
         if res.rc != 0 {
-            return Ok(Err((res.rc.to_string(), format!("reading userAccountControl of {dn}: {}", describe(&res)))));
+            return Ok(Err((
+                res.rc.to_string(),
+                format!("reading userAccountControl of {dn}: {}", describe(&res)),
+            )));
         }
         let uac = entries
             .into_iter()
             .next()
             .map(SearchEntry::construct)
-            .and_then(|e| text_values(&e, "userAccountControl").first().and_then(|v| v.parse::<u32>().ok()))
+            .and_then(|e| {
+                text_values(&e, "userAccountControl")
+                    .first()
+                    .and_then(|v| v.parse::<u32>().ok())
+            })
             .unwrap_or(ad::UF_NORMAL_ACCOUNT);
         let new = ad::with_disabled(uac, disable);
         if new == uac {
@@ -1263,10 +1482,12 @@ impl AdConnector {
                 },
                 Err(e) => return Ok(failed(e)),
             },
-            ExportOperation::Update | ExportOperation::Disable => match self.update(change).await? {
-                Ok(d) => d,
-                Err(e) => return Ok(failed(e)),
-            },
+            ExportOperation::Update | ExportOperation::Disable => {
+                match self.update(change).await? {
+                    Ok(d) => d,
+                    Err(e) => return Ok(failed(e)),
+                }
+            }
             ExportOperation::Delete => {
                 return Ok(match self.delete(change).await? {
                     Ok(()) => ExportResult::ok(change.mesh_id, None),
@@ -1282,7 +1503,12 @@ impl AdConnector {
     async fn schema(&mut self) -> Result<Schema, ConnectorError> {
         let mut ldap = self.ldap().await?;
         let (entries, _) = ldap
-            .search("", Scope::Base, "(objectClass=*)", vec!["schemaNamingContext"])
+            .search(
+                "",
+                Scope::Base,
+                "(objectClass=*)",
+                vec!["schemaNamingContext"],
+            )
             .await
             .and_then(|r| r.success())
             .map_err(|e| ldap_error("reading the rootDSE", e))?;
@@ -1295,48 +1521,89 @@ impl AdConnector {
             .ok_or_else(|| ConnectorError::data("the rootDSE names no schemaNamingContext"))?;
         let mut classes: HashMap<String, ad::ClassDef> = HashMap::new();
         let class_attrs: Vec<String> = [
-            "lDAPDisplayName", "subClassOf", "auxiliaryClass", "systemAuxiliaryClass",
-            "mustContain", "mayContain", "systemMustContain", "systemMayContain",
+            "lDAPDisplayName",
+            "subClassOf",
+            "auxiliaryClass",
+            "systemAuxiliaryClass",
+            "mustContain",
+            "mayContain",
+            "systemMustContain",
+            "systemMayContain",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
-        self.paged(&schema_nc, "(objectClass=classSchema)", vec![], &class_attrs, |_, page| {
-            for e in page {
-                let Some(name) = text_values(&e, "lDAPDisplayName").into_iter().next() else { continue };
-                let many = |names: &[&str]| names.iter().flat_map(|n| text_values(&e, n)).collect::<Vec<_>>();
-                classes.insert(
-                    name,
-                    ad::ClassDef {
-                        sub_class_of: text_values(&e, "subClassOf").into_iter().next(),
-                        auxiliary: many(&["auxiliaryClass", "systemAuxiliaryClass"]),
-                        attributes: many(&["mustContain", "mayContain", "systemMustContain", "systemMayContain"]),
-                    },
-                );
-            }
-            Ok(())
-        })
+        self.paged(
+            &schema_nc,
+            "(objectClass=classSchema)",
+            vec![],
+            &class_attrs,
+            |_, page| {
+                for e in page {
+                    let Some(name) = text_values(&e, "lDAPDisplayName").into_iter().next() else {
+                        continue;
+                    };
+                    let many = |names: &[&str]| {
+                        names
+                            .iter()
+                            .flat_map(|n| text_values(&e, n))
+                            .collect::<Vec<_>>()
+                    };
+                    classes.insert(
+                        name,
+                        ad::ClassDef {
+                            sub_class_of: text_values(&e, "subClassOf").into_iter().next(),
+                            auxiliary: many(&["auxiliaryClass", "systemAuxiliaryClass"]),
+                            attributes: many(&[
+                                "mustContain",
+                                "mayContain",
+                                "systemMustContain",
+                                "systemMayContain",
+                            ]),
+                        },
+                    );
+                }
+                Ok(())
+            },
+        )
         .await?;
         let mut syntax: HashMap<String, (String, bool)> = HashMap::new();
-        let attr_attrs: Vec<String> = ["lDAPDisplayName", "attributeSyntax", "isSingleValued"].iter().map(|s| s.to_string()).collect();
-        self.paged(&schema_nc, "(objectClass=attributeSchema)", vec![], &attr_attrs, |_, page| {
-            for e in page {
-                let first = |n: &str| text_values(&e, n).into_iter().next().unwrap_or_default();
-                let name = first("lDAPDisplayName");
-                if !name.is_empty() {
-                    syntax.insert(name.to_lowercase(), (first("attributeSyntax"), first("isSingleValued") == "TRUE"));
+        let attr_attrs: Vec<String> = ["lDAPDisplayName", "attributeSyntax", "isSingleValued"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        self.paged(
+            &schema_nc,
+            "(objectClass=attributeSchema)",
+            vec![],
+            &attr_attrs,
+            |_, page| {
+                for e in page {
+                    let first = |n: &str| text_values(&e, n).into_iter().next().unwrap_or_default();
+                    let name = first("lDAPDisplayName");
+                    if !name.is_empty() {
+                        syntax.insert(
+                            name.to_lowercase(),
+                            (first("attributeSyntax"), first("isSingleValued") == "TRUE"),
+                        );
+                    }
                 }
-            }
-            Ok(())
-        })
+                Ok(())
+            },
+        )
         .await?;
         let mut out = Vec::new();
         for t in &self.config.object_types {
-            let Some(class) = ad::class_of(t) else { continue };
+            let Some(class) = ad::class_of(t) else {
+                continue;
+            };
             let mut attributes: Vec<SchemaAttribute> = ad::class_attributes(&classes, class)
                 .into_iter()
                 .map(|name| {
-                    let (oid, single) = syntax.get(&name.to_lowercase()).cloned().unwrap_or_default();
+                    let (oid, single) = syntax
+                        .get(&name.to_lowercase())
+                        .cloned()
+                        .unwrap_or_default();
                     SchemaAttribute {
                         syntax: ad::syntax_name(&oid).to_string(),
                         multi_valued: !single,
@@ -1370,7 +1637,15 @@ impl AdConnector {
             Ok(_) => out.push((
                 "connect".to_string(),
                 true,
-                format!("bound to {} ({})", self.config.url, if self.config.tls() { "TLS" } else { "not encrypted" }),
+                format!(
+                    "bound to {} ({})",
+                    self.config.url,
+                    if self.config.tls() {
+                        "TLS"
+                    } else {
+                        "not encrypted"
+                    }
+                ),
             )),
             Err(e) => {
                 out.push(("connect".to_string(), false, e.message));
@@ -1381,7 +1656,10 @@ impl AdConnector {
             Ok(p) => out.push((
                 "rootDSE".to_string(),
                 true,
-                format!("DC {} invocationId {} highestCommittedUSN {}", p.host, p.invocation_id, p.usn),
+                format!(
+                    "DC {} invocationId {} highestCommittedUSN {}",
+                    p.host, p.invocation_id, p.usn
+                ),
             )),
             Err(e) => out.push(("rootDSE".to_string(), false, e.message)),
         }
@@ -1399,7 +1677,11 @@ impl AdConnector {
             .search(&base, Scope::Subtree, &filter, vec!["objectGUID"])
             .await;
         match r {
-            Ok(res) if res.1.rc == 0 || res.1.rc == 4 => out.push(("search".to_string(), true, format!("{base} can be searched"))),
+            Ok(res) if res.1.rc == 0 || res.1.rc == 4 => out.push((
+                "search".to_string(),
+                true,
+                format!("{base} can be searched"),
+            )),
             Ok(res) => out.push(("search".to_string(), false, describe(&res.1))),
             Err(e) => out.push(("search".to_string(), false, e.to_string())),
         }
@@ -1418,7 +1700,10 @@ impl IdentityConnector for AdConnector {
         KIND
     }
 
-    fn full_import<'a>(&'a mut self, sink: &'a mut dyn ImportSink) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
+    fn full_import<'a>(
+        &'a mut self,
+        sink: &'a mut dyn ImportSink,
+    ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
         Box::pin(async move {
             let p = self.import(None, sink).await?;
             Ok(ImportEnd {
@@ -1461,7 +1746,10 @@ impl IdentityConnector for AdConnector {
         Box::pin(self.schema())
     }
 
-    fn export<'a>(&'a mut self, changes: &'a [ExportChange]) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
+    fn export<'a>(
+        &'a mut self,
+        changes: &'a [ExportChange],
+    ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
         Box::pin(async move {
             let mut out = Vec::with_capacity(changes.len());
             for c in changes {

@@ -211,7 +211,6 @@ pub const MULTI_VALUED: &[&str] = &[
     "seeAlso",
     "secretary",
     "userCertificate",
-    "description",
     "postOfficeBox",
 ];
 

@@ -417,6 +417,19 @@ impl AdConfig {
         }
     }
 
+    /// Reads these attributes too (those the connector's flows and join rules name), so a
+    /// flow on an attribute missing from `attributes` still gets its values.
+    pub fn read_also(&mut self, object_type: &str, names: impl IntoIterator<Item = String>) {
+        let Some(list) = self.attributes.get_mut(object_type) else {
+            return;
+        };
+        for n in names {
+            if n != "accountDisabled" && !list.iter().any(|a| a.eq_ignore_ascii_case(&n)) {
+                list.push(n);
+            }
+        }
+    }
+
     /// The connection is encrypted (TLS from the start or after StartTLS; Kerberos seals
     /// it too, but passwords are only ever sent over TLS).
     pub fn tls(&self) -> bool {

@@ -91,11 +91,17 @@ pub fn open(id: i32, kind: &str, name: &str, config: &Value) -> Box<dyn Identity
             sqlserver::SqlServerConfig::parse(config),
             crate::secrets::secret_of(id, name),
         )),
-        "active_directory" => Box::new(active_directory::AdConnector::new(
-            name,
-            active_directory::AdConfig::parse(config),
-            crate::secrets::secret_of(id, name),
-        )),
+        "active_directory" => {
+            let mut cfg = active_directory::AdConfig::parse(config);
+            for (object_type, names) in flow_reads(id) {
+                cfg.read_also(&object_type, names);
+            }
+            Box::new(active_directory::AdConnector::new(
+                name,
+                cfg,
+                crate::secrets::secret_of(id, name),
+            ))
+        }
         "process" => Box::new(process::ProcessConnector::new(
             name,
             process::ProcessConfig::parse(config),
@@ -106,6 +112,25 @@ pub fn open(id: i32, kind: &str, name: &str, config: &Value) -> Box<dyn Identity
             "",
         ),
     }
+}
+
+/// The attributes a connector's import flows and join rules read, per object type.
+fn flow_reads(connector_id: i32) -> Vec<(String, Vec<String>)> {
+    let rows = crate::store::json(
+        "SELECT coalesce(jsonb_agg(jsonb_build_array(x.object_type, x.source)), '[]') FROM ( \
+             SELECT object_type, source FROM mesh.flow_rule WHERE connector_id = $1 AND direction = 'import' \
+             UNION ALL SELECT object_type, source FROM mesh.join_rule WHERE connector_id = $1) x",
+        &[connector_id.into()],
+    );
+    rows.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            let t = r.get(0)?.as_str()?.to_string();
+            let s = r.get(1)?.as_str()?;
+            Some((t, idmesh_core::source::Source::parse(s).reads()))
+        })
+        .collect()
 }
 
 /// The target columns a connector's export flows may name (None: any name is accepted).

@@ -175,16 +175,6 @@ fn idmesh_dn_escape(v: &str) -> String {
         .collect()
 }
 
-fn mesh_db(name: &str) -> Client {
-    let mut c = fresh_database(name);
-    c.batch_execute(&format!(
-        "SET idmesh.secret_key_file = '/tmp/idmesh-run/{name}.key'"
-    ))
-    .unwrap();
-    let _ = std::fs::remove_file(format!("/tmp/idmesh-run/{name}.key"));
-    c
-}
-
 fn ad_config(base: &str, extra: Value) -> Value {
     let mut cfg = json!({
         "url": "ldaps://127.0.0.1", "ca_file": ca(),
@@ -202,15 +192,6 @@ fn create_ad(c: &mut Client, name: &str, config: Value) {
         &[&name, &config, &svc_pw()],
     )
     .unwrap();
-}
-
-fn run(c: &mut Client, connector: &str, profile: &str) -> Value {
-    c.query_one(
-        "SELECT to_jsonb(r) FROM mesh.run($1, $2) r",
-        &[&connector, &profile],
-    )
-    .unwrap()
-    .get(0)
 }
 
 fn count(c: &mut Client, sql: &str) -> i64 {
@@ -311,7 +292,7 @@ fn full_import_matches_ldapsearch_and_reads_big_groups_by_ranges() {
     let want_groups = ldapsearch(&ou, "(objectClass=group)", &["1.1"]).len();
     assert_eq!((want_users, want_groups), (USERS + 1, 4));
 
-    let mut c = mesh_db("idmesh_it_ad_import");
+    let mut c = fresh_database_with_own_key("idmesh_it_ad_import");
     // Ranges of 500 values asked for explicitly (Samba, unlike Windows, never cuts them).
     create_ad(
         &mut c,
@@ -429,7 +410,7 @@ fn delta_import_sees_exactly_the_changes() {
         ));
     }
     ldif("ldapadd", &l);
-    let mut c = mesh_db("idmesh_it_ad_delta");
+    let mut c = fresh_database_with_own_key("idmesh_it_ad_delta");
     create_ad(
         &mut c,
         "AD",
@@ -539,7 +520,7 @@ fn changed_invocation_id_forces_a_full_import() {
             .map(|i| user_ldif(&format!("Inv {i}"), &ou, ""))
             .collect::<String>(),
     );
-    let mut c = mesh_db("idmesh_it_ad_invocation");
+    let mut c = fresh_database_with_own_key("idmesh_it_ad_invocation");
     create_ad(
         &mut c,
         "AD",
@@ -582,7 +563,7 @@ fn changed_invocation_id_forces_a_full_import() {
 fn passwords_never_go_over_plain_ldap() {
     let ou = format!("OU=Plain,{TOP}");
     reset_ou(&ou);
-    let mut c = mesh_db("idmesh_it_ad_plain");
+    let mut c = fresh_database_with_own_key("idmesh_it_ad_plain");
     let plain = json!({"url": "ldap://127.0.0.1", "bind_dn": svc_dn(), "base_dn": ou, "object_types": ["person"],
                        "dn_template": {"person": format!("CN={{cn}},{ou}")}});
     let err = c
@@ -751,7 +732,7 @@ fn attr<'a>(e: &'a (String, Vec<(String, String)>), name: &str) -> Vec<&'a str> 
 #[test]
 fn provisioning_from_hr_into_ad() {
     let ou = format!("OU=Prov,{TOP}");
-    let mut c = mesh_db("idmesh_it_ad_prov");
+    let mut c = fresh_database_with_own_key("idmesh_it_ad_prov");
     provisioning_setup(&mut c, &ou, "p");
     let people = format!("OU=People,{ou}");
     settle(&mut c);
@@ -850,7 +831,7 @@ fn provisioning_from_hr_into_ad() {
 #[test]
 fn phone_changed_in_ad_flows_to_hr_once() {
     let ou = format!("OU=RoundTrip,{TOP}");
-    let mut c = mesh_db("idmesh_it_ad_roundtrip");
+    let mut c = fresh_database_with_own_key("idmesh_it_ad_roundtrip");
     provisioning_setup(&mut c, &ou, "r");
     c.batch_execute("DELETE FROM hr_employees WHERE id = 5")
         .unwrap();
@@ -896,7 +877,7 @@ fn kerberos_bind_from_a_keytab() {
             .map(|i| user_ldif(&format!("Krb {i}"), &ou, ""))
             .collect::<String>(),
     );
-    let mut c = mesh_db("idmesh_it_ad_kerberos");
+    let mut c = fresh_database_with_own_key("idmesh_it_ad_kerberos");
     let cfg = json!({
         "url": "ldap://127.0.0.1", "bind": "kerberos",
         "keytab": env("IDMESH_AD_KEYTAB", &format!("{}/svc-idmesh.postgres.keytab", samba_dir())),
@@ -936,7 +917,7 @@ fn kerberos_bind_from_a_keytab() {
 #[test]
 fn grace_period_protects_ad_accounts_until_it_ends() {
     let ou = format!("OU=Grace,{TOP}");
-    let mut c = mesh_db("idmesh_it_ad_grace");
+    let mut c = fresh_database_with_own_key("idmesh_it_ad_grace");
     provisioning_setup(&mut c, &ou, "g");
     c.batch_execute("DELETE FROM hr_employees WHERE id = 5")
         .unwrap();
@@ -1050,7 +1031,7 @@ fn grace_period_protects_ad_accounts_until_it_ends() {
 fn schema_discovery_lists_classes_and_checks_flows() {
     let ou = format!("OU=Schema,{TOP}");
     reset_ou(&ou);
-    let mut c = mesh_db("idmesh_it_ad_schema");
+    let mut c = fresh_database_with_own_key("idmesh_it_ad_schema");
     create_ad(&mut c, "AD", ad_config(&ou, json!({})));
     let rows: Vec<(String, String, String, bool, bool)> = c
         .query("SELECT object_type, attribute, syntax, multi_valued, reference FROM mesh.discover_schema('AD')", &[])
@@ -1127,7 +1108,7 @@ fn lost_connection_fails_the_run_and_keeps_the_watermark() {
     let ou = format!("OU=Lost,{TOP}");
     reset_ou(&ou);
     ldif("ldapadd", &user_ldif("Lost 1", &ou, ""));
-    let mut c = mesh_db("idmesh_it_ad_lost");
+    let mut c = fresh_database_with_own_key("idmesh_it_ad_lost");
     create_ad(
         &mut c,
         "AD",

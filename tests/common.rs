@@ -33,6 +33,28 @@ pub fn fresh_database(name: &str) -> Client {
     c
 }
 
+/// A fresh database whose connector secrets use a key file of its own, so rotating or
+/// breaking it touches no other test.
+pub fn fresh_database_with_own_key(name: &str) -> Client {
+    let mut c = fresh_database(name);
+    c.batch_execute(&format!(
+        "SET idmesh.secret_key_file = '/tmp/idmesh-run/{name}.key'"
+    ))
+    .unwrap();
+    let _ = std::fs::remove_file(format!("/tmp/idmesh-run/{name}.key"));
+    c
+}
+
+/// `mesh.run(connector, profile)`, its run_history row as JSON.
+pub fn run(c: &mut Client, connector: &str, profile: &str) -> serde_json::Value {
+    c.query_one(
+        "SELECT to_jsonb(r) FROM mesh.run($1, $2) r",
+        &[&connector, &profile],
+    )
+    .unwrap()
+    .get(0)
+}
+
 /// The SQLSTATE a statement fails with (panics if it succeeds).
 pub fn sqlstate_of(c: &mut Client, sql: &str) -> String {
     match c.batch_execute(sql) {

@@ -38,32 +38,12 @@ fn hr_source() -> Client {
     hr
 }
 
-fn mesh_db(name: &str) -> Client {
-    let mut c = fresh_database(name);
-    // A key file of this test's own, so rotating it touches nothing else.
-    c.batch_execute(&format!(
-        "SET idmesh.secret_key_file = '/tmp/idmesh-run/{name}.key'"
-    ))
-    .unwrap();
-    let _ = std::fs::remove_file(format!("/tmp/idmesh-run/{name}.key"));
-    c
-}
-
 fn connector(c: &mut Client, name: &str, config: Value) {
     c.execute(
         "SELECT mesh.create_connector($1, 'postgres', $2, secret => $3)",
         &[&name, &config, &PASSWORD],
     )
     .unwrap();
-}
-
-fn run(c: &mut Client, connector: &str, profile: &str) -> Value {
-    c.query_one(
-        "SELECT to_jsonb(r) FROM mesh.run($1, $2) r",
-        &[&connector, &profile],
-    )
-    .unwrap()
-    .get(0)
 }
 
 fn hr_config() -> Value {
@@ -75,7 +55,7 @@ fn hr_config() -> Value {
 #[test]
 fn typed_import_delta_late_rows_deletes_and_export() {
     let mut hr = hr_source();
-    let mut c = mesh_db("idmesh_it_pg");
+    let mut c = fresh_database_with_own_key("idmesh_it_pg");
     connector(&mut c, "HR Database", hr_config());
     let checks: Vec<(String, bool)> = c
         .query(
@@ -247,7 +227,7 @@ fn secrets_are_encrypted_never_shown_and_need_their_key() {
     let log_from = std::fs::metadata("/tmp/idmesh-run/postgres.log")
         .map(|m| m.len() as usize)
         .unwrap_or(0);
-    let mut c = mesh_db("idmesh_it_secret");
+    let mut c = fresh_database_with_own_key("idmesh_it_secret");
     connector(&mut c, "HR Database", hr_config());
     run(&mut c, "HR Database", "full_import");
     // Nowhere a reader could look, nor in the stored bytes.
@@ -334,7 +314,7 @@ fn tds_config(table: &str) -> Value {
 /// bound as a parameter, types mapped.
 #[test]
 fn sqlserver_import_over_tds() {
-    let mut c = mesh_db("idmesh_it_tds");
+    let mut c = fresh_database_with_own_key("idmesh_it_tds");
     c.execute(
         "SELECT mesh.create_connector('Payroll', 'sqlserver', $1, secret => $2)",
         &[&tds_config("people"), &"Tds-reader-1!"],
@@ -447,7 +427,7 @@ fn sqlserver_export_against_a_real_server() {
     let url = std::env::var("IDMESH_SQLSERVER_URL")
         .expect("IDMESH_SQLSERVER_URL=host:port:database:user:password");
     let parts: Vec<&str> = url.splitn(5, ':').collect();
-    let mut c = mesh_db("idmesh_it_mssql");
+    let mut c = fresh_database_with_own_key("idmesh_it_mssql");
     c.batch_execute(
         "CREATE SCHEMA hr; CREATE TABLE hr.people (id integer PRIMARY KEY, name text);
          INSERT INTO hr.people VALUES (1, 'Ada'), (2, 'Grace');",
@@ -511,7 +491,7 @@ fn export_through_user_statements_with_named_parameters() {
          GRANT ALL ON badges TO hr_app;",
     )
     .unwrap();
-    let mut c = mesh_db("idmesh_it_stmt");
+    let mut c = fresh_database_with_own_key("idmesh_it_stmt");
     connector(&mut c, "HR Database", hr_config());
     connector(
         &mut c,
@@ -574,7 +554,7 @@ fn export_through_user_statements_with_named_parameters() {
 #[test]
 fn postgres_schema_discovery_and_checked_flows() {
     let _hr = hr_source();
-    let mut c = mesh_db("idmesh_it_pg_schema");
+    let mut c = fresh_database_with_own_key("idmesh_it_pg_schema");
     connector(&mut c, "HR Database", hr_config());
     let cols: Vec<(String, String)> = c
         .query("SELECT attribute, syntax FROM mesh.discover_schema('HR Database') ORDER BY attribute", &[])

@@ -723,29 +723,51 @@ impl AdConnector {
         Ok(ldap)
     }
 
+    /// One entry by a base search: the LDAP result and the entry, when there is one.
+    async fn read_entry(
+        &mut self,
+        dn: &str,
+        attrs: Vec<String>,
+        what: &str,
+    ) -> Result<(LdapResult, Option<SearchEntry>), ConnectorError> {
+        let mut ldap = self.ldap().await?;
+        let ldap3::SearchResult(entries, res) = ldap
+            .search(dn, Scope::Base, "(objectClass=*)", attrs)
+            .await
+            .map_err(|e| ldap_error(what, e))?;
+        Ok((res, entries.into_iter().next().map(SearchEntry::construct)))
+    }
+
+    /// The same, where any result but success fails the call (the rootDSE, the schema).
+    async fn must_read_entry(
+        &mut self,
+        dn: &str,
+        attrs: &[&str],
+        what: &str,
+    ) -> Result<Option<SearchEntry>, ConnectorError> {
+        let attrs = attrs.iter().map(|a| a.to_string()).collect();
+        let (res, entry) = self.read_entry(dn, attrs, what).await?;
+        if res.rc != 0 {
+            return Err(ldap_error(what, LdapError::LdapResult { result: res }));
+        }
+        Ok(entry)
+    }
+
     /// The DC's host, invocationId and highestCommittedUSN, read before a search so that
     /// nothing committed during the search is skipped by the next delta.
     async fn position(&mut self) -> Result<DcPosition, ConnectorError> {
-        let mut ldap = self.ldap().await?;
-        let (entries, _) = ldap
-            .search(
+        let root = self
+            .must_read_entry(
                 "",
-                Scope::Base,
-                "(objectClass=*)",
-                vec![
+                &[
                     "dnsHostName",
                     "highestCommittedUSN",
                     "dsServiceName",
                     "defaultNamingContext",
                 ],
+                "reading the rootDSE",
             )
-            .await
-            .and_then(|r| r.success())
-            .map_err(|e| ldap_error("reading the rootDSE", e))?;
-        let root = entries
-            .into_iter()
-            .next()
-            .map(SearchEntry::construct)
+            .await?
             .ok_or_else(|| ConnectorError::connection("the DC returned no rootDSE"))?;
         let first = |a: &str| text_values(&root, a).into_iter().next().unwrap_or_default();
         let usn: u64 = first("highestCommittedUSN").parse().map_err(|_| {
@@ -757,20 +779,9 @@ impl AdConnector {
         self.naming_context = Dn::parse(&first("defaultNamingContext"))
             .ok()
             .filter(|d| !d.is_empty());
-        let (entries, _) = ldap
-            .search(
-                &service,
-                Scope::Base,
-                "(objectClass=*)",
-                vec!["invocationId"],
-            )
-            .await
-            .and_then(|r| r.success())
-            .map_err(|e| ldap_error("reading the DC's invocationId", e))?;
-        let invocation_id = entries
-            .into_iter()
-            .next()
-            .map(SearchEntry::construct)
+        let invocation_id = self
+            .must_read_entry(&service, &["invocationId"], "reading the DC's invocationId")
+            .await?
             .and_then(|e| raw_values(&e, "invocationId").into_iter().next())
             .and_then(|b| ad::guid_string(&b))
             .ok_or_else(|| {
@@ -874,7 +885,8 @@ impl AdConnector {
     }
 
     /// AD returns large multi-valued attributes in ranges (`member;range=0-1499`): reads the
-    /// rest of each with base searches and stores the whole set under the plain name.
+    /// rest of each with base searches and stores the whole set under the plain name
+    /// (nothing to do for an entry without range parts).
     async fn complete_ranges(&mut self, e: &mut SearchEntry) -> Result<(), ConnectorError> {
         let ranged: Vec<String> = e
             .attrs
@@ -887,13 +899,9 @@ impl AdConnector {
             let mut part = ad::parse_range(&key).expect("range");
             let attr = part.attr.clone();
             while let Some(next) = ad::next_range(&part, self.config.range_step) {
-                let mut ldap = self.ldap().await?;
-                let (entries, _) = ldap
-                    .search(&e.dn, Scope::Base, "(objectClass=*)", vec![next.as_str()])
-                    .await
-                    .and_then(|r| r.success())
-                    .map_err(|err| ldap_error(&format!("reading {next} of {}", e.dn), err))?;
-                let Some(entry) = entries.into_iter().next().map(SearchEntry::construct) else {
+                let what = format!("reading {next} of {}", e.dn);
+                let Some(entry) = self.must_read_entry(&e.dn, &[next.as_str()], &what).await?
+                else {
                     break;
                 };
                 let Some((k, vs)) = entry
@@ -954,9 +962,7 @@ impl AdConnector {
                     continue; // referrals to other partitions are not ours
                 }
                 let mut e = SearchEntry::construct(entry);
-                if e.attrs.keys().any(|k| ad::parse_range(k).is_some()) {
-                    self.complete_ranges(&mut e).await?;
-                }
+                self.complete_ranges(&mut e).await?;
                 page.push(e);
             }
             let res = stream.finish().await;
@@ -983,12 +989,16 @@ impl AdConnector {
         Ok(())
     }
 
+    /// Reads what is in scope (`from_usn`: only what changed since), ending with the
+    /// watermark `position`, which the caller read before any search. `forced_because`:
+    /// why a delta became this full import.
     async fn import(
         &mut self,
+        position: DcPosition,
         from_usn: Option<u64>,
+        forced_because: Option<String>,
         sink: &mut dyn ImportSink,
-    ) -> Result<DcPosition, ConnectorError> {
-        let position = self.position().await?;
+    ) -> Result<ImportEnd, ConnectorError> {
         let attrs = self.config.requested();
         let roots = match from_usn {
             // Deltas search the whole domain so objects moved out of scope are seen leaving.
@@ -1077,7 +1087,11 @@ impl AdConnector {
             )
             .await?;
         }
-        Ok(position)
+        Ok(ImportEnd {
+            watermark: Some(Watermark(position.to_json())),
+            forced_full: forced_because.is_some(),
+            note: forced_because,
+        })
     }
 
     fn domain_root(&self) -> Dn {
@@ -1088,27 +1102,19 @@ impl AdConnector {
 
     /// Reads one object back by its DN, as an import would see it.
     async fn read_back(&mut self, dn: &str) -> Result<Option<SourceObject>, ConnectorError> {
-        let mut ldap = self.ldap().await?;
         let attrs: Vec<String> = self
             .config
             .requested()
             .into_iter()
             .map(|a| a.split(';').next().unwrap_or_default().to_string())
             .collect();
-        let res = ldap
-            .search(dn, Scope::Base, "(objectClass=*)", attrs)
-            .await
-            .map_err(|e| ldap_error(&format!("reading back {dn}"), e))?;
-        if res.1.rc != 0 {
-            return Ok(None);
-        }
-        let Some(entry) = res.0.into_iter().next() else {
+        let (res, entry) = self
+            .read_entry(dn, attrs, &format!("reading back {dn}"))
+            .await?;
+        let Some(mut e) = entry.filter(|_| res.rc == 0) else {
             return Ok(None);
         };
-        let mut e = SearchEntry::construct(entry);
-        if e.attrs.keys().any(|k| ad::parse_range(k).is_some()) {
-            self.complete_ranges(&mut e).await?;
-        }
+        self.complete_ranges(&mut e).await?;
         Ok(self.object(&e))
     }
 
@@ -1196,13 +1202,15 @@ impl AdConnector {
         let dn = match self.wanted_dn(change) {
             Some(Ok(d)) => d,
             Some(Err(e)) => return Ok(Err(("".into(), e))),
-            None => return Ok(Err((
-                "".into(),
-                format!(
+            None => {
+                return Ok(Err((
+                    "".into(),
+                    format!(
                     "no dn_template for {} in the connector's config: cannot place a new object",
                     change.object_type
                 ),
-            ))),
+                )))
+            }
         };
         let Some(classes) = ad::object_classes(&change.object_type) else {
             return Ok(Err((
@@ -1432,26 +1440,17 @@ impl AdConnector {
         dn: &Dn,
         disable: bool,
     ) -> Result<Result<Option<Mod<Vec<u8>>>, (String, String)>, ConnectorError> {
-        let mut ldap = self.ldap().await?;
-        let ldap3::SearchResult(entries, res) = ldap
-            .search(
-                &dn.canonical(),
-                Scope::Base,
-                "(objectClass=*)",
-                vec!["userAccountControl"],
-            )
-            .await
-            .map_err(|e| ldap_error(&format!("reading userAccountControl of {dn}"), e))?;
+        let what = format!("reading userAccountControl of {dn}");
+        let (res, entry) = self
+            .read_entry(&dn.canonical(), vec!["userAccountControl".into()], &what)
+            .await?;
         if res.rc != 0 {
             return Ok(Err((
                 res.rc.to_string(),
                 format!("reading userAccountControl of {dn}: {}", describe(&res)),
             )));
         }
-        let uac = entries
-            .into_iter()
-            .next()
-            .map(SearchEntry::construct)
+        let uac = entry
             .and_then(|e| {
                 text_values(&e, "userAccountControl")
                     .first()
@@ -1514,21 +1513,9 @@ impl AdConnector {
 
     /// The schema partition's classes and attributes for the connector's object types.
     async fn schema(&mut self) -> Result<Schema, ConnectorError> {
-        let mut ldap = self.ldap().await?;
-        let (entries, _) = ldap
-            .search(
-                "",
-                Scope::Base,
-                "(objectClass=*)",
-                vec!["schemaNamingContext"],
-            )
-            .await
-            .and_then(|r| r.success())
-            .map_err(|e| ldap_error("reading the rootDSE", e))?;
-        let schema_nc = entries
-            .into_iter()
-            .next()
-            .map(SearchEntry::construct)
+        let schema_nc = self
+            .must_read_entry("", &["schemaNamingContext"], "reading the rootDSE")
+            .await?
             .and_then(|e| text_values(&e, "schemaNamingContext").into_iter().next())
             .and_then(|s| Dn::parse(&s).ok())
             .ok_or_else(|| ConnectorError::data("the rootDSE names no schemaNamingContext"))?;
@@ -1718,12 +1705,8 @@ impl IdentityConnector for AdConnector {
         sink: &'a mut dyn ImportSink,
     ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
         Box::pin(async move {
-            let p = self.import(None, sink).await?;
-            Ok(ImportEnd {
-                watermark: Some(Watermark(p.to_json())),
-                forced_full: false,
-                note: None,
-            })
+            let position = self.position().await?;
+            self.import(position, None, None, sink).await
         })
     }
 
@@ -1735,22 +1718,9 @@ impl IdentityConnector for AdConnector {
         Box::pin(async move {
             let now = self.position().await?;
             match ad::delta_start(&from.0, &now) {
-                DeltaStart::From(usn) => {
-                    let p = self.import(Some(usn), sink).await?;
-                    Ok(ImportEnd {
-                        watermark: Some(Watermark(p.to_json())),
-                        forced_full: false,
-                        note: None,
-                    })
-                }
-                DeltaStart::Full(reason) => {
-                    let p = self.import(None, sink).await?;
-                    Ok(ImportEnd {
-                        watermark: Some(Watermark(p.to_json())),
-                        forced_full: true,
-                        note: Some(reason),
-                    })
-                }
+                DeltaStart::From(usn) => self.import(now, Some(usn), None, sink).await,
+                // A full import in place of the delta: forced, and the run says why.
+                DeltaStart::Full(reason) => self.import(now, None, Some(reason), sink).await,
             }
         })
     }

@@ -219,40 +219,39 @@ SELECT mesh.create_connector('AD', 'active_directory',
        secret => pg_read_file(:'secret_file'));
 SQL
     }
-    median() { sort -n | sed -n 2p; }
-    # Medians of three (a first ldapsearch warms the DC's cache).
-    local ldap_ms first_ms again_ms times=()
+    # Rounds of ldapsearch, first import, re-import, interleaved so that a slow spell of the
+    # machine or the DC hits all three alike; medians over the rounds (a first ldapsearch
+    # warms the DC's cache).
+    local ldap_ms first_ms again_ms ldap_times=() first_times=() again_times=() rounds=${BENCH_AD_ROUNDS:-5} i
     # The raw read: the same users, paged 1000 over ldaps, the attributes given, to /dev/null.
     paged_ldapsearch() {
       LDAPTLS_CACERT="$IDMESH_AD_CA" ldapsearch -x -H ldaps://127.0.0.1 -D "$IDMESH_AD_SVC_DN" -w "$IDMESH_AD_SVC_PASSWORD" \
         -E pr=1000/noprompt -b "$ou" "(&(&(objectCategory=person)(objectClass=user))$filter)" "$@" > /dev/null
     }
-    paged_ldapsearch 1.1
-    for _ in 1 2 3; do
-      t0=$(date +%s%N)
-      paged_ldapsearch objectGUID objectClass "${attrs[@]}"
-      t1=$(date +%s%N); times+=($(( (t1 - t0) / 1000000 )))
-    done
-    ldap_ms=$(printf '%s\n' "${times[@]}" | median)
-    # First imports (into an empty connector space), the first one sampled for memory.
-    times=()
-    for i in 1 2 3; do
-      make_connector
-      [ "$i" = 1 ] && { sample_memory "$app" "$memfile" & }
+    import_ms() {
+      local t0 t1
       t0=$(date +%s%N)
       PGAPPNAME=$app "${PSQL[@]}" -q -d "$db" -c "SELECT mesh.run('AD', 'full_import')" >/dev/null
-      t1=$(date +%s%N); times+=($(( (t1 - t0) / 1000000 )))
-      wait
-    done
-    first_ms=$(printf '%s\n' "${times[@]}" | median)
-    # Re-imports: everything is found unchanged.
-    times=()
-    for _ in 1 2 3; do
+      t1=$(date +%s%N); echo $(( (t1 - t0) / 1000000 ))
+    }
+    paged_ldapsearch 1.1
+    for i in $(seq 1 "$rounds"); do
       t0=$(date +%s%N)
-      "${PSQL[@]}" -q -d "$db" -c "SELECT mesh.run('AD', 'full_import')" >/dev/null
-      t1=$(date +%s%N); times+=($(( (t1 - t0) / 1000000 )))
+      paged_ldapsearch objectGUID objectClass "${attrs[@]}"
+      t1=$(date +%s%N); ldap_times+=($(( (t1 - t0) / 1000000 )))
+      # A first import, into an empty connector space; the first one sampled for memory.
+      make_connector
+      [ "$i" = 1 ] && { sample_memory "$app" "$memfile" & }
+      first_times+=("$(import_ms)")
+      wait
+      # A re-import: everything is found unchanged.
+      again_times+=("$(import_ms)")
     done
-    again_ms=$(printf '%s\n' "${times[@]}" | median)
+    median() { sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+    ldap_ms=$(printf '%s\n' "${ldap_times[@]}" | median)
+    first_ms=$(printf '%s\n' "${first_times[@]}" | median)
+    again_ms=$(printf '%s\n' "${again_times[@]}" | median)
+    echo "  per round (ms): ldapsearch ${ldap_times[*]}; first import ${first_times[*]}; re-import ${again_times[*]}"
     got=$("${PSQL[@]}" -d "$db" -Atc "SELECT count(*) FROM mesh.connector_object WHERE NOT deleted")
     ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a / (b > 0 ? b : 1)}'; }
     printf 'users %d (%d imported): ldapsearch %d ms; first import %d ms (ratio %s); re-import %d ms (ratio %s); peak backend private memory %d MiB\n' \
@@ -265,7 +264,8 @@ SQL
 }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r); PostgreSQL $("${PSQL[@]}" -d postgres -Atc 'SHOW server_version')"
-one_run "$N"
-one_run $(( N / 10 ))
-sql_part "${BENCH_SQL_ROWS:-100000}"
-ad_part "${BENCH_AD_USERS:-10000}"
+# BENCH_PARTS picks parts (sync, sql, ad) for a quicker look at one of them; all by default.
+part() { [[ " ${BENCH_PARTS:-sync sql ad} " == *" $1 "* ]]; }
+if part sync; then one_run "$N"; one_run $(( N / 10 )); fi
+if part sql; then sql_part "${BENCH_SQL_ROWS:-100000}"; fi
+if part ad; then ad_part "${BENCH_AD_USERS:-10000}"; fi

@@ -115,6 +115,40 @@ fn misbehaving_connector_programs_fail_cleanly() {
     assert_eq!(int("SELECT 1::bigint"), 1);
 }
 
+/// Test 2b: a session merges each batch as it arrives; an anchor that comes again in a
+/// later batch still fails the whole run (23505), and nothing of it stays: no connector
+/// objects, no watermark. A good run afterwards counts each batch's objects once.
+#[pg_test]
+fn an_anchor_repeated_in_a_later_batch_fails_the_run_and_leaves_nothing() {
+    let dir = connector_dir("batches");
+    let hello = r#"read line; echo '{"type":"hello","protocol":1,"name":"batches","capabilities":[]}'; read line"#;
+    let batch = |anchors: &[&str]| {
+        let objects: Vec<String> = anchors
+            .iter()
+            .map(|a| format!(r#"{{"anchor":"{a}","name":null,"object_type":"person","attributes":{{"id":"{a}"}}}}"#))
+            .collect();
+        format!(r#"echo '{{"type":"objects","objects":[{}]}}'"#, objects.join(","))
+    };
+    let end = r#"echo '{"type":"end","watermark":{"at":1}}'"#;
+    script(&dir, "repeats", &format!("{hello}\n{}\n{}\n{end}", batch(&["1", "2"]), batch(&["3", "1"])));
+    script(&dir, "distinct", &format!("{hello}\n{}\n{}\n{end}", batch(&["1", "2"]), batch(&["3", "4"])));
+    for name in ["repeats", "distinct"] {
+        run(&format!(r#"SELECT mesh.create_connector('{name}', 'process', '{{"program": "{name}"}}')"#));
+    }
+    let o = outcome("SELECT mesh.run('repeats', 'full_import')");
+    assert!(o.starts_with("23505") && o.contains(r#"anchor "1" more than once"#), "{o}");
+    assert_eq!(int("SELECT count(*) FROM mesh.connector_object"), 0, "batch 1 was merged, and rolled back");
+    assert_eq!(int("SELECT count(*) FROM mesh.watermark"), 0);
+    assert_eq!(int("SELECT count(*) FROM mesh.staging"), 0);
+
+    let good = js("SELECT to_jsonb(r) FROM mesh.run('distinct', 'full_import') r");
+    assert_eq!(good["added"], json!(4), "{good}");
+    assert_eq!(good["unchanged"], json!(0), "{good}");
+    let again = js("SELECT to_jsonb(r) FROM mesh.run('distinct', 'full_import') r");
+    assert_eq!((again["added"].clone(), again["unchanged"].clone()), (json!(0), json!(4)), "{again}");
+    assert_eq!(int("SELECT count(*) FROM mesh.connector_object WHERE NOT deleted"), 4);
+}
+
 /// Test 3: a program path outside the allowed directory is refused; so is any program when
 /// no directory is set.
 #[pg_test]

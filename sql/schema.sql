@@ -67,12 +67,14 @@ CREATE INDEX mesh_object_deleted_idx ON mesh.mesh_object (id) WHERE deleted;
 CREATE INDEX mesh_object_delete_at_idx ON mesh.mesh_object (delete_at) WHERE delete_at IS NOT NULL AND NOT deleted;
 
 -- The connector space: the engine's last-known copy of each object in each system.
+-- Anchors and name keys are compared for equality only: byte order ("C") makes each index
+-- entry a memcmp instead of a locale comparison (a third of an import's merge time).
 CREATE TABLE mesh.connector_object (
     connector_id integer NOT NULL,
-    anchor       text NOT NULL,          -- immutable identity (objectGUID, key columns)
+    anchor       text COLLATE "C" NOT NULL, -- immutable identity (objectGUID, key columns)
     object_type  text NOT NULL,
     name         text NOT NULL,          -- DN or external name (may change: rename)
-    name_key     text NOT NULL,          -- normalized name, for reference lookups
+    name_key     text COLLATE "C" NOT NULL, -- normalized name, for reference lookups
     attrs        jsonb NOT NULL,
     hash         text NOT NULL,          -- md5 of attrs: unchanged re-reads are recognized
     deleted      boolean NOT NULL DEFAULT false,
@@ -85,7 +87,9 @@ CREATE TABLE mesh.connector_object (
     PRIMARY KEY (connector_id, anchor)
 );
 CREATE INDEX connector_object_change_idx ON mesh.connector_object (change_seq);
-CREATE INDEX connector_object_name_idx ON mesh.connector_object (connector_id, name_key);
+-- References look names up among live objects only. Partial, so that a lookup by anchor
+-- can use nothing but the primary key, however stale the statistics of a new connector.
+CREATE INDEX connector_object_name_idx ON mesh.connector_object (connector_id, name_key) WHERE NOT deleted;
 -- One object per connector per mesh object: a second one is a join error, never a merge.
 CREATE UNIQUE INDEX connector_object_mesh_idx ON mesh.connector_object (connector_id, mesh_id)
     WHERE mesh_id IS NOT NULL AND NOT deleted;
@@ -263,7 +267,8 @@ INSERT INTO mesh.sync_state DEFAULT VALUES;
 -- Import staging: one statement per batch lands here, one set-based merge moves it on.
 CREATE UNLOGGED TABLE mesh.staging (
     run_id      bigint NOT NULL,
-    anchor      text NOT NULL,
+    batch       integer NOT NULL DEFAULT 0, -- the run's batch number, for a merge per batch
+    anchor      text COLLATE "C" NOT NULL,
     name        text NOT NULL,
     object_type text NOT NULL,
     attrs       jsonb NOT NULL,
@@ -272,9 +277,9 @@ CREATE UNLOGGED TABLE mesh.staging (
     -- computed while staging, batch by batch (while the source prepares the next batch),
     -- so the merge at the end of the run does not
     hash        text NOT NULL,
-    name_key    text NOT NULL
+    name_key    text COLLATE "C" NOT NULL
 );
-CREATE INDEX staging_run_idx ON mesh.staging (run_id, anchor);
+CREATE INDEX staging_run_idx ON mesh.staging (run_id, batch, anchor);
 
 -- pg_dump keeps the configuration and the sync state (extension tables are skipped otherwise).
 SELECT pg_catalog.pg_extension_config_dump('mesh.object_type', 'WHERE name NOT IN (''person'', ''group'', ''contact'')');

@@ -557,19 +557,34 @@ fn postgres_schema_discovery_and_checked_flows() {
     let mut c = fresh_database_with_own_key("idmesh_it_pg_schema");
     connector(&mut c, "HR Database", hr_config());
     let cols: Vec<(String, String)> = c
-        .query("SELECT attribute, syntax FROM mesh.discover_schema('HR Database') ORDER BY attribute", &[])
+        .query(
+            "SELECT attribute, syntax FROM mesh.discover_schema('HR Database') ORDER BY attribute",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    for (name, ty) in [("employee_id", "int4"), ("salary", "numeric"), ("badge", "uuid"), ("modified_at", "timestamptz"), ("active", "bool")] {
-        assert!(cols.contains(&(name.to_string(), ty.to_string())), "{name} {ty} in {cols:?}");
+    for (name, ty) in [
+        ("employee_id", "int4"),
+        ("salary", "numeric"),
+        ("badge", "uuid"),
+        ("modified_at", "timestamptz"),
+        ("active", "bool"),
+    ] {
+        assert!(
+            cols.contains(&(name.to_string(), ty.to_string())),
+            "{name} {ty} in {cols:?}"
+        );
     }
     let err = c
-        .batch_execute("SELECT mesh.add_import_flow('HR Database', 'person', 'salry', 'salary', 50)")
+        .batch_execute(
+            "SELECT mesh.add_import_flow('HR Database', 'person', 'salry', 'salary', 50)",
+        )
         .unwrap_err();
     let db = err.as_db_error().unwrap();
     assert_eq!(db.code().code(), "42703");
     assert!(db.hint().unwrap_or("").contains("salary"), "{db:?}");
-    c.batch_execute("SELECT mesh.add_import_flow('HR Database', 'person', 'salary', 'salary', 50)").unwrap();
+    c.batch_execute("SELECT mesh.add_import_flow('HR Database', 'person', 'salary', 'salary', 50)")
+        .unwrap();
 }

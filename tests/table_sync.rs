@@ -301,13 +301,20 @@ fn gone_source_is_recalled_at_once_despite_a_grace_period() {
             .unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
-    assert_eq!(title(&mut c), (Some("HR title".into()), Some("+1 555 0001".into()), false));
-    c.batch_execute("DELETE FROM hr WHERE id = 1; SELECT * FROM mesh.cycle();").unwrap();
+    assert_eq!(
+        title(&mut c),
+        (Some("HR title".into()), Some("+1 555 0001".into()), false)
+    );
+    c.batch_execute("DELETE FROM hr WHERE id = 1; SELECT * FROM mesh.cycle();")
+        .unwrap();
     // HR's values are recalled now: the badge system's title wins, HR's phone is gone; the
     // object itself waits out the day.
     assert_eq!(title(&mut c), (Some("Badge title".into()), None, true));
     assert_eq!(
-        sqlstate_of(&mut c, "SELECT mesh.set_deletion_rule('person', 'sometimes')"),
+        sqlstate_of(
+            &mut c,
+            "SELECT mesh.set_deletion_rule('person', 'sometimes')"
+        ),
         "22023"
     );
     assert_eq!(
@@ -322,7 +329,10 @@ fn gone_source_is_recalled_at_once_despite_a_grace_period() {
     )
     .unwrap();
     let n: i64 = c
-        .query_one("SELECT count(*) FROM mesh.objects WHERE attrs->>'employee_id' = '2' AND NOT deleted", &[])
+        .query_one(
+            "SELECT count(*) FROM mesh.objects WHERE attrs->>'employee_id' = '2' AND NOT deleted",
+            &[],
+        )
         .unwrap()
         .get(0);
     assert_eq!(n, 0);
@@ -350,5 +360,12 @@ fn multi_valued_values_compare_as_sets() {
     assert_eq!(same, serde_json::json!({}));
     assert_eq!(changed, serde_json::json!({"member": ["b", "c"]}));
     assert_eq!(added, serde_json::json!({"member": ["a"]}));
-    assert_eq!((row.get::<_, bool>(3), row.get::<_, bool>(4), row.get::<_, bool>(5)), (true, false, false));
+    assert_eq!(
+        (
+            row.get::<_, bool>(3),
+            row.get::<_, bool>(4),
+            row.get::<_, bool>(5)
+        ),
+        (true, false, false)
+    );
 }

@@ -219,6 +219,50 @@ fn followed_by_paren(b: &[u8], mut i: usize) -> bool {
     b.get(i) == Some(&b'(')
 }
 
+/// The query that stages rows arriving as JSON object texts (`$1`, a text array): for each
+/// row its anchor (the anchor columns' texts, joined by U+001F when there are several;
+/// NULL when one is missing), name, soft-delete flag and the row itself as `attrs`. The
+/// texts are what `->>` gives, so an anchor reads the same as from the in-database kind.
+pub fn json_rows_select(
+    anchor: &[String],
+    name_column: Option<&str>,
+    soft_delete_column: Option<&str>,
+) -> String {
+    let field = |c: &str| format!("r->>{}", literal(c));
+    let anchor_sql = if anchor.len() == 1 {
+        field(&anchor[0])
+    } else {
+        let missing: Vec<String> = anchor
+            .iter()
+            .map(|a| format!("{} IS NULL", field(a)))
+            .collect();
+        let parts: Vec<String> = anchor.iter().map(|a| field(a)).collect();
+        format!(
+            "CASE WHEN {} THEN NULL ELSE concat_ws(E'\\x1f', {}) END",
+            missing.join(" OR "),
+            parts.join(", ")
+        )
+    };
+    let name = match name_column {
+        Some(n) => format!("coalesce({}, {anchor_sql})", field(n)),
+        None => anchor_sql.clone(),
+    };
+    // true / false for a boolean column; any other value set means deleted.
+    let deleted = match soft_delete_column {
+        Some(c) => {
+            let v = format!("r->{}", literal(c));
+            format!(
+                "coalesce(CASE jsonb_typeof({v}) WHEN 'boolean' THEN ({v})::boolean WHEN 'null' THEN false ELSE true END, false)"
+            )
+        }
+        None => "false".to_string(),
+    };
+    format!(
+        "SELECT {anchor_sql} AS anchor, {name} AS name, {deleted} AS deleted, r AS attrs \
+         FROM (SELECT t::jsonb AS r FROM unnest($1::text[]) AS t) j"
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -272,5 +316,21 @@ mod tests {
                 column: "givenname".into()
             }]
         );
+    }
+
+    #[test]
+    fn json_rows_select_reads_anchor_name_and_soft_delete_from_the_row() {
+        let one = json_rows_select(&["id".into()], None, None);
+        assert!(one.starts_with(
+            "SELECT r->>'id' AS anchor, r->>'id' AS name, false AS deleted, r AS attrs"
+        ));
+        assert!(one.contains("unnest($1::text[])"));
+        let two = json_rows_select(&["org".into(), "emp".into()], Some("login"), Some("gone"));
+        assert!(two.contains("CASE WHEN r->>'org' IS NULL OR r->>'emp' IS NULL THEN NULL ELSE concat_ws(E'\\x1f', r->>'org', r->>'emp') END AS anchor"));
+        assert!(two.contains("coalesce(r->>'login', CASE"));
+        assert!(two.contains("jsonb_typeof(r->'gone') WHEN 'boolean' THEN (r->'gone')::boolean"));
+        // a column name is a literal key, never SQL
+        let odd = json_rows_select(&["a'); DROP TABLE x; --".into()], None, None);
+        assert!(odd.starts_with("SELECT r->>'a''); DROP TABLE x; --' AS anchor"));
     }
 }

@@ -114,6 +114,19 @@ pub trait ImportSink {
     ) -> Option<Result<u64, ConnectorError>> {
         None
     }
+    /// For SQL sources whose rows arrive as JSON object texts: stage one batch of them with
+    /// `select`, a query over `$1` (the texts as a text array) giving `anchor, name,
+    /// deleted, attrs`, without parsing them on the way. Takes the rows and returns the
+    /// number staged, or None (rows left in place) when this sink cannot: then parse them
+    /// and send batches.
+    fn stage_json_rows(
+        &mut self,
+        _rows: &mut Vec<String>,
+        _select: &str,
+        _object_type: &str,
+    ) -> Option<Result<u64, ConnectorError>> {
+        None
+    }
 }
 
 /// How an import ended.

@@ -93,7 +93,11 @@ fn known_attributes(c: &Connector, object_type: &str) -> Option<Vec<String>> {
         &[c.id.into(), object_type.into()],
     );
     match found.as_array() {
-        Some(a) => Some(a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect()),
+        Some(a) => Some(
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect(),
+        ),
         None => connectors::import_attributes(&c.kind, &c.config),
     }
 }
@@ -145,7 +149,10 @@ fn index_mesh_attribute(attr: &str) {
 /// A GIN index on a reference attribute: finding the objects that refer to a changed one
 /// (`attrs->'manager' @> '42'`, also inside arrays of members) is an index probe.
 fn index_reference_attribute(attr: &str) {
-    let name: String = format!("mesh_object_ref_{}", attr.to_lowercase()).chars().take(60).collect();
+    let name: String = format!("mesh_object_ref_{}", attr.to_lowercase())
+        .chars()
+        .take(60)
+        .collect();
     store::exec(
         &format!(
             "CREATE INDEX IF NOT EXISTS {} ON mesh.mesh_object USING gin ((attrs->{}) jsonb_path_ops)",

@@ -273,7 +273,9 @@ impl PostgresConnector {
             }
             None => None,
         };
-        let sql = format!("SELECT to_jsonb(q) FROM ({query}) q");
+        // Rows travel as JSON texts (to_json renders every type in its own faithful form, at
+        // twice the speed of to_jsonb) and are staged as they are, without parsing them here.
+        let sql = format!("SELECT to_json(q)::text FROM ({query}) q");
         let client = self.client().await?;
         let stream = client
             .query_raw(&sql, params.iter().copied())
@@ -281,17 +283,42 @@ impl PostgresConnector {
             .map_err(|e| connection_error("the import_query failed", e))?;
         futures_util::pin_mut!(stream);
         let shape = self.shape();
-        let mut batch = Vec::with_capacity(BATCH);
+        let select = idmesh_core::sql::json_rows_select(
+            &shape.anchor,
+            shape.name_column.as_deref(),
+            shape.soft_delete_column.as_deref(),
+        );
+        let mut batch: Vec<String> = Vec::with_capacity(BATCH);
+        let mut stage = |mut rows: Vec<String>| -> Result<(), ConnectorError> {
+            if rows.is_empty() {
+                return Ok(());
+            }
+            match sink.stage_json_rows(&mut rows, &select, &shape.object_type) {
+                Some(staged) => staged.map(|_| ()),
+                None => {
+                    // A sink that takes objects only: parse the rows here.
+                    let objects = rows
+                        .into_iter()
+                        .map(|r| {
+                            let row: Value = serde_json::from_str(&r).map_err(|e| {
+                                ConnectorError::data(format!("a row is not JSON: {e}"))
+                            })?;
+                            shape.source_object(&self.name, row)
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    sink.accept(objects)
+                }
+            }
+        };
         use futures_util::StreamExt;
         while let Some(row) = stream.next().await {
             let row = row.map_err(|e| connection_error("reading rows failed", e))?;
-            let attrs: Value = row.get(0);
-            batch.push(shape.source_object(&self.name, attrs)?);
+            batch.push(row.get(0));
             if batch.len() == BATCH {
-                sink.accept(std::mem::take(&mut batch))?;
+                stage(std::mem::take(&mut batch))?;
             }
         }
-        sink.accept(batch)?;
+        stage(batch)?;
         let watermark = match (&self.config.delta_column, high) {
             (Some(col), Some(h)) => Some(Watermark(json!({"column": col, "high": h}))),
             (Some(_), None) => from.cloned(), // nothing read: keep the position

@@ -436,7 +436,11 @@ impl IdentityConnector for TableConnector {
             source_class: self.config.source.clone(),
             attributes,
         };
-        Box::pin(async move { Ok(Schema { classes: vec![class] }) })
+        Box::pin(async move {
+            Ok(Schema {
+                classes: vec![class],
+            })
+        })
     }
 
     fn full_import<'a>(

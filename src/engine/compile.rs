@@ -186,7 +186,7 @@ pub fn rebuild_views() {
         &format!(
             "CREATE OR REPLACE VIEW mesh.contributions AS \
              SELECT u.mesh_id, u.attribute, u.value, u.confidence, u.observed_at, c.name AS connector, u.rule_id, \
-                    f.source, u.anchor, u.empty_is_value \
+                    f.source, u.anchor COLLATE \"C\" AS anchor, u.empty_is_value \
              FROM ({union}) u JOIN mesh.connector c ON c.id = u.connector_id JOIN mesh.flow_rule f ON f.id = u.rule_id"
         ),
         &[],

@@ -58,13 +58,7 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
     let rt = runtime();
     let mut counters = Counters::default();
     let mut last_id: i64 = 0;
-    let mut read_back = StagingSink {
-        run_id,
-        seen: 0,
-        total: None,
-        mesh_ids: None,
-        checkpoints: false,
-    };
+    let mut read_back = StagingSink::new(run_id, false, None);
     loop {
         let more = store::in_batch_context(|| {
             let batch = store::json(

@@ -1,6 +1,7 @@
 //! The import driver: the connector streams batches; each batch is staged with one
-//! statement; one set-based merge classifies added / updated / renamed / deleted /
-//! unchanged; the watermark moves only when the whole run succeeded.
+//! statement; a set-based merge classifies added / updated / renamed / deleted /
+//! unchanged (batch by batch in a session, once at the end in a background worker); the
+//! watermark moves only when the whole run succeeded.
 
 use super::{finish_run, start_run, Connector, Counters};
 use crate::connectors;
@@ -20,6 +21,57 @@ pub struct StagingSink {
     pub checkpoints: bool,
     /// Mesh object each staged object belongs to (export read-back), by position.
     pub mesh_ids: Option<Vec<i64>>,
+    /// Merge each batch of objects as it is staged, into this connector's space, while the
+    /// source prepares the next page (a directory makes the engine wait for each): only
+    /// where the run is one transaction (a session), so a failure still leaves nothing
+    /// behind. Rows staged by query or as JSON texts come as fast as they are taken and
+    /// merge at the end, in one statement, which costs less than many.
+    pub merge_into: Option<i32>,
+    /// Whether staged rows wait for the merge at the end.
+    pub unmerged: bool,
+    /// Batches staged so far, and what their merges counted.
+    pub batches: i32,
+    pub merged: Counters,
+}
+
+impl StagingSink {
+    pub fn new(run_id: i64, checkpoints: bool, merge_into: Option<i32>) -> Self {
+        StagingSink {
+            run_id,
+            seen: 0,
+            total: None,
+            checkpoints,
+            mesh_ids: None,
+            merge_into,
+            unmerged: false,
+            batches: 0,
+            merged: Counters::default(),
+        }
+    }
+
+    /// The next batch number.
+    fn next_batch(&mut self) -> i32 {
+        self.batches += 1;
+        self.batches
+    }
+
+    /// Merges one staged batch into the connector space (per-batch merging only).
+    fn merge_batch(&mut self, batch: i32) {
+        let Some(connector_id) = self.merge_into else {
+            self.unmerged = true;
+            return;
+        };
+        let m = store::json(
+            "SELECT to_jsonb(m) FROM mesh._merge_batch($1, $2, $3) m",
+            &[self.run_id.into(), connector_id.into(), batch.into()],
+        );
+        let c = counters_of(&m);
+        self.merged.added += c.added;
+        self.merged.updated += c.updated;
+        self.merged.renamed += c.renamed;
+        self.merged.deleted += c.deleted;
+        self.merged.unchanged += c.unchanged;
+    }
 }
 
 impl ImportSink for StagingSink {
@@ -52,21 +104,19 @@ impl ImportSink for StagingSink {
             )));
         }
         self.seen += rows.len() as u64;
+        let batch = self.next_batch();
         // The batch's datum lives in a context of its own, freed with the batch: memory stays
         // flat however many batches an import has.
         store::in_batch_context(|| {
             store::exec(
-                "INSERT INTO mesh.staging (run_id, anchor, name, object_type, attrs, deleted, mesh_id, hash, name_key) \
-                 SELECT $1, x.anchor, x.name, x.object_type, x.attrs, x.deleted, x.mesh_id, md5(x.attrs::text), mesh.name_key(x.name) \
+                "INSERT INTO mesh.staging (run_id, batch, anchor, name, object_type, attrs, deleted, mesh_id, hash, name_key) \
+                 SELECT $1, $3, x.anchor, x.name, x.object_type, x.attrs, x.deleted, x.mesh_id, md5(x.attrs::text), mesh.name_key(x.name) \
                  FROM jsonb_to_recordset($2) AS x(anchor text, name text, object_type text, attrs jsonb, deleted boolean, mesh_id bigint)",
-                &[self.run_id.into(), JsonB(Value::Array(rows)).into()],
+                &[self.run_id.into(), JsonB(Value::Array(rows)).into(), batch.into()],
             )
         });
-
-        if self.checkpoints {
-            super::checkpoint(self.run_id, "reading", self.seen, self.total)?;
-        }
-        Ok(())
+        self.merge_batch(batch);
+        self.progress(self.total)
     }
 
     fn expect_total(&mut self, total: u64) {
@@ -79,29 +129,69 @@ impl ImportSink for StagingSink {
         params: &[Option<String>],
         object_type: &str,
     ) -> Option<Result<u64, ConnectorError>> {
-        let k = params.len();
+        let args: Vec<pgrx::datum::DatumWithOid> =
+            params.iter().map(|p| p.clone().into()).collect();
+        let batch = self.next_batch();
+        let staged = self.stage_select(sql, args, batch, object_type);
+        // One statement is the whole import: done when it is.
+        Some(staged.and_then(|n| self.progress(Some(self.seen)).map(|_| n)))
+    }
+
+    fn stage_json_rows(
+        &mut self,
+        rows: &mut Vec<String>,
+        select: &str,
+        object_type: &str,
+    ) -> Option<Result<u64, ConnectorError>> {
+        // The batch's array lives in a context of its own, freed with the batch.
+        let rows = std::mem::take(rows);
+        let batch = self.next_batch();
+        let staged = store::in_batch_context(|| {
+            self.stage_select(select, vec![rows.into()], batch, object_type)
+        });
+        Some(staged.and_then(|n| self.progress(self.total).map(|_| n)))
+    }
+}
+
+impl StagingSink {
+    /// Stages the rows of `sql` (columns `anchor, name, deleted, attrs`; `$1..` bound to
+    /// `args`) in one statement: hash and name key computed on the way in. OFFSET 0 keeps
+    /// the query a subquery of its own, so each row's attrs are built once, not once for
+    /// every use (to_jsonb or a JSON parse, then again for the hash).
+    fn stage_select(
+        &mut self,
+        sql: &str,
+        mut args: Vec<pgrx::datum::DatumWithOid>,
+        batch: i32,
+        object_type: &str,
+    ) -> Result<u64, ConnectorError> {
+        let k = args.len();
         let stage = format!(
-            "INSERT INTO mesh.staging (run_id, anchor, name, object_type, attrs, deleted, hash, name_key) \
-             SELECT ${}, coalesce(nullif(q.anchor, ''), mesh._missing_anchor(${})), coalesce(q.name, q.anchor), ${}, q.attrs, q.deleted, \
+            "INSERT INTO mesh.staging (run_id, batch, anchor, name, object_type, attrs, deleted, hash, name_key) \
+             SELECT ${}, ${}, coalesce(nullif(q.anchor, ''), mesh._missing_anchor(${})), coalesce(q.name, q.anchor), ${}, q.attrs, q.deleted, \
                     md5(q.attrs::text), mesh.name_key(coalesce(q.name, q.anchor)) \
-             FROM ({sql}) q",
+             FROM (SELECT * FROM ({sql}) q0 OFFSET 0) q",
             k + 1,
             k + 2,
-            k + 3
+            k + 3,
+            k + 4
         );
-        let mut args: Vec<pgrx::datum::DatumWithOid> =
-            params.iter().map(|p| p.clone().into()).collect();
+        self.unmerged = true;
         args.push(self.run_id.into());
+        args.push(batch.into());
         args.push(object_type.to_string().into());
         args.push(object_type.to_string().into());
         let n = store::exec(&stage, &args);
         self.seen += n;
+        Ok(n)
+    }
+
+    /// Each batch is a checkpoint: progress, and in a worker a commit and a cancel check.
+    fn progress(&self, total: Option<u64>) -> Result<(), ConnectorError> {
         if self.checkpoints {
-            if let Err(e) = super::checkpoint(self.run_id, "reading", self.seen, Some(self.seen)) {
-                return Some(Err(e));
-            }
+            super::checkpoint(self.run_id, "reading", self.seen, total)?;
         }
-        Some(Ok(n))
+        Ok(())
     }
 }
 
@@ -159,13 +249,10 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
         &connector.name,
         &connector.config,
     );
-    let mut sink = StagingSink {
-        run_id,
-        seen: 0,
-        total: None,
-        mesh_ids: None,
-        checkpoints: true,
-    };
+    // A session's run is one transaction: batches merge as they arrive. A worker commits
+    // between batches: it merges at the end, so a cancelled run merges nothing.
+    let per_batch = !super::in_worker();
+    let mut sink = StagingSink::new(run_id, true, per_batch.then_some(connector.id));
     let watermark = Watermark(before.clone());
     let ended = {
         let rt = runtime();
@@ -188,10 +275,20 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
         &[run_id.into()],
     );
     let merged = store::json(
-        "SELECT to_jsonb(m) FROM mesh._merge_import($1, $2, $3) m",
-        &[run_id.into(), connector.id.into(), read_everything.into()],
+        "SELECT to_jsonb(m) FROM mesh._merge_import($1, $2, $3, $4) m",
+        &[
+            run_id.into(),
+            connector.id.into(),
+            read_everything.into(),
+            (!sink.unmerged).into(),
+        ],
     );
-    let counters = counters_of(&merged);
+    let mut counters = counters_of(&merged);
+    counters.added += sink.merged.added;
+    counters.updated += sink.merged.updated;
+    counters.renamed += sink.merged.renamed;
+    counters.deleted += sink.merged.deleted;
+    counters.unchanged += sink.merged.unchanged;
     let after = match &end.watermark {
         Some(w) => {
             store::exec(

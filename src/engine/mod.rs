@@ -100,6 +100,10 @@ pub fn running_in_worker() {
     IN_WORKER.store(true, Ordering::Relaxed);
 }
 
+pub fn in_worker() -> bool {
+    IN_WORKER.load(Ordering::Relaxed)
+}
+
 /// A batch boundary: records the run's progress; in a background worker also commits what
 /// the run did so far (progress is durable and visible), starts a new transaction, and
 /// honours a cancel request. In a session everything stays in the caller's transaction.
@@ -113,7 +117,7 @@ pub fn checkpoint(
         "UPDATE mesh.run SET phase = $2, seen = $3, total = coalesce($4, total), progress_at = clock_timestamp() WHERE id = $1",
         &[run_id.into(), phase.into(), (seen as i64).into(), total.map(|t| t as i64).into()],
     );
-    if !IN_WORKER.load(Ordering::Relaxed) {
+    if !in_worker() {
         return Ok(());
     }
     if pgrx::bgworkers::BackgroundWorker::sigterm_received() {

@@ -279,7 +279,8 @@ CREATE UNLOGGED TABLE mesh.staging (
     hash        text NOT NULL,
     name_key    text COLLATE "C" NOT NULL
 );
-CREATE INDEX staging_run_idx ON mesh.staging (run_id, batch, anchor);
+CREATE INDEX staging_run_idx ON mesh.staging (run_id, anchor);
+CREATE INDEX staging_batch_idx ON mesh.staging (run_id, batch);
 
 -- pg_dump keeps the configuration and the sync state (extension tables are skipped otherwise).
 SELECT pg_catalog.pg_extension_config_dump('mesh.object_type', 'WHERE name NOT IN (''person'', ''group'', ''contact'')');

@@ -169,11 +169,13 @@ BEGIN
             PERFORM mesh._duplicate_anchor(bad);
         END IF;
         added := 0; updated := 0; renamed := 0; deleted := 0; unchanged := 0;
-        -- The batches changed the connector space: plan what follows for its new size.
-        PERFORM mesh._analyze_if('mesh.connector_object', (SELECT count(*) FROM mesh.staging s WHERE s.run_id = p_run));
+        n := (SELECT count(*) FROM mesh.staging s WHERE s.run_id = p_run);
     ELSE
         SELECT * INTO added, updated, renamed, deleted, unchanged FROM mesh._merge_rows(p_run, p_connector, NULL);
+        n := added + updated + deleted;
     END IF;
+    -- Plan what follows (the full import's difference, the next sync) for the new size.
+    PERFORM mesh._analyze_if('mesh.connector_object', n);
 
     IF p_full THEN
         -- Everything the source no longer returns is gone.
@@ -183,6 +185,7 @@ BEGIN
            AND NOT EXISTS (SELECT 1 FROM mesh.staging s WHERE s.run_id = p_run AND s.anchor = c.anchor);
         GET DIAGNOSTICS n = ROW_COUNT;
         deleted := deleted + n;
+        PERFORM mesh._analyze_if('mesh.connector_object', n);
     END IF;
 
     -- Exports this import shows as done are confirmed.
@@ -195,7 +198,6 @@ BEGIN
     GET DIAGNOSTICS confirmed = ROW_COUNT;
 
     DELETE FROM mesh.staging s WHERE s.run_id = p_run;
-    PERFORM mesh._analyze_if('mesh.connector_object', added + updated + deleted);
 END $$;
 
 -- A multi-valued attribute's values as one text, order-insensitive (a directory returns a

@@ -264,8 +264,18 @@ SQL
 }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r); PostgreSQL $("${PSQL[@]}" -d postgres -Atc 'SHOW server_version')"
+# Before each part: dirty buffers written and autovacuum done with what the last part left,
+# so a part is not timed against the cleanup of the one before.
+settle() {
+  "${PSQL[@]}" -q -d postgres -c "CHECKPOINT"
+  for _ in $(seq 1 120); do
+    [ "$("${PSQL[@]}" -d postgres -Atc "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'")" = 0 ] && break
+    sleep 0.5
+  done
+}
+
 # BENCH_PARTS picks parts (sync, sql, ad) for a quicker look at one of them; all by default.
 part() { [[ " ${BENCH_PARTS:-sync sql ad} " == *" $1 "* ]]; }
-if part sync; then one_run "$N"; one_run $(( N / 10 )); fi
-if part sql; then sql_part "${BENCH_SQL_ROWS:-100000}"; fi
-if part ad; then ad_part "${BENCH_AD_USERS:-10000}"; fi
+if part sync; then settle; one_run "$N"; settle; one_run $(( N / 10 )); fi
+if part sql; then settle; sql_part "${BENCH_SQL_ROWS:-100000}"; fi
+if part ad; then settle; ad_part "${BENCH_AD_USERS:-10000}"; fi

@@ -101,8 +101,10 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
             let mut outcomes = Vec::with_capacity(results.len());
             let mut staged: Vec<SourceObject> = Vec::new();
             let mut staged_ids: Vec<i64> = Vec::new();
+            let by_mesh_id: std::collections::HashMap<i64, &ExportChange> =
+                changes.iter().map(|c| (c.mesh_id, c)).collect();
             for res in results {
-                let Some(change) = changes.iter().find(|c| c.mesh_id == res.mesh_id) else {
+                let Some(change) = by_mesh_id.get(&res.mesh_id) else {
                     continue;
                 };
                 match &res.error {

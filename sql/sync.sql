@@ -555,6 +555,7 @@ BEGIN
                 WHEN d.mesh_deleted OR (d.provision AND NOT d.in_scope) THEN
                     CASE d.deprovision WHEN 'delete' THEN 'delete' WHEN 'disable' THEN 'disable' ELSE 'disconnect' END
                 ELSE 'update' END AS op) x
+            OFFSET 0  -- each row's changes computed once (flattened: for the filter and again for the insert)
         ) y
         WHERE y.op IN ('add', 'delete', 'disable', 'disconnect') OR y.changes <> '{}'
            OR EXISTS (SELECT 1 FROM mesh.pending_export pe WHERE pe.connector_id = y.connector_id AND pe.mesh_id = y.mesh_id)

@@ -236,7 +236,9 @@ fn connector_joins(flows: &[&ImportFlow], mesh_alias: &str) -> String {
 }
 
 /// Recomputes the attributes of the mesh objects of one type from the connector objects
-/// joined to them; updates only objects whose attributes change.
+/// joined to them; updates only objects whose attributes change. OFFSET 0 keeps `r` a
+/// subquery of its own: flattened, each object's attributes would be resolved twice (for
+/// the comparison and again for the SET).
 pub fn resolution_sql(object_type: &str, flows: &[ImportFlow], scope: Scope) -> String {
     let flows: Vec<&ImportFlow> = flows
         .iter()
@@ -257,7 +259,7 @@ pub fn resolution_sql(object_type: &str, flows: &[ImportFlow], scope: Scope) -> 
         "UPDATE mesh.mesh_object m SET attrs = r.attrs, updated_at = now()\nFROM (\n\
          SELECT o.id, jsonb_strip_nulls({}) AS attrs\n\
          FROM mesh.mesh_object o\n{}{}\
-         WHERE o.object_type = {} AND NOT o.deleted\n) r\n\
+         WHERE o.object_type = {} AND NOT o.deleted\nOFFSET 0\n) r\n\
          WHERE m.id = r.id AND m.attrs IS DISTINCT FROM r.attrs",
         build_object(&pairs),
         affected_join(scope, "o"),
@@ -537,6 +539,10 @@ mod tests {
         assert!(sql.contains("LEFT JOIN mesh.connector_object c2 ON c2.connector_id = 2"));
         assert!(sql.contains("x1.v3"), "{sql}");
         assert!(sql.contains("m.attrs IS DISTINCT FROM r.attrs"));
+        assert!(
+            sql.contains("OFFSET 0\n) r"),
+            "resolved once per object: {sql}"
+        );
         let full = resolution_sql("person", &flows, Scope::All);
         assert!(!full.contains("_mesh_affected"));
     }

@@ -12,8 +12,12 @@ use serde_json::{json, Value};
 
 const BATCH: i64 = 1000;
 
-fn attrs(v: &Value) -> Attributes {
-    v.as_object().cloned().unwrap_or_default()
+/// An object field of a pending export's row, taken out of it (no copy).
+fn take_attrs(v: &mut Value) -> Attributes {
+    match v.take() {
+        Value::Object(m) => m,
+        _ => Attributes::default(),
+    }
 }
 
 pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) -> i64 {
@@ -72,7 +76,9 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
              LEFT JOIN mesh.connector_object c ON c.connector_id = pe.connector_id AND c.anchor = pe.anchor",
             &[connector.id.into(), last_id.into(), BATCH.into()],
         );
-            let rows = batch.as_array().cloned().unwrap_or_default();
+            let Value::Array(mut rows) = batch else {
+                return false;
+            };
             if rows.is_empty() {
                 return false;
             }
@@ -82,7 +88,7 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
                 .max()
                 .unwrap_or(last_id);
             let changes: Vec<ExportChange> = rows
-                .iter()
+                .iter_mut()
                 .filter_map(|r| {
                     Some(ExportChange {
                         mesh_id: r["mesh_id"].as_i64()?,
@@ -90,8 +96,8 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
                         object_type: r["object_type"].as_str()?.to_string(),
                         anchor: r["anchor"].as_str().map(str::to_string),
                         name: r["name"].as_str().map(str::to_string),
-                        attributes: attrs(&r["changes"]),
-                        current: attrs(&r["current"]),
+                        attributes: take_attrs(&mut r["changes"]),
+                        current: take_attrs(&mut r["current"]),
                     })
                 })
                 .collect();

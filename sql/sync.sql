@@ -79,15 +79,11 @@ DECLARE
     -- the primary key); a whole run joins the connector space in one pass.
     lookup text := CASE WHEN p_batch IS NULL
         THEN 'LEFT JOIN mesh.connector_object c ON c.connector_id = $2 AND c.anchor = s.anchor'
-        ELSE 'LEFT JOIN LATERAL (SELECT c.* , c.ctid FROM mesh.connector_object c
+        ELSE 'LEFT JOIN LATERAL (SELECT c.*, c.ctid FROM mesh.connector_object c
                                   WHERE c.connector_id = $2 AND c.anchor = s.anchor OFFSET 0) c ON true' END;
     bad text;
 BEGIN
-    EXECUTE format('SELECT st.anchor FROM mesh.staging st WHERE st.run_id = $1 %s GROUP BY st.anchor HAVING count(*) > 1 LIMIT 1', rows)
-       INTO bad USING p_run, p_connector, p_batch;
-    IF bad IS NOT NULL THEN
-        PERFORM mesh._duplicate_anchor(bad);
-    END IF;
+    PERFORM mesh._check_anchors(p_run, p_batch);
     EXECUTE format('SELECT d.object_type FROM (SELECT DISTINCT st.object_type FROM mesh.staging st WHERE st.run_id = $1 %s) d
                      WHERE NOT EXISTS (SELECT 1 FROM mesh.object_type t WHERE t.name = d.object_type) LIMIT 1', rows)
        INTO bad USING p_run, p_connector, p_batch;
@@ -141,12 +137,19 @@ BEGIN ATOMIC
     SELECT * FROM mesh._merge_rows(p_run, p_connector, p_batch);
 END;
 
-CREATE FUNCTION mesh._duplicate_anchor(anchor text) RETURNS void
+-- An anchor staged twice, in one batch (p_batch) or anywhere in the run (NULL), fails it.
+CREATE FUNCTION mesh._check_anchors(p_run bigint, p_batch integer) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE bad text;
 BEGIN
-    RAISE EXCEPTION 'the source returned anchor "%" more than once', anchor
-        USING ERRCODE = 'unique_violation',
-              HINT = 'An anchor must identify one object; fix the source or the connector''s anchor setting. Nothing was imported.';
+    EXECUTE format('SELECT st.anchor FROM mesh.staging st WHERE st.run_id = $1 %s GROUP BY st.anchor HAVING count(*) > 1 LIMIT 1',
+                   CASE WHEN p_batch IS NULL THEN '' ELSE 'AND st.batch = $2' END)
+       INTO bad USING p_run, p_batch;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'the source returned anchor "%" more than once', bad
+            USING ERRCODE = 'unique_violation',
+                  HINT = 'An anchor must identify one object; fix the source or the connector''s anchor setting. Nothing was imported.';
+    END IF;
 END $$;
 
 -- The end of an import: merges what is not merged yet (p_merged: every batch was), marks
@@ -157,17 +160,13 @@ CREATE FUNCTION mesh._merge_import(p_run bigint, p_connector integer, p_full boo
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
-    bad text;
     n integer;
 BEGIN
     -- Statistics first: the checks below then scan the run once instead of probing it.
     PERFORM mesh._analyze_if('mesh.staging', (SELECT count(*) FROM mesh.staging s WHERE s.run_id = p_run));
     IF p_merged THEN
         -- Each batch was checked on its own; an anchor may still repeat across batches.
-        SELECT s.anchor INTO bad FROM mesh.staging s WHERE s.run_id = p_run GROUP BY s.anchor HAVING count(*) > 1 LIMIT 1;
-        IF FOUND THEN
-            PERFORM mesh._duplicate_anchor(bad);
-        END IF;
+        PERFORM mesh._check_anchors(p_run, NULL);
         added := 0; updated := 0; renamed := 0; deleted := 0; unchanged := 0;
         n := (SELECT count(*) FROM mesh.staging s WHERE s.run_id = p_run);
     ELSE

@@ -295,19 +295,9 @@ impl PostgresConnector {
             }
             match sink.stage_json_rows(&mut rows, &select, &shape.object_type) {
                 Some(staged) => staged.map(|_| ()),
-                None => {
-                    // A sink that takes objects only: parse the rows here.
-                    let objects = rows
-                        .into_iter()
-                        .map(|r| {
-                            let row: Value = serde_json::from_str(&r).map_err(|e| {
-                                ConnectorError::data(format!("a row is not JSON: {e}"))
-                            })?;
-                            shape.source_object(&self.name, row)
-                        })
-                        .collect::<Result<Vec<_>, _>>()?;
-                    sink.accept(objects)
-                }
+                None => Err(ConnectorError::config(
+                    "a postgres connector stages its rows through the engine's import",
+                )),
             }
         };
         use futures_util::StreamExt;

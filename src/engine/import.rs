@@ -65,12 +65,7 @@ impl StagingSink {
             "SELECT to_jsonb(m) FROM mesh._merge_batch($1, $2, $3) m",
             &[self.run_id.into(), connector_id.into(), batch.into()],
         );
-        let c = counters_of(&m);
-        self.merged.added += c.added;
-        self.merged.updated += c.updated;
-        self.merged.renamed += c.renamed;
-        self.merged.deleted += c.deleted;
-        self.merged.unchanged += c.unchanged;
+        self.merged += &counters_of(&m);
     }
 }
 
@@ -284,11 +279,7 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
         ],
     );
     let mut counters = counters_of(&merged);
-    counters.added += sink.merged.added;
-    counters.updated += sink.merged.updated;
-    counters.renamed += sink.merged.renamed;
-    counters.deleted += sink.merged.deleted;
-    counters.unchanged += sink.merged.unchanged;
+    counters += &sink.merged;
     let after = match &end.watermark {
         Some(w) => {
             store::exec(

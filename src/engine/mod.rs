@@ -57,6 +57,18 @@ pub struct Counters {
     pub errors: i64,
 }
 
+impl std::ops::AddAssign<&Counters> for Counters {
+    fn add_assign(&mut self, other: &Counters) {
+        self.added += other.added;
+        self.updated += other.updated;
+        self.renamed += other.renamed;
+        self.deleted += other.deleted;
+        self.unchanged += other.unchanged;
+        self.confirmed += other.confirmed;
+        self.errors += other.errors;
+    }
+}
+
 /// The run row a run records itself in: a new one, or the queued one a worker executes.
 pub fn start_run(
     connector: &Connector,

@@ -300,12 +300,14 @@ SELECT pg_catalog.pg_extension_config_dump('mesh.unresolved_reference', '');
 SELECT pg_catalog.pg_extension_config_dump('mesh.audit', '');
 
 -- ---------------------------------------------------------------------------------------
--- Value helpers used by the compiled rules (inlined by the planner).
+-- Value helpers used by the compiled rules (the SQL ones inlined by the planner).
 
--- The values that mean "no value": NULL, JSON null, "" and [].
+-- The values that mean "no value": NULL, JSON null, "" and []. In C (src/values.rs): the
+-- sync asks this for every attribute of every object, and as SQL (four jsonb comparisons)
+-- it cost about 0.7 µs a call.
 CREATE FUNCTION mesh.is_empty(v jsonb) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN v IS NULL OR v = 'null'::jsonb OR v = '""'::jsonb OR v = '[]'::jsonb;
+LANGUAGE c IMMUTABLE PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'idmesh_is_empty';
 
 CREATE FUNCTION mesh.nullif_empty(v jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE

@@ -300,13 +300,13 @@ BEGIN
     END IF;
 
     CREATE TEMP TABLE IF NOT EXISTS _mesh_affected (id bigint PRIMARY KEY);
-    CREATE TEMP TABLE IF NOT EXISTS _mesh_projected (id bigint PRIMARY KEY);
+    CREATE TEMP TABLE IF NOT EXISTS _mesh_projected (id bigint PRIMARY KEY, object_type text, projected_by integer);
     CREATE TEMP TABLE IF NOT EXISTS _mesh_join (
         connector_id integer, anchor text, position integer, candidates bigint, mesh_ids bigint[],
         PRIMARY KEY (connector_id, anchor));
     CREATE TEMP TABLE IF NOT EXISTS _mesh_plan (
-        connector_id integer, mesh_id bigint, object_type text, anchor text, name text, current jsonb,
-        mesh_deleted boolean, op text, changes jsonb);
+        connector_id integer, mesh_id bigint, object_type text, anchor text, name text,
+        mesh_deleted boolean, op text, changes jsonb, previous jsonb);
     TRUNCATE _mesh_affected, _mesh_projected, _mesh_join, _mesh_plan;
 
     -- 1. Join objects not joined yet, rule by rule; then project the rest where allowed.
@@ -318,13 +318,9 @@ BEGIN
     projected := mesh._project(fence);
     PERFORM mesh._analyze_if('mesh.mesh_object', projected);
 
-    -- Objects that found no match may match what was just projected: give the new mesh
-    -- objects the attributes joins compare, and join again.
+    -- Objects that found no match may match what was just projected (created with the
+    -- attributes joins compare): join again.
     IF projected > 0 THEN
-        FOR stmt IN SELECT * FROM mesh._compile('prejoin', full_sync) LOOP
-            EXECUTE stmt.sql;
-        END LOOP;
-        PERFORM mesh._analyze_if('mesh.mesh_object', projected);
         TRUNCATE _mesh_join;
         FOR stmt IN SELECT * FROM mesh._compile('join', full_sync) LOOP
             EXECUTE stmt.sql USING NULL::bigint;
@@ -382,7 +378,7 @@ BEGIN
         SELECT count(*) INTO affected FROM mesh.mesh_object;
     END IF;
     FOR stmt IN SELECT * FROM mesh._compile('plan', full_sync) LOOP
-        PERFORM mesh._plan(stmt.sql);
+        EXECUTE stmt.sql;
     END LOOP;
     PERFORM mesh._analyze_if('_mesh_plan', (SELECT count(*) FROM _mesh_plan));
     planned := mesh._apply_plan(run_id);
@@ -453,10 +449,15 @@ BEGIN
     GET DIAGNOSTICS errors = ROW_COUNT;
 END $$;
 
--- Creates mesh objects for unjoined objects of projecting connectors.
+-- Creates mesh objects for unjoined objects of projecting connectors. A new object starts
+-- with the attributes join rules compare (compiled per type), so objects of other
+-- connectors can join it in this sync; the resolution fills in the rest.
 CREATE FUNCTION mesh._project(fence bigint) RETURNS bigint
 LANGUAGE plpgsql AS $$
-DECLARE n bigint;
+DECLARE
+    n bigint;
+    stmt record;
+    with_attributes text[] := '{}';
 BEGIN
     WITH p AS (
         SELECT c.connector_id, c.anchor, c.object_type, nextval('mesh.mesh_object_id_seq') AS id
@@ -464,14 +465,21 @@ BEGIN
           JOIN mesh.projection pr ON pr.connector_id = c.connector_id AND pr.object_type = c.object_type AND pr.enabled
          WHERE c.mesh_id IS NULL AND NOT c.deleted AND NOT c.disconnected AND (fence IS NULL OR c.change_seq > fence)
            AND NOT EXISTS (SELECT 1 FROM _mesh_join j WHERE j.connector_id = c.connector_id AND j.anchor = c.anchor)
-    ), ins AS (
-        INSERT INTO mesh.mesh_object (id, object_type, projected_by) SELECT p.id, p.object_type, p.connector_id FROM p
     ), noted AS (
-        INSERT INTO _mesh_projected SELECT p.id FROM p
+        INSERT INTO _mesh_projected (id, object_type, projected_by) SELECT p.id, p.object_type, p.connector_id FROM p
     )
     UPDATE mesh.connector_object c SET mesh_id = p.id, change_seq = nextval('mesh.change_seq')
       FROM p WHERE c.connector_id = p.connector_id AND c.anchor = p.anchor;
     GET DIAGNOSTICS n = ROW_COUNT;
+    IF n > 0 THEN
+        PERFORM mesh._analyze_if('_mesh_projected', n);
+        FOR stmt IN SELECT * FROM mesh._compile('prejoin', true) LOOP
+            EXECUTE stmt.sql;
+            with_attributes := with_attributes || stmt.object_type;
+        END LOOP;
+        INSERT INTO mesh.mesh_object (id, object_type, projected_by)
+        SELECT p.id, p.object_type, p.projected_by FROM _mesh_projected p WHERE p.object_type <> ALL (with_attributes);
+    END IF;
     RETURN n;
 END $$;
 
@@ -531,36 +539,6 @@ BEGIN
     RETURN n;
 END $$;
 
--- Turns one compiled desired-state query into operations and attribute changes in
--- _mesh_plan, keeping only rows with something to do (or a pending export to revise).
-CREATE FUNCTION mesh._plan(desired text) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE format($q$
-        INSERT INTO _mesh_plan (connector_id, mesh_id, object_type, anchor, name, current, mesh_deleted, op, changes)
-        SELECT y.connector_id, y.mesh_id, y.object_type, y.anchor, y.name, y.current, y.mesh_deleted, y.op, y.changes
-        FROM (
-            SELECT d.*, x.op,
-                   CASE x.op
-                       WHEN 'add' THEN (SELECT coalesce(jsonb_object_agg(e.key, e.value), '{}')
-                                          FROM jsonb_each(d.want) e WHERE NOT mesh.is_empty(e.value))
-                       WHEN 'update' THEN mesh.diff(d.current, d.want, d.nullable)
-                       WHEN 'disable' THEN mesh.diff(d.current, d.disable, ARRAY(SELECT jsonb_object_keys(d.disable)))
-                       ELSE '{}'::jsonb END AS changes
-            FROM (%s) d
-            CROSS JOIN LATERAL (SELECT CASE
-                WHEN d.anchor IS NULL THEN
-                    CASE WHEN d.provision AND NOT d.mesh_deleted AND d.in_scope THEN 'add' END
-                WHEN d.mesh_deleted OR (d.provision AND NOT d.in_scope) THEN
-                    CASE d.deprovision WHEN 'delete' THEN 'delete' WHEN 'disable' THEN 'disable' ELSE 'disconnect' END
-                ELSE 'update' END AS op) x
-            OFFSET 0  -- each row's changes computed once (flattened: for the filter and again for the insert)
-        ) y
-        WHERE y.op IN ('add', 'delete', 'disable', 'disconnect') OR y.changes <> '{}'
-           OR EXISTS (SELECT 1 FROM mesh.pending_export pe WHERE pe.connector_id = y.connector_id AND pe.mesh_id = y.mesh_id)
-    $q$, desired);
-END $$;
-
 -- Turns _mesh_plan into pending exports (add / update / disable / delete), disconnects what
 -- the policy leaves alone, and drops pending exports no longer needed.
 CREATE FUNCTION mesh._apply_plan(p_run bigint) RETURNS bigint
@@ -584,7 +562,7 @@ BEGIN
     INSERT INTO mesh.pending_export AS pe (connector_id, mesh_id, object_type, operation, anchor, name, changes,
                                            previous, status, planned_at, run_id)
     SELECT p.connector_id, p.mesh_id, p.object_type, p.op, p.anchor, p.name, p.changes,
-           coalesce((SELECT jsonb_object_agg(k, p.current -> k) FROM jsonb_object_keys(p.changes) k WHERE p.current ? k), '{}'),
+           p.previous,
            'pending', now(), p_run
       FROM _mesh_plan p
      WHERE p.op IN ('add', 'delete') OR (p.op IN ('update', 'disable') AND p.changes <> '{}')

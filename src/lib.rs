@@ -16,6 +16,7 @@ mod error;
 mod guc;
 mod secrets;
 mod store;
+mod values;
 mod worker;
 
 #[pg_guard]

@@ -12,6 +12,7 @@ pub mod compile;
 pub mod delta;
 pub mod dn;
 pub mod export_sql;
+pub mod jsonb;
 pub mod resolve;
 pub mod source;
 pub mod sql;

@@ -11,6 +11,13 @@ CREATE INDEX connector_object_deleted_idx ON mesh.connector_object (connector_id
 CREATE FUNCTION mesh._lock() RETURNS void
 LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(7236828734091060) $$;
 
+-- The engine's memory budget for each sort or hash (idmesh.work_mem, 16MB unless set),
+-- whatever the session's work_mem, so memory stays bounded however many objects a sync or
+-- a merge handles. Called first by functions that carry a work_mem SET clause: the
+-- session's own value comes back when they return.
+CREATE FUNCTION mesh._memory_budget() RETURNS void
+LANGUAGE sql AS $$ SELECT set_config('work_mem', coalesce(current_setting('idmesh.work_mem', true), '16MB'), true) $$;
+
 -- Adds an object type to the mesh (person, group and contact are built in).
 CREATE FUNCTION mesh.create_object_type(name text) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -71,7 +78,7 @@ END $$;
 CREATE FUNCTION mesh._merge_rows(p_run bigint, p_connector integer, p_batch integer,
     OUT added integer, OUT updated integer, OUT renamed integer, OUT deleted integer,
     OUT unchanged integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET work_mem = '16MB' AS $$
 #variable_conflict use_column
 DECLARE
     rows text := CASE WHEN p_batch IS NULL THEN '' ELSE 'AND st.batch = $3' END;
@@ -83,6 +90,7 @@ DECLARE
                                   WHERE c.connector_id = $2 AND c.anchor = s.anchor OFFSET 0) c ON true' END;
     bad text;
 BEGIN
+    PERFORM mesh._memory_budget();
     PERFORM mesh._check_anchors(p_run, p_batch);
     EXECUTE format('SELECT d.object_type FROM (SELECT DISTINCT st.object_type FROM mesh.staging st WHERE st.run_id = $1 %s) d
                      WHERE NOT EXISTS (SELECT 1 FROM mesh.object_type t WHERE t.name = d.object_type) LIMIT 1', rows)
@@ -157,11 +165,12 @@ END $$;
 CREATE FUNCTION mesh._merge_import(p_run bigint, p_connector integer, p_full boolean, p_merged boolean DEFAULT false,
     OUT added integer, OUT updated integer, OUT renamed integer, OUT deleted integer,
     OUT unchanged integer, OUT confirmed integer)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET work_mem = '16MB' AS $$
 #variable_conflict use_column
 DECLARE
     n integer;
 BEGIN
+    PERFORM mesh._memory_budget();
     -- Statistics first: the checks below then scan the run once instead of probing it.
     PERFORM mesh._analyze_if('mesh.staging', (SELECT count(*) FROM mesh.staging s WHERE s.run_id = p_run));
     IF p_merged THEN
@@ -266,7 +275,7 @@ END $$;
 
 CREATE FUNCTION mesh._sync(p_full boolean DEFAULT false, p_parent bigint DEFAULT NULL, p_existing bigint DEFAULT NULL)
 RETURNS bigint
-LANGUAGE plpgsql SET client_min_messages = warning AS $$
+LANGUAGE plpgsql SET client_min_messages = warning SET work_mem = '16MB' AS $$
 DECLARE
     st mesh.sync_state;
     full_sync boolean;
@@ -285,6 +294,7 @@ DECLARE
 BEGIN
     -- One sync at a time, and no import writes while it runs: what it saw is what it marks done.
     PERFORM mesh._lock();
+    PERFORM mesh._memory_budget();
     SELECT * INTO st FROM mesh.sync_state FOR UPDATE;
     full_sync := p_full OR st.rules_changed;
     fence := CASE WHEN full_sync THEN NULL ELSE st.last_seq END;
@@ -489,21 +499,21 @@ CREATE FUNCTION mesh._lifecycle(full_sync boolean) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE n bigint;
 BEGIN
-    -- One grouped pass over the joined objects (hash joins), not a lookup per mesh object.
+    -- A full sync makes one grouped pass over the joined objects (hash joins); a delta looks
+    -- its few objects up by index.
     -- An orphan (per its type's deletion rule) goes now, or is marked to go after the grace
     -- period; a marked object that has a source again is unmarked; marks that are due go.
     EXECUTE format($q$
         WITH cand AS (
-            SELECT o.id, o.object_type, o.delete_at, o.delete_reason FROM mesh.mesh_object o %s WHERE NOT o.deleted
+            SELECT o.id, o.ctid AS row_id, o.object_type, o.delete_at, o.delete_reason
+              FROM %s WHERE NOT o.deleted
         ), live AS (
             SELECT c.mesh_id, bool_or(p.connector_id IS NOT NULL) AS authoritative
-              FROM mesh.connector_object c
-              JOIN cand ON cand.id = c.mesh_id
+              FROM %s
               LEFT JOIN mesh.projection p ON p.connector_id = c.connector_id AND p.object_type = c.object_type AND p.enabled
-             WHERE NOT c.deleted
              GROUP BY c.mesh_id
         ), verdict AS (
-            SELECT cand.id, cand.delete_at, cand.delete_reason, t.grace,
+            SELECT cand.id, cand.row_id, cand.delete_at, cand.delete_reason, t.grace,
                    CASE t.deletion
                        WHEN 'manual' THEN false
                        WHEN 'last_connector' THEN live.mesh_id IS NULL
@@ -529,13 +539,22 @@ BEGIN
                                         WHEN o.delete_reason = 'manual' THEN 'manual' END,
                    updated_at = now()
               FROM act
-             WHERE o.id = act.id
+             WHERE o.ctid = act.row_id
                AND (act.go OR (act.orphan AND o.delete_at IS NULL)
                     OR (NOT act.orphan AND o.delete_reason = 'grace'))
             RETURNING act.go
         )
         SELECT count(*) FILTER (WHERE go) FROM upd$q$,
-        CASE WHEN full_sync THEN '' ELSE 'JOIN _mesh_affected a ON a.id = o.id' END) INTO n;
+        CASE WHEN full_sync THEN 'mesh.mesh_object o'
+             ELSE '_mesh_affected a CROSS JOIN LATERAL (SELECT m0.*, m0.ctid AS ctid FROM mesh.mesh_object m0
+                                                        WHERE m0.id = a.id OFFSET 0) o' END,
+        CASE WHEN full_sync
+             THEN 'mesh.connector_object c JOIN cand ON cand.id = c.mesh_id AND NOT c.deleted'
+             -- a few objects: looked up by (connector, mesh id), not found in a pass over all
+             ELSE 'cand CROSS JOIN mesh.connector k
+                   JOIN LATERAL (SELECT c.mesh_id, c.connector_id, c.object_type FROM mesh.connector_object c
+                                  WHERE c.connector_id = k.id AND c.mesh_id = cand.id AND NOT c.deleted OFFSET 0) c ON true'
+        END) INTO n;
     RETURN n;
 END $$;
 

@@ -21,6 +21,11 @@ pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// How often the launcher looks at the queue, in milliseconds.
 pub static LAUNCHER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(500);
 
+/// Memory for each sort or hash of the engine's set-based statements (sync, merge), in kB,
+/// whatever the session's `work_mem`: the engine's memory stays bounded however many
+/// objects a run handles (see `mesh._memory_budget`).
+pub static WORK_MEM: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
+
 /// The file holding the key that encrypts connection secrets (outside the database).
 pub static SECRET_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -79,5 +84,15 @@ pub fn init() {
         86400,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"idmesh.work_mem",
+        c"Memory for each sort or hash of a sync or an import merge.",
+        c"Used instead of work_mem while the engine runs, so its memory stays bounded however many objects it handles; more is faster on large directories.",
+        &WORK_MEM,
+        1024,
+        1024 * 1024,
+        GucContext::Userset,
+        GucFlags::UNIT_KB,
     );
 }

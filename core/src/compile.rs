@@ -101,10 +101,16 @@ pub enum Scope {
     All,
 }
 
-fn affected_join(scope: Scope, alias: &str) -> String {
+/// The mesh objects `o` a statement reads. A delta's few objects are looked up by primary
+/// key (OFFSET 0 keeps each lookup an index probe: the planner would rather scan them all);
+/// `o.ctid` is the row either way.
+fn mesh_objects(scope: Scope) -> &'static str {
     match scope {
-        Scope::Affected => format!("JOIN _mesh_affected a ON a.id = {alias}.id\n"),
-        Scope::All => String::new(),
+        Scope::Affected => {
+            "FROM _mesh_affected a\n\
+             CROSS JOIN LATERAL (SELECT m0.*, m0.ctid AS ctid FROM mesh.mesh_object m0 WHERE m0.id = a.id OFFSET 0) o\n"
+        }
+        Scope::All => "FROM mesh.mesh_object o\n",
     }
 }
 
@@ -253,7 +259,8 @@ fn resolved_attributes(flows: &[&ImportFlow]) -> String {
 /// Recomputes the attributes of the mesh objects of one type from the connector objects
 /// joined to them; updates only objects whose attributes change. OFFSET 0 keeps `r` a
 /// subquery of its own: flattened, each object's attributes would be resolved twice (for
-/// the comparison and again for the SET).
+/// the comparison and again for the SET). Each row is updated where it was read (ctid):
+/// a delta touches its few objects without a pass over all of them.
 pub fn resolution_sql(object_type: &str, flows: &[ImportFlow], scope: Scope) -> String {
     let flows: Vec<&ImportFlow> = flows
         .iter()
@@ -261,12 +268,12 @@ pub fn resolution_sql(object_type: &str, flows: &[ImportFlow], scope: Scope) -> 
         .collect();
     format!(
         "UPDATE mesh.mesh_object m SET attrs = r.attrs, updated_at = now()\nFROM (\n\
-         SELECT o.id, {} AS attrs\n\
-         FROM mesh.mesh_object o\n{}{}\
+         SELECT o.ctid AS row_id, o.attrs AS old_attrs, {} AS attrs\n\
+         {}{}\
          WHERE o.object_type = {} AND NOT o.deleted\nOFFSET 0\n) r\n\
-         WHERE m.id = r.id AND m.attrs IS DISTINCT FROM r.attrs",
+         WHERE m.ctid = r.row_id AND r.old_attrs IS DISTINCT FROM r.attrs",
         resolved_attributes(&flows),
-        affected_join(scope, "o"),
+        mesh_objects(scope),
         connector_joins(&flows, "o"),
         literal(object_type)
     )
@@ -498,7 +505,7 @@ pub fn export_plan_sql(
          SELECT {connector_id} AS connector_id, o.id AS mesh_id, o.object_type, c.anchor, c.name, c.attrs AS current, \
          {want} AS want, {in_scope} AS in_scope, o.deleted AS mesh_deleted, {provision} AS provision, \
          {deprovision}::text AS deprovision\n\
-         FROM mesh.mesh_object o\n{affected}\
+         {objects}\
          LEFT JOIN mesh.connector_object c ON c.connector_id = {connector_id} AND c.mesh_id = o.id AND NOT c.deleted\n\
          {expr_scope}\n\
          WHERE o.object_type = {ot} AND (NOT o.deleted OR c.anchor IS NOT NULL) AND (o.deleted OR o.delete_at IS NULL)\n\
@@ -516,7 +523,7 @@ pub fn export_plan_sql(
         update = diff_sql("d.current", "d.want", &attributes),
         disable_diff = diff_sql("d.current", &format!("({disable})"), &disable_attributes),
         want = build_object(&pairs),
-        affected = affected_join(scope, "o"),
+        objects = mesh_objects(scope),
         ot = literal(object_type),
     )
 }
@@ -628,11 +635,11 @@ mod tests {
             flow(3, 1, "HR", "first || ' ' || last", "display_name", 80),
         ];
         let sql = resolution_sql("person", &flows, Scope::Affected);
-        assert!(sql.contains("JOIN _mesh_affected a ON a.id = o.id"));
+        assert!(sql.contains("FROM _mesh_affected a\nCROSS JOIN LATERAL (SELECT m0.*, m0.ctid AS ctid FROM mesh.mesh_object m0 WHERE m0.id = a.id OFFSET 0) o\n"), "{sql}");
         assert!(sql.contains("LEFT JOIN mesh.connector_object c1 ON c1.connector_id = 1"));
         assert!(sql.contains("LEFT JOIN mesh.connector_object c2 ON c2.connector_id = 2"));
         assert!(sql.contains("x1.v3"), "{sql}");
-        assert!(sql.contains("m.attrs IS DISTINCT FROM r.attrs"));
+        assert!(sql.contains("WHERE m.ctid = r.row_id AND r.old_attrs IS DISTINCT FROM r.attrs"));
         assert!(
             sql.contains("OFFSET 0\n) r"),
             "resolved once per object: {sql}"

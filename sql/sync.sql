@@ -14,7 +14,9 @@ LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(7236828734091060) $$;
 -- The engine's memory budget for each sort or hash (idmesh.work_mem, 16MB unless set),
 -- whatever the session's work_mem, so memory stays bounded however many objects a sync or
 -- a merge handles. Called first by functions that carry a work_mem SET clause: the
--- session's own value comes back when they return.
+-- session's own value comes back when they return. Those functions also turn JIT off:
+-- compiling took more memory than any sort (about 30 MB) and saved no time, and a
+-- delta's row estimates could make it compile for most of a second to touch a few rows.
 CREATE FUNCTION mesh._memory_budget() RETURNS void
 LANGUAGE sql AS $$ SELECT set_config('work_mem', coalesce(current_setting('idmesh.work_mem', true), '16MB'), true) $$;
 
@@ -78,7 +80,7 @@ END $$;
 CREATE FUNCTION mesh._merge_rows(p_run bigint, p_connector integer, p_batch integer,
     OUT added integer, OUT updated integer, OUT renamed integer, OUT deleted integer,
     OUT unchanged integer)
-LANGUAGE plpgsql SET work_mem = '16MB' AS $$
+LANGUAGE plpgsql SET work_mem = '16MB' SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     rows text := CASE WHEN p_batch IS NULL THEN '' ELSE 'AND st.batch = $3' END;
@@ -135,16 +137,6 @@ BEGIN
     $q$, rows, lookup) INTO added, updated, renamed, deleted, unchanged USING p_run, p_connector, p_batch;
 END $$;
 
--- One batch of a session's run: a thousand rows or so, each looked up in the connector
--- space by its primary key (see _merge_rows); too small to pay for JIT compilation.
-CREATE FUNCTION mesh._merge_batch(p_run bigint, p_connector integer, p_batch integer,
-    OUT added integer, OUT updated integer, OUT renamed integer, OUT deleted integer,
-    OUT unchanged integer)
-LANGUAGE sql SET jit = off
-BEGIN ATOMIC
-    SELECT * FROM mesh._merge_rows(p_run, p_connector, p_batch);
-END;
-
 -- An anchor staged twice, in one batch (p_batch) or anywhere in the run (NULL), fails it.
 CREATE FUNCTION mesh._check_anchors(p_run bigint, p_batch integer) RETURNS void
 LANGUAGE plpgsql AS $$
@@ -165,7 +157,7 @@ END $$;
 CREATE FUNCTION mesh._merge_import(p_run bigint, p_connector integer, p_full boolean, p_merged boolean DEFAULT false,
     OUT added integer, OUT updated integer, OUT renamed integer, OUT deleted integer,
     OUT unchanged integer, OUT confirmed integer)
-LANGUAGE plpgsql SET work_mem = '16MB' AS $$
+LANGUAGE plpgsql SET work_mem = '16MB' SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     n integer;
@@ -275,10 +267,11 @@ END $$;
 
 CREATE FUNCTION mesh._sync(p_full boolean DEFAULT false, p_parent bigint DEFAULT NULL, p_existing bigint DEFAULT NULL)
 RETURNS bigint
-LANGUAGE plpgsql SET client_min_messages = warning SET work_mem = '16MB' AS $$
+LANGUAGE plpgsql SET client_min_messages = warning SET work_mem = '16MB' SET jit = off AS $$
 DECLARE
     st mesh.sync_state;
     full_sync boolean;
+    whole boolean;
     fence bigint;
     run_id bigint;
     stmt record;
@@ -356,38 +349,43 @@ BEGIN
           JOIN mesh.connector_object c ON c.connector_id = u.connector_id AND c.name_key = u.name_key
                                       AND NOT c.deleted AND c.mesh_id IS NOT NULL
         ON CONFLICT DO NOTHING;
-        PERFORM mesh._analyze_if('_mesh_affected', (SELECT count(*) FROM _mesh_affected));
+        SELECT count(*) INTO affected FROM _mesh_affected;
+        ANALYZE _mesh_affected;  -- small or not, the plans below depend on its size
     END IF;
+    -- A delta looks its objects up one by one; when most objects changed (an export's
+    -- read-back, a bulk change at a source), one pass over all of them costs less: the
+    -- statements of a full sync, which give the same result.
+    whole := full_sync OR affected > (SELECT count(*) / 10 FROM mesh.mesh_object);
 
     -- 3. Lifecycle: a mesh object goes when its authoritative objects are gone.
-    removed := mesh._lifecycle(full_sync);
+    removed := mesh._lifecycle(whole);
 
     -- 4. Resolve attributes by confidence (one statement per object type).
-    FOR stmt IN SELECT * FROM mesh._compile('resolve', full_sync) LOOP
+    FOR stmt IN SELECT * FROM mesh._compile('resolve', whole) LOOP
         EXECUTE stmt.sql;
         GET DIAGNOSTICS n = ROW_COUNT;
         resolved := resolved + n;
     END LOOP;
 
-    IF full_sync THEN
+    IF whole THEN
         DELETE FROM mesh.unresolved_reference;
     ELSE
         DELETE FROM mesh.unresolved_reference u USING _mesh_affected a WHERE u.mesh_id = a.id;
     END IF;
-    FOR stmt IN SELECT * FROM mesh._compile('unresolved', full_sync) LOOP
+    FOR stmt IN SELECT * FROM mesh._compile('unresolved', whole) LOOP
         EXECUTE stmt.sql;
     END LOOP;
 
     -- 6. Plan exports: objects referring to changed ones may need new identifiers too.
-    IF NOT full_sync THEN
-        FOR stmt IN SELECT * FROM mesh._compile('referrers', full_sync) LOOP
+    IF NOT whole THEN
+        FOR stmt IN SELECT * FROM mesh._compile('referrers', false) LOOP
             EXECUTE stmt.sql;
         END LOOP;
         SELECT count(*) INTO affected FROM _mesh_affected;
     ELSE
         SELECT count(*) INTO affected FROM mesh.mesh_object;
     END IF;
-    FOR stmt IN SELECT * FROM mesh._compile('plan', full_sync) LOOP
+    FOR stmt IN SELECT * FROM mesh._compile('plan', whole) LOOP
         EXECUTE stmt.sql;
     END LOOP;
     PERFORM mesh._analyze_if('_mesh_plan', (SELECT count(*) FROM _mesh_plan));

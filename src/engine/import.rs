@@ -62,7 +62,7 @@ impl StagingSink {
             return;
         };
         let m = store::json(
-            "SELECT to_jsonb(m) FROM mesh._merge_batch($1, $2, $3) m",
+            "SELECT to_jsonb(m) FROM mesh._merge_rows($1, $2, $3) m",
             &[self.run_id.into(), connector_id.into(), batch.into()],
         );
         self.merged += &counters_of(&m);

@@ -2,8 +2,8 @@
 # The benchmark behind `make bench`: syncs N people (default 100,000) from two in-database
 # sources (10 attributes each, half of them conflicting) through a full cycle, then a delta
 # of 1,000 changes, and prints objects per second, the delta's time and the engine's peak
-# memory (the backend's private memory, sampled while it runs). A second, smaller run
-# (N/10) shows whether memory grows with the number of objects.
+# memory (the backend's private memory, sampled while it runs). A second run with twice
+# the people (2N) shows whether memory grows with the number of objects.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${BENCH_PEOPLE:-100000}
@@ -276,6 +276,6 @@ settle() {
 
 # BENCH_PARTS picks parts (sync, sql, ad) for a quicker look at one of them; all by default.
 part() { [[ " ${BENCH_PARTS:-sync sql ad} " == *" $1 "* ]]; }
-if part sync; then settle; one_run "$N"; settle; one_run $(( N / 10 )); fi
+if part sync; then settle; one_run "$N"; settle; one_run $(( N * 2 )); fi
 if part sql; then settle; sql_part "${BENCH_SQL_ROWS:-100000}"; fi
 if part ad; then settle; ad_part "${BENCH_AD_USERS:-10000}"; fi

@@ -11,14 +11,15 @@ CREATE INDEX connector_object_deleted_idx ON mesh.connector_object (connector_id
 CREATE FUNCTION mesh._lock() RETURNS void
 LANGUAGE sql AS $$ SELECT pg_advisory_xact_lock(7236828734091060) $$;
 
--- The engine's memory budget for each sort or hash (idmesh.work_mem, 16MB unless set),
--- whatever the session's work_mem, so memory stays bounded however many objects a sync or
--- a merge handles. Called first by functions that carry a work_mem SET clause: the
--- session's own value comes back when they return. Those functions also turn JIT off:
+-- The engine's memory budget for each sort or hash (idmesh.work_mem, 8MB unless set; hash
+-- tables get no more than sorts), whatever the session's work_mem, so memory stays
+-- bounded however many objects a sync or a merge handles. Called first by functions that
+-- carry a work_mem SET clause: the session's own value comes back when they return.
+-- Those functions also turn JIT off:
 -- compiling took more memory than any sort (about 30 MB) and saved no time, and a
 -- delta's row estimates could make it compile for most of a second to touch a few rows.
 CREATE FUNCTION mesh._memory_budget() RETURNS void
-LANGUAGE sql AS $$ SELECT set_config('work_mem', coalesce(current_setting('idmesh.work_mem', true), '16MB'), true) $$;
+LANGUAGE sql AS $$ SELECT set_config('work_mem', coalesce(current_setting('idmesh.work_mem', true), '8MB'), true) $$;
 
 -- Adds an object type to the mesh (person, group and contact are built in).
 CREATE FUNCTION mesh.create_object_type(name text) RETURNS void
@@ -80,7 +81,7 @@ END $$;
 CREATE FUNCTION mesh._merge_rows(p_run bigint, p_connector integer, p_batch integer,
     OUT added integer, OUT updated integer, OUT renamed integer, OUT deleted integer,
     OUT unchanged integer)
-LANGUAGE plpgsql SET work_mem = '16MB' SET jit = off AS $$
+LANGUAGE plpgsql SET work_mem = '8MB' SET hash_mem_multiplier = 1 SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     rows text := CASE WHEN p_batch IS NULL THEN '' ELSE 'AND st.batch = $3' END;
@@ -157,7 +158,7 @@ END $$;
 CREATE FUNCTION mesh._merge_import(p_run bigint, p_connector integer, p_full boolean, p_merged boolean DEFAULT false,
     OUT added integer, OUT updated integer, OUT renamed integer, OUT deleted integer,
     OUT unchanged integer, OUT confirmed integer)
-LANGUAGE plpgsql SET work_mem = '16MB' SET jit = off AS $$
+LANGUAGE plpgsql SET work_mem = '8MB' SET hash_mem_multiplier = 1 SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     n integer;
@@ -267,7 +268,7 @@ END $$;
 
 CREATE FUNCTION mesh._sync(p_full boolean DEFAULT false, p_parent bigint DEFAULT NULL, p_existing bigint DEFAULT NULL)
 RETURNS bigint
-LANGUAGE plpgsql SET client_min_messages = warning SET work_mem = '16MB' SET jit = off AS $$
+LANGUAGE plpgsql SET client_min_messages = warning SET work_mem = '8MB' SET hash_mem_multiplier = 1 SET jit = off AS $$
 DECLARE
     st mesh.sync_state;
     full_sync boolean;

@@ -21,10 +21,11 @@ pub static MAX_WORKERS: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// How often the launcher looks at the queue, in milliseconds.
 pub static LAUNCHER_NAPTIME: GucSetting<i32> = GucSetting::<i32>::new(500);
 
-/// Memory for each sort or hash of the engine's set-based statements (sync, merge), in kB,
+/// Memory for each sort or hash of the engine's set-based statements (sync, merge), in kB
+/// (hash tables get no more: `hash_mem_multiplier` is 1 while the engine runs),
 /// whatever the session's `work_mem`: the engine's memory stays bounded however many
 /// objects a run handles (see `mesh._memory_budget`).
-pub static WORK_MEM: GucSetting<i32> = GucSetting::<i32>::new(16 * 1024);
+pub static WORK_MEM: GucSetting<i32> = GucSetting::<i32>::new(8 * 1024);
 
 /// The file holding the key that encrypts connection secrets (outside the database).
 pub static SECRET_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);

@@ -127,7 +127,7 @@ impl ImportSink for StagingSink {
         let args: Vec<pgrx::datum::DatumWithOid> =
             params.iter().map(|p| p.clone().into()).collect();
         let batch = self.next_batch();
-        let staged = self.stage_select(sql, args, batch, object_type);
+        let staged = self.stage_select(sql, args, batch, object_type, "md5(q.attrs::text)");
         // One statement is the whole import: done when it is.
         Some(staged.and_then(|n| self.progress(Some(self.seen)).map(|_| n)))
     }
@@ -142,7 +142,7 @@ impl ImportSink for StagingSink {
         let rows = std::mem::take(rows);
         let batch = self.next_batch();
         let staged = store::in_batch_context(|| {
-            self.stage_select(select, vec![rows.into()], batch, object_type)
+            self.stage_select(select, vec![rows.into()], batch, object_type, "q.hash")
         });
         Some(staged.and_then(|n| self.progress(self.total).map(|_| n)))
     }
@@ -150,7 +150,8 @@ impl ImportSink for StagingSink {
 
 impl StagingSink {
     /// Stages the rows of `sql` (columns `anchor, name, deleted, attrs`; `$1..` bound to
-    /// `args`) in one statement: hash and name key computed on the way in. OFFSET 0 keeps
+    /// `args`) in one statement: hash (the expression `hash`, over `q`) and name key
+    /// computed on the way in. OFFSET 0 keeps
     /// the query a subquery of its own, so each row's attrs are built once, not once for
     /// every use (to_jsonb or a JSON parse, then again for the hash).
     fn stage_select(
@@ -159,12 +160,13 @@ impl StagingSink {
         mut args: Vec<pgrx::datum::DatumWithOid>,
         batch: i32,
         object_type: &str,
+        hash: &str,
     ) -> Result<u64, ConnectorError> {
         let k = args.len();
         let stage = format!(
             "INSERT INTO mesh.staging (run_id, batch, anchor, name, object_type, attrs, deleted, hash, name_key) \
              SELECT ${}, ${}, coalesce(nullif(q.anchor, ''), mesh._missing_anchor(${})), coalesce(q.name, q.anchor), ${}, q.attrs, q.deleted, \
-                    md5(q.attrs::text), mesh.name_key(coalesce(q.name, q.anchor)) \
+                    {hash}, mesh.name_key(coalesce(q.name, q.anchor)) \
              FROM (SELECT * FROM ({sql}) q0 OFFSET 0) q",
             k + 1,
             k + 2,

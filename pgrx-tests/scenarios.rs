@@ -182,6 +182,60 @@ fn bidirectional_without_echo() {
     assert_eq!(after["HR/export"]["updated"], json!(0), "{after}");
 }
 
+/// A delta among many objects looks its few objects up (the path a large directory's
+/// deltas take; a small test's deltas touch most objects and take the full statements):
+/// the changed object is resolved and exported, the terminated one leaves the mesh, no
+/// other object is touched, and the session's own settings are back after the sync.
+#[pg_test]
+fn a_small_delta_among_many_objects_touches_only_its_objects() {
+    hr_and_phonebook();
+    run("INSERT INTO hr.employees (employee_id, first_name, last_name, title, department)
+         SELECT g, 'Given' || g, 'Surname' || g, 'Title ' || g, 'Dept' FROM generate_series(10, 49) g;
+         INSERT INTO pb.entries (emp_no, display, phone) SELECT g::text, 'P ' || g, '+1 ' || g FROM generate_series(10, 49) g;");
+    run("SELECT mesh.add_export_flow('Phonebook', 'person', 'title', 'title')");
+    cycle();
+    cycle();
+    let before = int("SELECT count(*) FROM mesh.mesh_object WHERE NOT deleted");
+    assert_eq!(before, 43);
+    let untouched: String = one("SELECT updated_at::text FROM mesh.mesh_object WHERE attrs->>'employee_id' = '20'").unwrap();
+
+    run("UPDATE hr.employees SET title = 'Countess' WHERE employee_id = 1;
+         UPDATE hr.employees SET terminated = true WHERE employee_id = 3;");
+    run("SET LOCAL work_mem = '64MB'; SET LOCAL jit = on");
+    let runs = cycle();
+    let sync = &runs["/sync"];
+    assert_eq!(sync["details"]["objects_considered"], json!(2), "two of 43 objects, looked up: {runs}");
+    assert_eq!(sync["updated"], json!(1), "{runs}");
+    assert_eq!(sync["deleted"], json!(1), "{runs}");
+    assert_eq!(runs["Phonebook/export"]["updated"], json!(1), "{runs}");
+    assert_eq!(attrs(1)["title"], json!("Countess"));
+    assert_eq!(attrs(3), Value::Null);
+    assert_eq!(one::<String>("SELECT title FROM pb.entries WHERE emp_no = '1'").as_deref(), Some("Countess"));
+    assert_eq!(int("SELECT count(*) FROM mesh.mesh_object WHERE NOT deleted"), before - 1);
+    assert_eq!(
+        one::<String>("SELECT updated_at::text FROM mesh.mesh_object WHERE attrs->>'employee_id' = '20'").unwrap(),
+        untouched
+    );
+    // The engine's memory budget and JIT setting held only while it ran.
+    assert_eq!(one::<String>("SELECT current_setting('work_mem')").as_deref(), Some("64MB"));
+    assert_eq!(one::<String>("SELECT current_setting('jit')").as_deref(), Some("on"));
+}
+
+/// NULL, JSON null, "" and [] are the values that mean "no value"; everything else counts.
+#[pg_test]
+fn emptiness_is_read_from_the_value_itself() {
+    let got = js(r#"SELECT jsonb_agg(mesh.is_empty(v) ORDER BY n)
+                    FROM unnest(ARRAY[NULL, 'null', '""', '[]', '"a"', '0', 'false', '{}', '[null]', '[""]', '" "',
+                                      '{"a": null}']::jsonb[]) WITH ORDINALITY u(v, n)"#);
+    assert_eq!(got, json!([true, true, true, true, false, false, false, false, false, false, false, false]));
+    // as stored in a table (short varlena headers) and as built by an expression
+    run(r#"CREATE TEMP TABLE vals AS SELECT '{"e": "", "n": null, "x": "x"}'::jsonb AS j"#);
+    assert_eq!(
+        js("SELECT jsonb_build_array(mesh.is_empty(j->'e'), mesh.is_empty(j->'n'), mesh.is_empty(j->'x'), mesh.is_empty(j), mesh.is_empty(j->'missing')) FROM vals"),
+        json!([true, true, false, false, true])
+    );
+}
+
 /// Scenario 3: delta imports read only rows past the watermark (minus the overlap), pick
 /// up a late-committed row, and a deleted source row takes its contributions with it.
 #[pg_test]

@@ -13,7 +13,7 @@
 -- The statements a delta sync runs now, for reading and EXPLAIN.
 CREATE VIEW mesh.compiled_sql AS
 SELECT s.step, c.name AS connector, x.object_type, x.sql
-FROM unnest(ARRAY['join', 'prejoin', 'resolve', 'unresolved', 'referrers', 'plan']) WITH ORDINALITY s(step, n)
+FROM unnest(ARRAY['join', 'prejoin', 'lifecycle', 'resolve', 'unresolved', 'referrers', 'plan']) WITH ORDINALITY s(step, n)
 CROSS JOIN LATERAL mesh._compile(s.step, false) x
 LEFT JOIN mesh.connector c ON c.id = x.connector_id
 ORDER BY s.n;

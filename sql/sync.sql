@@ -353,13 +353,16 @@ BEGIN
         SELECT count(*) INTO affected FROM _mesh_affected;
         ANALYZE _mesh_affected;  -- small or not, the plans below depend on its size
     END IF;
-    -- A delta looks its objects up one by one; when most objects changed (an export's
-    -- read-back, a bulk change at a source), one pass over all of them costs less: the
-    -- statements of a full sync, which give the same result.
-    whole := full_sync OR affected > (SELECT count(*) / 10 FROM mesh.mesh_object);
+    -- A delta looks its objects up one by one; when more than a tenth of the objects changed
+    -- (an export's read-back, a bulk change at a source), one pass over all of them costs
+    -- less: the statements of a full sync, which give the same result. Counting stops at
+    -- ten times the changes, so a small delta does not count the whole mesh.
+    whole := full_sync OR (SELECT count(*) FROM (SELECT FROM mesh.mesh_object LIMIT 10 * affected) m) < 10 * affected;
 
     -- 3. Lifecycle: a mesh object goes when its authoritative objects are gone.
-    removed := mesh._lifecycle(whole);
+    FOR stmt IN SELECT * FROM mesh._compile('lifecycle', whole) LOOP
+        EXECUTE stmt.sql INTO removed;
+    END LOOP;
 
     -- 4. Resolve attributes by confidence (one statement per object type).
     FOR stmt IN SELECT * FROM mesh._compile('resolve', whole) LOOP
@@ -489,71 +492,6 @@ BEGIN
         INSERT INTO mesh.mesh_object (id, object_type, projected_by)
         SELECT p.id, p.object_type, p.projected_by FROM _mesh_projected p WHERE p.object_type <> ALL (with_attributes);
     END IF;
-    RETURN n;
-END $$;
-
--- A mesh object is deleted when no object of a connector that projects its type remains
--- joined to it (or, for types nobody projects, when no object at all remains).
-CREATE FUNCTION mesh._lifecycle(full_sync boolean) RETURNS bigint
-LANGUAGE plpgsql AS $$
-DECLARE n bigint;
-BEGIN
-    -- A full sync makes one grouped pass over the joined objects (hash joins); a delta looks
-    -- its few objects up by index.
-    -- An orphan (per its type's deletion rule) goes now, or is marked to go after the grace
-    -- period; a marked object that has a source again is unmarked; marks that are due go.
-    EXECUTE format($q$
-        WITH cand AS (
-            SELECT o.id, o.ctid AS row_id, o.object_type, o.delete_at, o.delete_reason
-              FROM %s WHERE NOT o.deleted
-        ), live AS (
-            SELECT c.mesh_id, bool_or(p.connector_id IS NOT NULL) AS authoritative
-              FROM %s
-              LEFT JOIN mesh.projection p ON p.connector_id = c.connector_id AND p.object_type = c.object_type AND p.enabled
-             GROUP BY c.mesh_id
-        ), verdict AS (
-            SELECT cand.id, cand.row_id, cand.delete_at, cand.delete_reason, t.grace,
-                   CASE t.deletion
-                       WHEN 'manual' THEN false
-                       WHEN 'last_connector' THEN live.mesh_id IS NULL
-                       ELSE NOT coalesce(live.authoritative, false)
-                            AND (live.mesh_id IS NULL
-                                 OR cand.object_type IN (SELECT p.object_type FROM mesh.projection p WHERE p.enabled))
-                   END AS orphan
-              FROM cand JOIN mesh.object_type t ON t.name = cand.object_type
-              LEFT JOIN live ON live.mesh_id = cand.id
-        ), act AS (
-            SELECT v.*,
-                   coalesce((v.orphan AND v.grace = interval '0')
-                            OR (v.delete_at <= now() AND (v.orphan OR v.delete_reason = 'manual')), false) AS go
-              FROM verdict v
-        ), upd AS (
-            UPDATE mesh.mesh_object o
-               SET deleted = act.go,
-                   delete_at = CASE WHEN act.go THEN o.delete_at
-                                    WHEN act.orphan THEN coalesce(o.delete_at, now() + act.grace)
-                                    WHEN o.delete_reason = 'manual' THEN o.delete_at END,
-                   delete_reason = CASE WHEN act.go THEN o.delete_reason
-                                        WHEN act.orphan THEN coalesce(o.delete_reason, 'grace')
-                                        WHEN o.delete_reason = 'manual' THEN 'manual' END,
-                   updated_at = now()
-              FROM act
-             WHERE o.ctid = act.row_id
-               AND (act.go OR (act.orphan AND o.delete_at IS NULL)
-                    OR (NOT act.orphan AND o.delete_reason = 'grace'))
-            RETURNING act.go
-        )
-        SELECT count(*) FILTER (WHERE go) FROM upd$q$,
-        CASE WHEN full_sync THEN 'mesh.mesh_object o'
-             ELSE '_mesh_affected a CROSS JOIN LATERAL (SELECT m0.*, m0.ctid AS ctid FROM mesh.mesh_object m0
-                                                        WHERE m0.id = a.id OFFSET 0) o' END,
-        CASE WHEN full_sync
-             THEN 'mesh.connector_object c JOIN cand ON cand.id = c.mesh_id AND NOT c.deleted'
-             -- a few objects: looked up by (connector, mesh id), not found in a pass over all
-             ELSE 'cand CROSS JOIN mesh.connector k
-                   JOIN LATERAL (SELECT c.mesh_id, c.connector_id, c.object_type FROM mesh.connector_object c
-                                  WHERE c.connector_id = k.id AND c.mesh_id = cand.id AND NOT c.deleted OFFSET 0) c ON true'
-        END) INTO n;
     RETURN n;
 END $$;
 

@@ -306,6 +306,69 @@ pub fn join_attributes_sql(
     ))
 }
 
+/// The lifecycle of the mesh objects in scope: a mesh object is deleted when no object of
+/// a connector that projects its type remains joined to it (or, for types nobody
+/// projects, when no object at all remains). An orphan (per its type's deletion rule) goes
+/// now, or is marked to go after the grace period; a marked object that has a source again
+/// is unmarked; marks that are due go. Returns the number of objects deleted. A full sync
+/// makes one grouped pass over the joined objects (hash joins); a delta looks its few
+/// objects up by index, and their connector objects by (connector, mesh id).
+pub fn lifecycle_sql(scope: Scope) -> String {
+    let joined = match scope {
+        Scope::All => "FROM mesh.connector_object c JOIN cand ON cand.id = c.mesh_id AND NOT c.deleted\n",
+        Scope::Affected => {
+            "FROM cand CROSS JOIN mesh.connector k\n\
+             JOIN LATERAL (SELECT c.mesh_id, c.connector_id, c.object_type FROM mesh.connector_object c\n\
+             WHERE c.connector_id = k.id AND c.mesh_id = cand.id AND NOT c.deleted OFFSET 0) c ON true\n"
+        }
+    };
+    format!(
+        "WITH cand AS (\n\
+         SELECT o.id, o.ctid AS row_id, o.object_type, o.delete_at, o.delete_reason\n\
+         {objects}\
+         WHERE NOT o.deleted\n\
+         ), live AS (\n\
+         SELECT c.mesh_id, bool_or(p.connector_id IS NOT NULL) AS authoritative\n\
+         {joined}\
+         LEFT JOIN mesh.projection p ON p.connector_id = c.connector_id AND p.object_type = c.object_type AND p.enabled\n\
+         GROUP BY c.mesh_id\n\
+         ), verdict AS (\n\
+         SELECT cand.id, cand.row_id, cand.delete_at, cand.delete_reason, t.grace,\n\
+         CASE t.deletion\n\
+         WHEN 'manual' THEN false\n\
+         WHEN 'last_connector' THEN live.mesh_id IS NULL\n\
+         ELSE NOT coalesce(live.authoritative, false)\n\
+         AND (live.mesh_id IS NULL\n\
+         OR cand.object_type IN (SELECT p.object_type FROM mesh.projection p WHERE p.enabled))\n\
+         END AS orphan\n\
+         FROM cand JOIN mesh.object_type t ON t.name = cand.object_type\n\
+         LEFT JOIN live ON live.mesh_id = cand.id\n\
+         ), act AS (\n\
+         SELECT v.*,\n\
+         coalesce((v.orphan AND v.grace = interval '0')\n\
+         OR (v.delete_at <= now() AND (v.orphan OR v.delete_reason = 'manual')), false) AS go\n\
+         FROM verdict v\n\
+         ), upd AS (\n\
+         UPDATE mesh.mesh_object o\n\
+         SET deleted = act.go,\n\
+         delete_at = CASE WHEN act.go THEN o.delete_at\n\
+         WHEN act.orphan THEN coalesce(o.delete_at, now() + act.grace)\n\
+         WHEN o.delete_reason = 'manual' THEN o.delete_at END,\n\
+         delete_reason = CASE WHEN act.go THEN o.delete_reason\n\
+         WHEN act.orphan THEN coalesce(o.delete_reason, 'grace')\n\
+         WHEN o.delete_reason = 'manual' THEN 'manual' END,\n\
+         updated_at = now()\n\
+         FROM act\n\
+         WHERE o.ctid = act.row_id\n\
+         AND (act.go OR (act.orphan AND o.delete_at IS NULL)\n\
+         OR (NOT act.orphan AND o.delete_reason = 'grace'))\n\
+         RETURNING act.go\n\
+         )\n\
+         SELECT count(*) FILTER (WHERE go) FROM upd",
+        objects = mesh_objects(scope),
+    )
+}
+
 /// One SELECT per connector and object type listing every contribution (one row per flow
 /// per connector object); `mesh.contributions` is their UNION ALL.
 pub fn contributions_sql(flows: &[ImportFlow]) -> String {
@@ -463,16 +526,21 @@ pub fn export_plan_sql(
     } else {
         "true"
     };
-    let (provision, deprovision, disable) = match provisioning {
-        Some(p) => {
-            let disable = match &p.deprovision {
-                Deprovision::Disable(v) => format!("{}::jsonb", literal(&v.to_string())),
-                _ => "NULL::jsonb".to_string(),
-            };
-            ("true", literal(p.deprovision.name()), disable)
-        }
-        None => ("false", "'leave'".to_string(), "NULL::jsonb".to_string()),
+    let (provision, deprovision) = match provisioning {
+        Some(p) => ("true", literal(p.deprovision.name())),
+        None => ("false", "'leave'".to_string()),
     };
+    // What disabling writes (the policy's values, each of which may clear an attribute).
+    let (disable_values, disable_attributes): (String, Vec<(String, bool)>) =
+        match provisioning.map(|p| &p.deprovision) {
+            Some(Deprovision::Disable(v)) => (
+                format!("({}::jsonb)", literal(&v.to_string())),
+                v.as_object()
+                    .map(|m| m.keys().map(|k| (k.clone(), true)).collect())
+                    .unwrap_or_default(),
+            ),
+            _ => ("NULL::jsonb".to_string(), Vec::new()),
+        };
     let mut attributes: Vec<(String, bool)> = Vec::new();
     for f in &flows {
         match attributes.iter_mut().find(|(t, _)| *t == f.target) {
@@ -480,10 +548,6 @@ pub fn export_plan_sql(
             None => attributes.push((f.target.clone(), f.empty_is_value)),
         }
     }
-    let disable_attributes: Vec<(String, bool)> = match provisioning.map(|p| &p.deprovision) {
-        Some(Deprovision::Disable(Value::Object(m))) => m.keys().map(|k| (k.clone(), true)).collect(),
-        _ => Vec::new(),
-    };
     let mut previous_keys: Vec<String> = attributes
         .iter()
         .chain(disable_attributes.iter())
@@ -521,7 +585,7 @@ pub fn export_plan_sql(
         previous = previous_sql("y.current", "y.changes", &previous_keys),
         add = diff_sql("NULL::jsonb", "d.want", &add_attributes),
         update = diff_sql("d.current", "d.want", &attributes),
-        disable_diff = diff_sql("d.current", &format!("({disable})"), &disable_attributes),
+        disable_diff = diff_sql("d.current", &disable_values, &disable_attributes),
         want = build_object(&pairs),
         objects = mesh_objects(scope),
         ot = literal(object_type),
@@ -759,6 +823,20 @@ mod tests {
         );
         assert!(sql.contains("CASE WHEN y.changes ? 'active' AND y.current ? 'active'"));
         assert!(sql.contains("CASE WHEN y.changes ? 'title' AND y.current ? 'title'"));
+    }
+
+    #[test]
+    fn lifecycle_reads_a_deltas_objects_by_index_and_all_objects_in_one_pass() {
+        let delta = lifecycle_sql(Scope::Affected);
+        assert!(delta.contains("FROM _mesh_affected a\nCROSS JOIN LATERAL (SELECT m0.*"), "{delta}");
+        assert!(delta.contains("WHERE c.connector_id = k.id AND c.mesh_id = cand.id AND NOT c.deleted OFFSET 0) c ON true"));
+        let full = lifecycle_sql(Scope::All);
+        assert!(full.contains("FROM mesh.mesh_object o\nWHERE NOT o.deleted"), "{full}");
+        assert!(full.contains("FROM mesh.connector_object c JOIN cand ON cand.id = c.mesh_id AND NOT c.deleted"));
+        for sql in [&delta, &full] {
+            assert!(sql.contains("WHERE o.ctid = act.row_id"));
+            assert!(sql.ends_with("SELECT count(*) FILTER (WHERE go) FROM upd"));
+        }
     }
 
     #[test]

@@ -109,6 +109,7 @@ pub fn statements(step: &str, full: bool) -> Vec<(Option<i32>, String, String)> 
                 .map(|t| (None, t.clone(), resolution_sql(&t, &flows, scope)))
                 .collect()
         }
+        "lifecycle" => vec![(None, String::new(), lifecycle_sql(scope))],
         "prejoin" => {
             let flows = import_flows();
             let rules = join_rules();
@@ -174,7 +175,7 @@ pub fn statements(step: &str, full: bool) -> Vec<(Option<i32>, String, String)> 
         "contributions" => vec![(None, String::new(), contributions_sql(&import_flows()))],
         other => crate::error::invalid(
             format!("unknown compile step \"{other}\""),
-            "Steps: join, prejoin, resolve, unresolved, referrers, plan, contributions.",
+            "Steps: join, prejoin, lifecycle, resolve, unresolved, referrers, plan, contributions.",
         ),
     }
 }

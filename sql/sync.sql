@@ -235,31 +235,41 @@ BEGIN ATOMIC
 END;
 
 -- Export results: applied, confirmed (read back), or failed with the system's message.
-CREATE FUNCTION mesh._record_export_outcomes(p_run bigint, p_connector integer, outcomes jsonb) RETURNS void
+-- One array per field, an element per object: read as they are, nothing to parse.
+CREATE FUNCTION mesh._record_export_outcomes(p_run bigint, p_connector integer, p_mesh_ids bigint[],
+    p_statuses text[], p_errors text[], p_codes text[], p_operations text[], p_anchors text[]) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    DELETE FROM mesh.pending_export pe
-     USING jsonb_to_recordset(outcomes) AS o(mesh_id bigint, status text)
-     WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status = 'confirmed';
+    IF 'confirmed' = ANY (p_statuses) THEN
+        DELETE FROM mesh.pending_export pe
+         USING unnest(p_mesh_ids, p_statuses) AS o(mesh_id, status)
+         WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status = 'confirmed';
+    END IF;
     UPDATE mesh.pending_export pe
        SET status = o.status, attempts = pe.attempts + 1, error = o.error, run_id = p_run,
            applied_at = CASE WHEN o.status = 'applied' THEN now() END,
            -- back off: 30 s, 1 min, 2 min, ... at most an hour (mesh.retry() retries now)
            retry_at = CASE WHEN o.status = 'failed'
                            THEN clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END
-      FROM jsonb_to_recordset(outcomes) AS o(mesh_id bigint, status text, error text)
+      FROM unnest(p_mesh_ids, p_statuses, p_errors) AS o(mesh_id, status, error)
      WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status IN ('applied', 'failed');
-    DELETE FROM mesh.run_error e
-     USING jsonb_to_recordset(outcomes) AS o(mesh_id bigint, status text)
-     WHERE e.connector_id = p_connector AND e.mesh_id = o.mesh_id AND o.status <> 'failed'
-       AND e.operation IN ('add', 'update', 'disable', 'delete');
-    INSERT INTO mesh.run_error (run_id, connector_id, anchor, mesh_id, operation, message, sqlstate)
-    SELECT p_run, p_connector, o.anchor, o.mesh_id, o.operation, o.error, o.code
-      FROM jsonb_to_recordset(outcomes) AS o(mesh_id bigint, status text, error text, code text, operation text, anchor text)
-     WHERE o.status = 'failed'
-    ON CONFLICT (connector_id, coalesce(anchor, ''), coalesce(mesh_id, 0), operation)
-    DO UPDATE SET attempts = mesh.run_error.attempts + 1, last_seen = now(), message = EXCLUDED.message,
-                  sqlstate = EXCLUDED.sqlstate, run_id = EXCLUDED.run_id;
+    -- Errors of earlier attempts go once their object is written.
+    IF EXISTS (SELECT 1 FROM mesh.run_error e WHERE e.connector_id = p_connector) THEN
+        DELETE FROM mesh.run_error e
+         USING unnest(p_mesh_ids, p_statuses) AS o(mesh_id, status)
+         WHERE e.connector_id = p_connector AND e.mesh_id = o.mesh_id AND o.status <> 'failed'
+           AND e.operation IN ('add', 'update', 'disable', 'delete');
+    END IF;
+    IF 'failed' = ANY (p_statuses) THEN
+        INSERT INTO mesh.run_error (run_id, connector_id, anchor, mesh_id, operation, message, sqlstate)
+        SELECT p_run, p_connector, o.anchor, o.mesh_id, o.operation, o.error, o.code
+          FROM unnest(p_mesh_ids, p_statuses, p_errors, p_codes, p_operations, p_anchors)
+               AS o(mesh_id, status, error, code, operation, anchor)
+         WHERE o.status = 'failed'
+        ON CONFLICT (connector_id, coalesce(anchor, ''), coalesce(mesh_id, 0), operation)
+        DO UPDATE SET attempts = mesh.run_error.attempts + 1, last_seen = now(), message = EXCLUDED.message,
+                      sqlstate = EXCLUDED.sqlstate, run_id = EXCLUDED.run_id;
+    END IF;
 END $$;
 
 -- ---------------------------------------------------------------------------------------

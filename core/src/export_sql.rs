@@ -22,18 +22,38 @@ pub enum Op {
     Delete,
 }
 
-/// A PostgreSQL statement for one operation over a batch; it returns one row per row
-/// written (`to_jsonb` of the row as stored). `table` is an already quoted, qualified name.
+/// What a statement returns for each row it wrote.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Returning {
+    /// The row as stored: the engine reads it back as the object it now is.
+    Rows,
+    /// Its anchor columns only: enough to tell which changes were written, and a fraction
+    /// of the work (the row's JSON costs more on the target than the write itself).
+    Anchors,
+}
+
+/// A PostgreSQL statement for one operation over a batch; it returns a JSON array with an
+/// object per row written (see `Returning`; a deleted row always comes back whole). `table`
+/// is an already quoted, qualified name.
 pub fn postgres_statement(
     table: &str,
     anchors: &[String],
     cols: &[&str],
     op: Op,
     mode: Mode,
+    returning: Returning,
 ) -> Result<String, String> {
     if anchors.is_empty() {
         return Err("a target table needs its anchor column(s)".into());
     }
+    let returned = match (returning, op) {
+        (Returning::Anchors, Op::Add | Op::Update) => anchors
+            .iter()
+            .map(|a| format!("t.{}", ident(a)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        _ => "t.*".to_string(),
+    };
     let key_match: Vec<String> = anchors
         .iter()
         .map(|a| format!("t.{0} = (e.k).{0}", ident(a)))
@@ -54,7 +74,7 @@ pub fn postgres_statement(
             };
             format!(
                 "INSERT INTO {table} AS t ({}) SELECT {} FROM jsonb_array_elements($1::jsonb) x \
-                 CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, x->'attributes') r{conflict} RETURNING to_jsonb(t.*)",
+                 CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, x->'attributes') r{conflict} RETURNING {returned}",
                 col_list.join(", "),
                 values.join(", ")
             )
@@ -71,19 +91,19 @@ pub fn postgres_statement(
                 "UPDATE {table} AS t SET {} FROM (SELECT x->'attributes' AS ch, \
                  jsonb_populate_record(NULL::{table}, x->'attributes') AS r, \
                  jsonb_populate_record(NULL::{table}, x->'key') AS k FROM jsonb_array_elements($1::jsonb) x) e \
-                 WHERE {} RETURNING to_jsonb(t.*)",
+                 WHERE {} RETURNING {returned}",
                 sets.join(", "),
                 key_match.join(" AND ")
             )
         }
         Op::Delete => format!(
             "DELETE FROM {table} AS t USING (SELECT jsonb_populate_record(NULL::{table}, x->'key') AS k \
-             FROM jsonb_array_elements($1::jsonb) x) e WHERE {} RETURNING to_jsonb(t.*)",
+             FROM jsonb_array_elements($1::jsonb) x) e WHERE {} RETURNING t.*",
             key_match.join(" AND ")
         ),
     };
     Ok(format!(
-        "WITH done AS ({sql}) SELECT coalesce(jsonb_agg(d.to_jsonb), '[]'::jsonb) FROM done d"
+        "WITH done AS ({sql}) SELECT coalesce(jsonb_agg(to_jsonb(d)), '[]'::jsonb) FROM done d"
     ))
 }
 
@@ -185,24 +205,46 @@ mod tests {
             &["employee_id", "e\"mail"],
             Op::Add,
             Mode::Upsert,
+            Returning::Rows,
         )
         .unwrap();
         assert!(sql.contains("jsonb_array_elements($1::jsonb)"));
+        assert!(sql.contains("RETURNING t.*"), "{sql}");
         assert!(sql.contains("(\"employee_id\", \"e\"\"mail\")"), "{sql}");
         assert!(sql.contains("ON CONFLICT (\"employee_id\") DO UPDATE SET \"employee_id\" = EXCLUDED.\"employee_id\""));
         assert!(sql.starts_with("WITH done AS (INSERT INTO hr.employees AS t"));
-        assert!(
-            !postgres_statement("t", &anchors(), &["a"], Op::Add, Mode::Insert)
-                .unwrap()
-                .contains("ON CONFLICT")
-        );
-        assert!(postgres_statement("t", &anchors(), &["a"], Op::Add, Mode::Update).is_err());
+        assert!(!postgres_statement(
+            "t",
+            &anchors(),
+            &["a"],
+            Op::Add,
+            Mode::Insert,
+            Returning::Rows
+        )
+        .unwrap()
+        .contains("ON CONFLICT"));
+        assert!(postgres_statement(
+            "t",
+            &anchors(),
+            &["a"],
+            Op::Add,
+            Mode::Update,
+            Returning::Rows
+        )
+        .is_err());
     }
 
     #[test]
     fn update_writes_only_the_columns_each_change_has() {
-        let sql =
-            postgres_statement("t", &anchors(), &["title"], Op::Update, Mode::Upsert).unwrap();
+        let sql = postgres_statement(
+            "t",
+            &anchors(),
+            &["title"],
+            Op::Update,
+            Mode::Upsert,
+            Returning::Rows,
+        )
+        .unwrap();
         assert!(
             sql.contains(
                 "\"title\" = CASE WHEN e.ch ? 'title' THEN (e.r).\"title\" ELSE t.\"title\" END"
@@ -210,10 +252,56 @@ mod tests {
             "{sql}"
         );
         assert!(sql.contains("WHERE t.\"employee_id\" = (e.k).\"employee_id\""));
-        assert!(postgres_statement("t", &anchors(), &[], Op::Update, Mode::Upsert).is_err());
-        let del = postgres_statement("t", &anchors(), &[], Op::Delete, Mode::Upsert).unwrap();
+        assert!(postgres_statement(
+            "t",
+            &anchors(),
+            &[],
+            Op::Update,
+            Mode::Upsert,
+            Returning::Rows
+        )
+        .is_err());
+        let del = postgres_statement(
+            "t",
+            &anchors(),
+            &[],
+            Op::Delete,
+            Mode::Upsert,
+            Returning::Rows,
+        )
+        .unwrap();
         assert!(del.contains("DELETE FROM t AS t USING"));
-        assert!(postgres_statement("t", &[], &["a"], Op::Delete, Mode::Upsert).is_err());
+        assert!(
+            postgres_statement("t", &[], &["a"], Op::Delete, Mode::Upsert, Returning::Rows)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_statement_returns_only_the_anchors_when_asked_except_for_deletes() {
+        let keys = vec!["id".to_string(), "we\"ird".to_string()];
+        for op in [Op::Add, Op::Update] {
+            let sql = postgres_statement("t", &keys, &["a"], op, Mode::Upsert, Returning::Anchors)
+                .unwrap();
+            assert!(
+                sql.contains("RETURNING t.\"id\", t.\"we\"\"ird\")"),
+                "{sql}"
+            );
+            assert!(!sql.contains("t.*"), "{sql}");
+            assert!(
+                sql.ends_with("SELECT coalesce(jsonb_agg(to_jsonb(d)), '[]'::jsonb) FROM done d")
+            );
+        }
+        let del = postgres_statement(
+            "t",
+            &keys,
+            &[],
+            Op::Delete,
+            Mode::Upsert,
+            Returning::Anchors,
+        )
+        .unwrap();
+        assert!(del.contains("RETURNING t.*)"), "{del}");
     }
 
     #[test]

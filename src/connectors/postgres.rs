@@ -17,6 +17,7 @@ use idmesh_core::export_sql::Mode;
 use idmesh_core::sql::ident;
 use idmesh_sdk::*;
 use serde_json::{json, Value};
+use std::collections::HashMap;
 use std::str::FromStr;
 
 const BATCH: usize = 5000;
@@ -151,6 +152,17 @@ pub struct PostgresConnector {
     config: PostgresConfig,
     password: Option<String>,
     client: Option<tokio_postgres::Client>,
+    /// Statements prepared on this connection, by text: a batch's statement is parsed by
+    /// the target once a run, and each later batch takes one round trip instead of two.
+    statements: HashMap<String, tokio_postgres::Statement>,
+}
+
+/// An error of the target server as (SQLSTATE, message).
+fn refused(what: &str, e: tokio_postgres::Error) -> (Option<String>, String) {
+    (
+        e.as_db_error().map(|d| d.code().code().to_string()),
+        connection_error(what, e).message,
+    )
 }
 
 fn connection_error(what: &str, e: tokio_postgres::Error) -> ConnectorError {
@@ -169,6 +181,7 @@ impl PostgresConnector {
             config,
             password,
             client: None,
+            statements: HashMap::new(),
         }
     }
 
@@ -191,6 +204,21 @@ impl PostgresConnector {
             self.client = Some(client);
         }
         Ok(self.client.as_ref().unwrap())
+    }
+
+    /// `sql` prepared once on this connection.
+    async fn statement(
+        &mut self,
+        sql: &str,
+        what: &str,
+    ) -> Result<tokio_postgres::Statement, (Option<String>, String)> {
+        if let Some(s) = self.statements.get(sql) {
+            return Ok(s.clone());
+        }
+        let client = self.client().await.map_err(|e| (None, e.message))?;
+        let prepared = client.prepare(sql).await.map_err(|e| refused(what, e))?;
+        self.statements.insert(sql.to_string(), prepared.clone());
+        Ok(prepared)
     }
 
     /// The import query with `@watermark` as a typed parameter, and the text of the type.
@@ -560,15 +588,11 @@ impl PostgresConnector {
             };
             let outcome = async {
                 let (numbered, names) = named_parameters(&user_sql);
-                let client = self.client().await.map_err(|e| (None, e.message))?;
                 // Learn each parameter's type from the server, then send all values in one
                 // jsonb parameter cast to those types: typed by the target, never spliced.
-                let probe = client.prepare(&numbered).await.map_err(|e| {
-                    (
-                        e.as_db_error().map(|d| d.code().code().to_string()),
-                        connection_error("the export statement does not prepare", e).message,
-                    )
-                })?;
+                let probe = self
+                    .statement(&numbered, "the export statement does not prepare")
+                    .await?;
                 let types: Vec<String> = probe
                     .params()
                     .iter()
@@ -580,12 +604,13 @@ impl PostgresConnector {
                     values.insert(k.clone(), v.clone());
                 }
                 let values = Value::Object(values);
-                client.execute(&typed, &[&values]).await.map_err(|e| {
-                    (
-                        e.as_db_error().map(|d| d.code().code().to_string()),
-                        connection_error("the export statement failed", e).message,
-                    )
-                })
+                let failed = "the export statement failed";
+                let statement = self.statement(&typed, failed).await?;
+                let client = self.client().await.map_err(|e| (None, e.message))?;
+                client
+                    .execute(&statement, &[&values])
+                    .await
+                    .map_err(|e| refused(failed, e))
             }
             .await;
             results.push(match outcome {
@@ -604,16 +629,17 @@ impl PostgresConnector {
         changes: &[&ExportChange],
     ) -> Result<Vec<ExportResult>, (Option<String>, String)> {
         let shape = self.shape();
-        let (sql, payload) =
-            pg_batch(table, &shape, self.config.export_mode, op, changes).map_err(|e| (None, e))?;
+        let (sql, payload) = pg_batch(table, &shape, self.config.export_mode, op, changes, false)
+            .map_err(|e| (None, e))?;
+        let refusal = "the target refused the change";
+        let statement = self.statement(&sql, refusal).await?;
         let client = self.client().await.map_err(|e| (None, e.message))?;
-        let row = client.query_one(&sql, &[&payload]).await.map_err(|e| {
-            let code = e.as_db_error().map(|d| d.code().code().to_string());
-            (
-                code,
-                connection_error("the target refused the change", e).message,
-            )
-        })?;
+        let payload = serde_json::value::RawValue::from_string(payload)
+            .map_err(|e| (None, e.to_string()))?;
+        let row = client
+            .query_one(&statement, &[&tokio_postgres::types::Json(&*payload)])
+            .await
+            .map_err(|e| refused(refusal, e))?;
         let written = match row.get::<_, Value>(0) {
             Value::Array(rows) => rows,
             _ => Vec::new(),

@@ -3,9 +3,9 @@
 //! statement and one result per change.
 
 use crate::error::invalid;
-use idmesh_core::export_sql::{self, Mode, Op};
+use idmesh_core::export_sql::{self, Mode, Op, Returning};
 use idmesh_sdk::*;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 
 /// A JSON scalar as the text PostgreSQL's `::text` gives for it (None for null).
@@ -103,14 +103,17 @@ impl RowShape {
 }
 
 /// One statement for a batch of changes of one operation to a PostgreSQL table, and its
-/// single JSON parameter.
+/// single JSON parameter as text (written straight from the changes: no copy of their
+/// values is built on the way). `read_back`: the rows written come back whole (the table is also
+/// the import source), else only their anchors.
 pub fn pg_batch(
     table: &str,
     shape: &RowShape,
     mode: Mode,
     op: ExportOperation,
     changes: &[&ExportChange],
-) -> Result<(String, Value), String> {
+    read_back: bool,
+) -> Result<(String, String), String> {
     if op == ExportOperation::Add {
         if let Some(_) = changes.iter().find(|c| {
             shape
@@ -124,12 +127,20 @@ pub fn pg_batch(
             ));
         }
     }
-    let payload = Value::Array(
-        changes
-            .iter()
-            .map(|c| json!({"attributes": c.attributes, "key": shape.key(op, c)}))
-            .collect(),
-    );
+    let mut payload: Vec<u8> = Vec::with_capacity(changes.len() * 256);
+    payload.push(b'[');
+    for (i, c) in changes.iter().enumerate() {
+        if i > 0 {
+            payload.push(b',');
+        }
+        payload.extend_from_slice(b"{\"attributes\":");
+        serde_json::to_writer(&mut payload, &c.attributes).map_err(|e| e.to_string())?;
+        payload.extend_from_slice(b",\"key\":");
+        serde_json::to_writer(&mut payload, &shape.key(op, c)).map_err(|e| e.to_string())?;
+        payload.push(b'}');
+    }
+    payload.push(b']');
+    let payload = String::from_utf8(payload).map_err(|e| e.to_string())?;
     let mut cols: Vec<&str> = changes
         .iter()
         .flat_map(|c| c.attributes.keys().map(String::as_str))
@@ -142,7 +153,18 @@ pub fn pg_batch(
         ExportOperation::Delete => Op::Delete,
     };
     Ok((
-        export_sql::postgres_statement(table, &shape.anchor, &cols, sql_op, mode)?,
+        export_sql::postgres_statement(
+            table,
+            &shape.anchor,
+            &cols,
+            sql_op,
+            mode,
+            if read_back {
+                Returning::Rows
+            } else {
+                Returning::Anchors
+            },
+        )?,
         payload,
     ))
 }

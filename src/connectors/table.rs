@@ -401,9 +401,9 @@ impl TableConnector {
             ExportMode::Update => export_sql::Mode::Update,
         };
         let shape = self.config.shape();
-        let (sql, payload) = rows::pg_batch(table, &shape, mode, op, changes)
+        let (sql, payload) = rows::pg_batch(table, &shape, mode, op, changes, read_back)
             .map_err(|e| format!("connector \"{}\": {e}", self.name))?;
-        let written = match store::json(&sql, &[JsonB(payload).into()]) {
+        let written = match store::json(&sql, &[payload.into()]) {
             Value::Array(rows) => rows,
             _ => Vec::new(),
         };

@@ -7,7 +7,6 @@ use super::{finish_run, start_run, Connector, Counters};
 use crate::connectors;
 use crate::store;
 use idmesh_sdk::*;
-use pgrx::JsonB;
 use serde_json::{json, Value};
 
 const BATCH: i64 = 1000;
@@ -63,101 +62,39 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
     let mut counters = Counters::default();
     let mut last_id: i64 = 0;
     let mut read_back = StagingSink::new(run_id, false, None);
-    loop {
-        let more = store::in_batch_context(|| {
-            let batch = store::json(
-            "SELECT coalesce(jsonb_agg(jsonb_build_object('id', pe.id, 'mesh_id', pe.mesh_id, 'operation', pe.operation, \
-                 'object_type', pe.object_type, 'anchor', pe.anchor, 'name', pe.name, 'changes', pe.changes, \
-                 'current', coalesce(c.attrs, '{}'))), '[]') \
-             FROM (SELECT * FROM mesh.pending_export WHERE connector_id = $1 AND id > $2 \
-                   AND (status IN ('pending', 'approved') \
-                        OR (status = 'failed' AND coalesce(retry_at, '-infinity') <= clock_timestamp())) \
-                   ORDER BY id LIMIT $3) pe \
-             LEFT JOIN mesh.connector_object c ON c.connector_id = pe.connector_id AND c.anchor = pe.anchor",
-            &[connector.id.into(), last_id.into(), BATCH.into()],
-        );
-            let Value::Array(mut rows) = batch else {
-                return false;
-            };
-            if rows.is_empty() {
-                return false;
-            }
-            last_id = rows
-                .iter()
-                .filter_map(|r| r["id"].as_i64())
-                .max()
-                .unwrap_or(last_id);
-            let changes: Vec<ExportChange> = rows
-                .iter_mut()
-                .filter_map(|r| {
-                    Some(ExportChange {
-                        mesh_id: r["mesh_id"].as_i64()?,
-                        operation: ExportOperation::parse(r["operation"].as_str()?)?,
-                        object_type: r["object_type"].as_str()?.to_string(),
-                        anchor: r["anchor"].as_str().map(str::to_string),
-                        name: r["name"].as_str().map(str::to_string),
-                        attributes: take_attrs(&mut r["changes"]),
-                        current: take_attrs(&mut r["current"]),
-                    })
-                })
-                .collect();
-            let results = rt
-                .block_on(conn.export(&changes))
-                .unwrap_or_else(|e| fail(e, connector));
-            let mut outcomes = Vec::with_capacity(results.len());
-            let mut staged: Vec<SourceObject> = Vec::new();
-            let mut staged_ids: Vec<i64> = Vec::new();
-            let by_mesh_id: std::collections::HashMap<i64, &ExportChange> =
-                changes.iter().map(|c| (c.mesh_id, c)).collect();
-            for res in results {
-                let Some(change) = by_mesh_id.get(&res.mesh_id) else {
-                    continue;
-                };
-                match &res.error {
-                    None => {
-                        match change.operation {
-                            ExportOperation::Add => counters.added += 1,
-                            ExportOperation::Delete => counters.deleted += 1,
-                            _ => counters.updated += 1,
-                        }
-                        let confirmed = res.object.is_some();
-                        if let Some(obj) = res.object {
-                            counters.confirmed += 1;
-                            staged_ids.push(res.mesh_id);
-                            staged.push(obj);
-                        }
-                        outcomes.push(json!({"mesh_id": res.mesh_id, "status": if confirmed { "confirmed" } else { "applied" },
-                                         "operation": change.operation.as_str()}));
-                    }
-                    Some(msg) => {
-                        counters.errors += 1;
-                        outcomes.push(json!({"mesh_id": res.mesh_id, "status": "failed", "error": msg, "code": res.code,
-                                         "operation": change.operation.as_str(), "anchor": change.anchor}));
-                    }
-                }
-            }
-            if !staged.is_empty() {
-                read_back.mesh_ids = Some(staged_ids);
-                read_back
-                    .accept(staged)
-                    .unwrap_or_else(|e| fail(e, connector));
-            }
-            store::exec(
-                "SELECT mesh._record_export_outcomes($1, $2, $3)",
-                &[
-                    run_id.into(),
-                    connector.id.into(),
-                    JsonB(Value::Array(outcomes)).into(),
-                ],
-            );
-            true
+    // Pipelined: a batch goes to the target, and while the target writes it the engine
+    // records the outcomes of the batch before (two servers at work, not one waiting).
+    let mut written: Option<(Vec<ExportChange>, Vec<ExportResult>)> = None;
+    let mut finish = |(changes, results): (Vec<ExportChange>, Vec<ExportResult>)| {
+        store::in_batch_context(|| {
+            record(run_id, connector, &changes, results, &mut counters, &mut read_back)
         });
-        if !more {
-            break;
-        }
         let done = counters.added + counters.updated + counters.deleted + counters.errors;
         super::checkpoint(run_id, "exporting", done as u64, None)
-            .unwrap_or_else(|e| fail(e, connector));
+    };
+    loop {
+        let next = store::in_batch_context(|| next_batch(connector.id, &mut last_id));
+        let mut sending = next.as_ref().map(|changes| conn.export(changes));
+        let done_at_once = sending.as_mut().and_then(|f| send(&rt, f));
+        let stop = written.take().and_then(|w| finish(w).err());
+        let results = match (done_at_once, sending) {
+            (Some(r), _) => Some(r),
+            (None, Some(f)) => Some(rt.block_on(f)),
+            (None, None) => None,
+        };
+        written = next
+            .zip(results)
+            .map(|(changes, r)| (changes, r.unwrap_or_else(|e| fail(e, connector))));
+        if let Some(e) = stop {
+            // Cancelled: the batch already sent was written, so its outcomes are kept too.
+            if let Some(w) = written.take() {
+                let _ = finish(w);
+            }
+            fail(e, connector);
+        }
+        if written.is_none() {
+            break;
+        }
     }
     if read_back.seen > 0 {
         // Objects read back from the target confirm their exports now.
@@ -173,4 +110,152 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
     };
     finish_run(run_id, &counters, status, json!({}), None, None);
     run_id
+}
+
+/// Polls an export once, so its first request is on the wire, and lets the client's
+/// connection task write it; the result when the export finished at once.
+fn send<T>(rt: &tokio::runtime::Runtime, export: &mut BoxFuture<'_, T>) -> Option<T> {
+    rt.block_on(async {
+        match futures_util::poll!(export.as_mut()) {
+            std::task::Poll::Ready(r) => Some(r),
+            std::task::Poll::Pending => {
+                tokio::task::yield_now().await;
+                None
+            }
+        }
+    })
+}
+
+/// The next batch of pending exports after `last_id` (which moves on); None when done.
+fn next_batch(connector_id: i32, last_id: &mut i64) -> Option<Vec<ExportChange>> {
+    let batch = store::json(
+        "SELECT coalesce(json_agg(pe), '[]') FROM \
+           (SELECT pe.id, pe.mesh_id, pe.operation, pe.object_type, pe.anchor, pe.name, pe.changes, \
+                   coalesce(c.attrs, '{}') AS current \
+              FROM (SELECT * FROM mesh.pending_export WHERE connector_id = $1 AND id > $2 \
+                    AND (status IN ('pending', 'approved') \
+                         OR (status = 'failed' AND coalesce(retry_at, '-infinity') <= clock_timestamp())) \
+                    ORDER BY id LIMIT $3) pe \
+              LEFT JOIN mesh.connector_object c ON c.connector_id = pe.connector_id AND c.anchor = pe.anchor) pe",
+        &[connector_id.into(), (*last_id).into(), BATCH.into()],
+    );
+    let Value::Array(mut rows) = batch else {
+        return None;
+    };
+    if rows.is_empty() {
+        return None;
+    }
+    *last_id = rows
+        .iter()
+        .filter_map(|r| r["id"].as_i64())
+        .max()
+        .unwrap_or(*last_id);
+    Some(
+        rows.iter_mut()
+            .filter_map(|r| {
+                Some(ExportChange {
+                    mesh_id: r["mesh_id"].as_i64()?,
+                    operation: ExportOperation::parse(r["operation"].as_str()?)?,
+                    object_type: r["object_type"].as_str()?.to_string(),
+                    anchor: r["anchor"].as_str().map(str::to_string),
+                    name: r["name"].as_str().map(str::to_string),
+                    attributes: take_attrs(&mut r["changes"]),
+                    current: take_attrs(&mut r["current"]),
+                })
+            })
+            .collect(),
+    )
+}
+
+/// Records a batch's results: counters, each pending export's outcome, and the objects
+/// read back staged as confirmations.
+fn record(
+    run_id: i64,
+    connector: &Connector,
+    changes: &[ExportChange],
+    results: Vec<ExportResult>,
+    counters: &mut Counters,
+    read_back: &mut StagingSink,
+) {
+    let by_mesh_id: std::collections::HashMap<i64, &ExportChange> =
+        changes.iter().map(|c| (c.mesh_id, c)).collect();
+    let mut outcomes = Outcomes::default();
+    let mut staged: Vec<SourceObject> = Vec::new();
+    let mut staged_ids: Vec<i64> = Vec::new();
+    for res in results {
+        let Some(change) = by_mesh_id.get(&res.mesh_id) else {
+            continue;
+        };
+        match res.error {
+            None => {
+                match change.operation {
+                    ExportOperation::Add => counters.added += 1,
+                    ExportOperation::Delete => counters.deleted += 1,
+                    _ => counters.updated += 1,
+                }
+                let status = match res.object {
+                    Some(obj) => {
+                        counters.confirmed += 1;
+                        staged_ids.push(res.mesh_id);
+                        staged.push(obj);
+                        "confirmed"
+                    }
+                    None => "applied",
+                };
+                outcomes.push(res.mesh_id, status, None, None, change);
+            }
+            Some(msg) => {
+                counters.errors += 1;
+                outcomes.push(res.mesh_id, "failed", Some(msg), res.code, change);
+            }
+        }
+    }
+    if !staged.is_empty() {
+        read_back.mesh_ids = Some(staged_ids);
+        read_back
+            .accept(staged)
+            .unwrap_or_else(|e| fail(e, connector));
+    }
+    store::exec(
+        "SELECT mesh._record_export_outcomes($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            run_id.into(),
+            connector.id.into(),
+            outcomes.mesh_ids.into(),
+            outcomes.statuses.into(),
+            outcomes.errors.into(),
+            outcomes.codes.into(),
+            outcomes.operations.into(),
+            outcomes.anchors.into(),
+        ],
+    );
+}
+
+/// A batch's outcomes, a column each (the arrays `mesh._record_export_outcomes` takes).
+#[derive(Default)]
+struct Outcomes {
+    mesh_ids: Vec<i64>,
+    statuses: Vec<String>,
+    errors: Vec<Option<String>>,
+    codes: Vec<Option<String>>,
+    operations: Vec<String>,
+    anchors: Vec<Option<String>>,
+}
+
+impl Outcomes {
+    fn push(
+        &mut self,
+        mesh_id: i64,
+        status: &str,
+        error: Option<String>,
+        code: Option<String>,
+        change: &ExportChange,
+    ) {
+        self.mesh_ids.push(mesh_id);
+        self.statuses.push(status.to_string());
+        self.errors.push(error);
+        self.codes.push(code);
+        self.operations.push(change.operation.as_str().to_string());
+        self.anchors.push(change.anchor.clone());
+    }
 }

@@ -321,3 +321,137 @@ fn enqueue_refuses_the_wrong_database_clearly() {
     let mut c = fresh_database("idmesh_it_not_workers");
     assert_eq!(sqlstate_of(&mut c, "SELECT mesh.enqueue_cycle()"), "55000");
 }
+
+/// A cancelled export to a PostgreSQL target: exports are pipelined (the next batch is on
+/// the wire while the last one is recorded), so the batch already sent when the cancel is
+/// seen is recorded too. Whatever the target holds, the engine knows it wrote.
+#[test]
+fn a_cancelled_export_records_every_row_the_target_has() {
+    const ROWS: i64 = 20_000;
+    const PASSWORD: &str = "Exp-p4ss-word!";
+    let mut admin = connect("postgres");
+    admin
+        .batch_execute("DROP DATABASE IF EXISTS idmesh_it_export WITH (FORCE)")
+        .unwrap();
+    admin
+        .batch_execute("CREATE DATABASE idmesh_it_export")
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'export_app') THEN CREATE ROLE export_app LOGIN; END IF;
+             END $$;
+             ALTER ROLE export_app PASSWORD '{PASSWORD}';"
+        ))
+        .unwrap();
+    let mut target = connect("idmesh_it_export");
+    // Each batch takes the target a while, so the run is still going when it is cancelled.
+    target
+        .batch_execute(
+            "CREATE TABLE accounts (id integer PRIMARY KEY, name text);
+             CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$;
+             CREATE TRIGGER slow AFTER INSERT ON accounts FOR EACH STATEMENT EXECUTE FUNCTION slow();
+             GRANT ALL ON accounts TO export_app;",
+        )
+        .unwrap();
+    let mut c = setup(&[]);
+    c.batch_execute(&format!(
+        "DROP TABLE IF EXISTS public.staff;
+         CREATE TABLE public.staff AS SELECT g AS id, 'Person ' || g AS name FROM generate_series(1, {ROWS}) g;
+         SELECT mesh.create_connector('Staff', 'table', '{{\"source\": \"public.staff\", \"anchor\": \"id\"}}');
+         SELECT mesh.set_projection('Staff', 'person', true);
+         SELECT mesh.add_import_flow('Staff', 'person', a, a, 90) FROM unnest(ARRAY['id', 'name']) a;"
+    ))
+    .unwrap();
+    c.execute(
+        "SELECT mesh.create_connector('Accounts', 'postgres', $1, secret => $2)",
+        &[
+            &serde_json::json!({
+                "dsn": format!("host=127.0.0.1 port={} dbname=idmesh_it_export user=export_app", port()),
+                "import_query": "SELECT * FROM accounts", "anchor": "id", "export_table": "accounts"}),
+            &PASSWORD,
+        ],
+    )
+    .unwrap();
+    c.batch_execute(
+        "SELECT mesh.add_export_flow('Accounts', 'person', a, a) FROM unnest(ARRAY['id', 'name']) a;
+         SELECT mesh.set_provisioning('Accounts', 'person', NULL, '{}');
+         SELECT mesh.set_safety('Accounts', delete_threshold => 1000000);
+         SELECT mesh.run('Staff', 'full_import');
+         SELECT mesh.sync();",
+    )
+    .unwrap();
+    let run: i64 = c
+        .query_one("SELECT mesh.enqueue('Accounts', 'export')", &[])
+        .unwrap()
+        .get(0);
+    wait_for(
+        "the export to record a batch",
+        Duration::from_secs(60),
+        || {
+            let seen: i64 = c
+                .query_one("SELECT seen FROM mesh.run WHERE id = $1", &[&run])
+                .unwrap()
+                .get(0);
+            (seen > 0).then_some(())
+        },
+    );
+    c.query_one("SELECT mesh.cancel($1)", &[&run]).unwrap();
+    assert_eq!(ended(&mut c, run, 60), "cancelled");
+    let written: Vec<i32> = target
+        .query("SELECT id FROM accounts ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let applied: Vec<i32> = c
+        .query(
+            "SELECT (changes->>'id')::integer FROM mesh.pending_export WHERE status = 'applied' ORDER BY 1",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(
+        !written.is_empty() && (written.len() as i64) < ROWS,
+        "cut short midway: {} rows written",
+        written.len()
+    );
+    // Every row the target has is recorded as applied, and no other.
+    assert_eq!(
+        (
+            written.len(),
+            written.iter().zip(&applied).find(|(w, a)| w != a)
+        ),
+        (applied.len(), None),
+        "rows in the target against exports recorded as applied (count, first difference)"
+    );
+    let pending: i64 = c
+        .query_one(
+            "SELECT count(*) FROM mesh.pending_export WHERE status = 'pending'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(pending, ROWS - written.len() as i64);
+    // The next export writes the rest.
+    let next: i64 = c
+        .query_one("SELECT mesh.enqueue('Accounts', 'export')", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(ended(&mut c, next, 120), "success");
+    let total: i64 = target
+        .query_one("SELECT count(*) FROM accounts", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(total, ROWS);
+    let left: i64 = c
+        .query_one(
+            "SELECT count(*) FROM mesh.pending_export WHERE status <> 'applied'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}

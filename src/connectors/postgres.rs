@@ -634,8 +634,8 @@ impl PostgresConnector {
         let refusal = "the target refused the change";
         let statement = self.statement(&sql, refusal).await?;
         let client = self.client().await.map_err(|e| (None, e.message))?;
-        let payload = serde_json::value::RawValue::from_string(payload)
-            .map_err(|e| (None, e.to_string()))?;
+        let payload =
+            serde_json::value::RawValue::from_string(payload).map_err(|e| (None, e.to_string()))?;
         let row = client
             .query_one(&statement, &[&tokio_postgres::types::Json(&*payload)])
             .await

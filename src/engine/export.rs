@@ -67,7 +67,14 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
     let mut written: Option<(Vec<ExportChange>, Vec<ExportResult>)> = None;
     let mut finish = |(changes, results): (Vec<ExportChange>, Vec<ExportResult>)| {
         store::in_batch_context(|| {
-            record(run_id, connector, &changes, results, &mut counters, &mut read_back)
+            record(
+                run_id,
+                connector,
+                &changes,
+                results,
+                &mut counters,
+                &mut read_back,
+            )
         });
         let done = counters.added + counters.updated + counters.deleted + counters.errors;
         super::checkpoint(run_id, "exporting", done as u64, None)

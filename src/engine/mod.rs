@@ -132,12 +132,6 @@ pub fn checkpoint(
     if !in_worker() {
         return Ok(());
     }
-    if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
-        return Err(ConnectorError::new(
-            ErrorKind::Cancelled,
-            "cut short: its worker was told to stop (terminated, or the server is shutting down); the watermark did not move",
-        ));
-    }
     // SAFETY: called between statements, with no SPI connection or portal open, from the
     // worker's own transaction (one active snapshot, pushed by BackgroundWorker::transaction).
     unsafe {
@@ -145,6 +139,14 @@ pub fn checkpoint(
         pg_sys::CommitTransactionCommand();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    // Told to stop: what was done so far is committed above (an export's outcomes must
+    // outlive the run, as the target keeps what it was sent).
+    if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
+        return Err(ConnectorError::new(
+            ErrorKind::Cancelled,
+            "cut short: its worker was told to stop (terminated, or the server is shutting down); the watermark did not move",
+        ));
     }
     store::lock();
     let cancel: Option<bool> = store::one(

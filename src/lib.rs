@@ -44,6 +44,7 @@ mod tests {
     include!("../pgrx-tests/scenarios.rs");
     include!("../pgrx-tests/safety.rs");
     include!("../pgrx-tests/process.rs");
+    include!("../pgrx-tests/jsonb_build.rs");
 }
 
 /// Required by `cargo pgrx test`.

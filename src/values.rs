@@ -31,3 +31,99 @@ pub unsafe extern "C-unwind" fn idmesh_is_empty(fcinfo: pg_sys::FunctionCallInfo
         pg_sys::Datum::from(idmesh_core::jsonb::is_empty_value(data))
     }
 }
+
+/// A batch of rows read as JSON texts, as the three arrays the staging statement takes
+/// (`idmesh_core::sql::json_rows_select`): each row's jsonb built here (NULL where
+/// `idmesh_core::jsonb_build` leaves the row to the server), its change hash (md5 of the
+/// text, as `md5(text)` gives it), and the text of each row left to the server.
+pub fn json_rows<'a>(rows: &[String]) -> Vec<pgrx::datum::DatumWithOid<'a>> {
+    use md5::Digest;
+    // Strings are built as UTF-8; another server encoding leaves every row to the server.
+    let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
+    let mut datums: Vec<pg_sys::Datum> = Vec::with_capacity(rows.len());
+    let mut nulls: Vec<bool> = Vec::with_capacity(rows.len());
+    let mut hashes: Vec<String> = Vec::with_capacity(rows.len());
+    let mut left: Vec<Option<&str>> = Vec::with_capacity(rows.len());
+    for row in rows {
+        let digest = md5::Md5::digest(row.as_bytes());
+        hashes.push(digest.iter().map(|b| format!("{b:02x}")).collect());
+        let built = if utf8 { jsonb_of(row) } else { None };
+        match built {
+            Some(value) => {
+                datums.push(varlena(&value));
+                nulls.push(false);
+                left.push(None);
+            }
+            None => {
+                datums.push(pg_sys::Datum::from(0));
+                nulls.push(true);
+                left.push(Some(row));
+            }
+        }
+    }
+    let mut dims = [rows.len() as i32];
+    let mut lower = [1];
+    // SAFETY: one dimension of `rows.len()` jsonb datums (varlena, 4-byte aligned) and as
+    // many null flags; the array is built in the current (batch) memory context.
+    let array = unsafe {
+        pg_sys::construct_md_array(
+            datums.as_mut_ptr(),
+            nulls.as_mut_ptr(),
+            1,
+            dims.as_mut_ptr(),
+            lower.as_mut_ptr(),
+            pg_sys::JSONBOID,
+            -1,
+            false,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+        )
+    };
+    vec![
+        // SAFETY: a jsonb[] datum built just above.
+        unsafe { pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(array), pg_sys::JSONBARRAYOID) },
+        hashes.into(),
+        left.into(),
+    ]
+}
+
+/// The jsonb value (after its varlena header) of a JSON text, as `jsonb_in` makes it; None
+/// where `idmesh_core::jsonb_build` leaves the text to the server.
+pub fn jsonb_of(text: &str) -> Option<Vec<u8>> {
+    idmesh_core::jsonb_build::from_text(text, &mut |number| {
+        idmesh_core::jsonb_build::numeric_of(number).or_else(|| numeric_in(number))
+    })
+}
+
+/// A palloc'd varlena holding `data`.
+fn varlena(data: &[u8]) -> pg_sys::Datum {
+    // SAFETY: allocates header and data in the current memory context and fills both.
+    unsafe {
+        let len = 4 + data.len();
+        let ptr = pg_sys::palloc(len) as *mut u8;
+        std::ptr::copy_nonoverlapping(idmesh_core::jsonb_build::varlena_header(len).as_ptr(), ptr, 4);
+        std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.add(4), data.len());
+        pg_sys::Datum::from(ptr)
+    }
+}
+
+/// The numeric datum `numeric_in` makes of a JSON number (the forms `numeric_of` leaves,
+/// such as exponents); it raises the server's own error for a number out of range.
+fn numeric_in(text: &str) -> Option<Vec<u8>> {
+    let text = std::ffi::CString::new(text).ok()?;
+    // SAFETY: numeric_in takes a C string, a type oid and a typmod; its result is a
+    // palloc'd numeric varlena, copied out and freed.
+    unsafe {
+        let datum = pgrx::fcinfo::direct_function_call_as_datum(
+            pg_sys::numeric_in,
+            &[
+                Some(pg_sys::Datum::from(text.as_ptr())),
+                Some(pg_sys::Datum::from(pg_sys::InvalidOid)),
+                Some(pg_sys::Datum::from(-1i32)),
+            ],
+        )?;
+        let ptr = datum.cast_mut_ptr::<pg_sys::varlena>();
+        let bytes = std::slice::from_raw_parts(ptr as *const u8, pgrx::varlena::varsize_any(ptr)).to_vec();
+        pg_sys::pfree(ptr.cast());
+        Some(bytes)
+    }
+}

@@ -13,6 +13,7 @@ pub mod delta;
 pub mod dn;
 pub mod export_sql;
 pub mod jsonb;
+pub mod jsonb_build;
 pub mod resolve;
 pub mod source;
 pub mod sql;

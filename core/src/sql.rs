@@ -219,13 +219,14 @@ fn followed_by_paren(b: &[u8], mut i: usize) -> bool {
     b.get(i) == Some(&b'(')
 }
 
-/// The query that stages rows arriving as JSON object texts (`$1`, a text array): for each
-/// row its anchor (the anchor columns' texts, joined by U+001F when there are several;
+/// The query that stages rows arriving as JSON object texts, given as three arrays: each
+/// row's jsonb built by the engine (`$1`, NULL where it left the row to the server), its
+/// hash (`$2`) and the texts the server parses itself (`$3`). For each row its anchor (the anchor columns' texts, joined by U+001F when there are several;
 /// NULL when one is missing), name, soft-delete flag and the row itself as `attrs`. The
 /// texts are what `->>` gives, so an anchor reads the same as from the in-database kind.
-/// The change-detection hash is taken of the text as it came: the source renders a row the
-/// same way every time, and rendering the parsed value again for the hash cost more than
-/// the parse.
+/// The change-detection hash is the md5 of the text as it came: the source renders a row
+/// the same way every time, and rendering the parsed value again for the hash cost more
+/// than the parse.
 pub fn json_rows_select(
     anchor: &[String],
     name_column: Option<&str>,
@@ -261,8 +262,9 @@ pub fn json_rows_select(
         None => "false".to_string(),
     };
     format!(
-        "SELECT {anchor_sql} AS anchor, {name} AS name, {deleted} AS deleted, r AS attrs, md5(t) AS hash \
-         FROM (SELECT t, t::jsonb AS r FROM unnest($1::text[]) AS t) j"
+        "SELECT {anchor_sql} AS anchor, {name} AS name, {deleted} AS deleted, r AS attrs, hash \
+         FROM (SELECT coalesce(u.j, u.t::jsonb) AS r, u.h AS hash \
+               FROM unnest($1::jsonb[], $2::text[], $3::text[]) AS u(j, h, t)) j"
     )
 }
 
@@ -325,9 +327,10 @@ mod tests {
     fn json_rows_select_reads_anchor_name_and_soft_delete_from_the_row() {
         let one = json_rows_select(&["id".into()], None, None);
         assert!(one.starts_with(
-            "SELECT r->>'id' AS anchor, r->>'id' AS name, false AS deleted, r AS attrs, md5(t) AS hash"
+            "SELECT r->>'id' AS anchor, r->>'id' AS name, false AS deleted, r AS attrs, hash"
         ));
-        assert!(one.contains("unnest($1::text[])"));
+        assert!(one.contains("unnest($1::jsonb[], $2::text[], $3::text[])"));
+        assert!(one.contains("coalesce(u.j, u.t::jsonb) AS r"));
         let two = json_rows_select(&["org".into(), "emp".into()], Some("login"), Some("gone"));
         assert!(two.contains("CASE WHEN r->>'org' IS NULL OR r->>'emp' IS NULL THEN NULL ELSE concat_ws(E'\\x1f', r->>'org', r->>'emp') END AS anchor"));
         assert!(two.contains("coalesce(r->>'login', CASE"));

@@ -115,8 +115,8 @@ pub trait ImportSink {
         None
     }
     /// For SQL sources whose rows arrive as JSON object texts: stage one batch of them with
-    /// `select`, a query over `$1` (the texts as a text array) giving `anchor, name,
-    /// deleted, attrs`, without parsing them on the way. Takes the rows and returns the
+    /// `select` (`idmesh_core::sql::json_rows_select`, which gives `anchor, name, deleted,
+    /// attrs, hash`), without parsing them on the way. Takes the rows and returns the
     /// number staged, or None (rows left in place) when this sink cannot: then parse them
     /// and send batches.
     fn stage_json_rows(

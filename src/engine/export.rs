@@ -82,11 +82,14 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
     loop {
         let next = store::in_batch_context(|| next_batch(connector.id, &mut last_id));
         let mut sending = next.as_ref().map(|changes| conn.export(changes));
-        let done_at_once = sending.as_mut().and_then(|f| send(&rt, f));
+        // What a connector allocates in the server while it works is freed with its batch.
+        let done_at_once = sending
+            .as_mut()
+            .and_then(|f| store::in_batch_context(|| send(&rt, f)));
         let stop = written.take().and_then(|w| finish(w).err());
         let results = match (done_at_once, sending) {
             (Some(r), _) => Some(r),
-            (None, Some(f)) => Some(rt.block_on(f)),
+            (None, Some(f)) => Some(store::in_batch_context(|| rt.block_on(f))),
             (None, None) => None,
         };
         written = next

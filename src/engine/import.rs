@@ -142,7 +142,8 @@ impl ImportSink for StagingSink {
         let rows = std::mem::take(rows);
         let batch = self.next_batch();
         let staged = store::in_batch_context(|| {
-            self.stage_select(select, vec![rows.into()], batch, object_type, "q.hash")
+            let args = crate::values::json_rows(&rows);
+            self.stage_select(select, args, batch, object_type, "q.hash")
         });
         Some(staged.and_then(|n| self.progress(self.total).map(|_| n)))
     }

@@ -607,10 +607,12 @@ impl PostgresConnector {
                 let failed = "the export statement failed";
                 let statement = self.statement(&typed, failed).await?;
                 let client = self.client().await.map_err(|e| (None, e.message))?;
-                client
-                    .execute(&statement, &[&values])
-                    .await
-                    .map_err(|e| refused(failed, e))
+                let done = client.execute(&statement, &[&values]).await;
+                if done.is_err() {
+                    // Prepared again for the next change: the table may have changed.
+                    self.statements.remove(&typed);
+                }
+                done.map_err(|e| refused(failed, e))
             }
             .await;
             results.push(match outcome {
@@ -636,10 +638,17 @@ impl PostgresConnector {
         let client = self.client().await.map_err(|e| (None, e.message))?;
         let payload =
             serde_json::value::RawValue::from_string(payload).map_err(|e| (None, e.to_string()))?;
-        let row = client
+        let row = match client
             .query_one(&statement, &[&tokio_postgres::types::Json(&*payload)])
             .await
-            .map_err(|e| refused(refusal, e))?;
+        {
+            Ok(row) => row,
+            Err(e) => {
+                // Prepared again next time: the table may have changed under the statement.
+                self.statements.remove(&sql);
+                return Err(refused(refusal, e));
+            }
+        };
         let written = match row.get::<_, Value>(0) {
             Value::Array(rows) => rows,
             _ => Vec::new(),

@@ -37,7 +37,6 @@ pub unsafe extern "C-unwind" fn idmesh_is_empty(fcinfo: pg_sys::FunctionCallInfo
 /// `idmesh_core::jsonb_build` leaves the row to the server), its change hash (md5 of the
 /// text, as `md5(text)` gives it), and the text of each row left to the server.
 pub fn json_rows<'a>(rows: &[String]) -> Vec<pgrx::datum::DatumWithOid<'a>> {
-    use md5::Digest;
     // Strings are built as UTF-8; another server encoding leaves every row to the server.
     let utf8 = unsafe { pg_sys::GetDatabaseEncoding() } == pg_sys::pg_enc::PG_UTF8 as i32;
     let mut datums: Vec<pg_sys::Datum> = Vec::with_capacity(rows.len());
@@ -45,8 +44,7 @@ pub fn json_rows<'a>(rows: &[String]) -> Vec<pgrx::datum::DatumWithOid<'a>> {
     let mut hashes: Vec<String> = Vec::with_capacity(rows.len());
     let mut left: Vec<Option<&str>> = Vec::with_capacity(rows.len());
     for row in rows {
-        let digest = md5::Md5::digest(row.as_bytes());
-        hashes.push(digest.iter().map(|b| format!("{b:02x}")).collect());
+        hashes.push(md5_hex(row));
         let built = if utf8 { jsonb_of(row) } else { None };
         match built {
             Some(value) => {
@@ -78,9 +76,18 @@ pub fn json_rows<'a>(rows: &[String]) -> Vec<pgrx::datum::DatumWithOid<'a>> {
             pg_sys::TYPALIGN_INT as std::ffi::c_char,
         )
     };
+    // The array holds copies: each value's own allocation can go now.
+    for (d, null) in datums.iter().zip(&nulls) {
+        if !null {
+            // SAFETY: palloc'd by `varlena` above and no longer referenced.
+            unsafe { pg_sys::pfree(d.cast_mut_ptr()) };
+        }
+    }
     vec![
         // SAFETY: a jsonb[] datum built just above.
-        unsafe { pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(array), pg_sys::JSONBARRAYOID) },
+        unsafe {
+            pgrx::datum::DatumWithOid::new(pg_sys::Datum::from(array), pg_sys::JSONBARRAYOID)
+        },
         hashes.into(),
         left.into(),
     ]
@@ -94,13 +101,30 @@ pub fn jsonb_of(text: &str) -> Option<Vec<u8>> {
     })
 }
 
+/// The md5 of a text in lowercase hex, as PostgreSQL's `md5(text)` gives it.
+fn md5_hex(text: &str) -> String {
+    use md5::Digest;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digest = md5::Md5::digest(text.as_bytes());
+    let mut hex = String::with_capacity(32);
+    for b in digest.iter() {
+        hex.push(HEX[(b >> 4) as usize] as char);
+        hex.push(HEX[(b & 15) as usize] as char);
+    }
+    hex
+}
+
 /// A palloc'd varlena holding `data`.
 fn varlena(data: &[u8]) -> pg_sys::Datum {
     // SAFETY: allocates header and data in the current memory context and fills both.
     unsafe {
         let len = 4 + data.len();
         let ptr = pg_sys::palloc(len) as *mut u8;
-        std::ptr::copy_nonoverlapping(idmesh_core::jsonb_build::varlena_header(len).as_ptr(), ptr, 4);
+        std::ptr::copy_nonoverlapping(
+            idmesh_core::jsonb_build::varlena_header(len).as_ptr(),
+            ptr,
+            4,
+        );
         std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.add(4), data.len());
         pg_sys::Datum::from(ptr)
     }
@@ -122,7 +146,8 @@ fn numeric_in(text: &str) -> Option<Vec<u8>> {
             ],
         )?;
         let ptr = datum.cast_mut_ptr::<pg_sys::varlena>();
-        let bytes = std::slice::from_raw_parts(ptr as *const u8, pgrx::varlena::varsize_any(ptr)).to_vec();
+        let bytes =
+            std::slice::from_raw_parts(ptr as *const u8, pgrx::varlena::varsize_any(ptr)).to_vec();
         pg_sys::pfree(ptr.cast());
         Some(bytes)
     }

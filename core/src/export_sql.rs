@@ -103,7 +103,8 @@ pub fn postgres_statement(
         ),
     };
     Ok(format!(
-        "WITH done AS ({sql}) SELECT coalesce(jsonb_agg(to_jsonb(d)), '[]'::jsonb) FROM done d"
+        // `alias.*`: a bare alias would name a column first, were the table to have one so called.
+        "WITH done AS ({sql}) SELECT coalesce(jsonb_agg(to_jsonb(idmesh_written.*)), '[]'::jsonb) FROM done idmesh_written"
     ))
 }
 
@@ -289,7 +290,7 @@ mod tests {
             );
             assert!(!sql.contains("t.*"), "{sql}");
             assert!(
-                sql.ends_with("SELECT coalesce(jsonb_agg(to_jsonb(d)), '[]'::jsonb) FROM done d")
+                sql.ends_with("SELECT coalesce(jsonb_agg(to_jsonb(idmesh_written.*)), '[]'::jsonb) FROM done idmesh_written")
             );
         }
         let del = postgres_statement(

@@ -48,7 +48,11 @@ enum Json<'a> {
 /// the server. `numeric` gives a JSON number's numeric datum (varlena header included),
 /// or None when it cannot.
 pub fn from_text(text: &str, numeric: &mut dyn FnMut(&str) -> Option<Vec<u8>>) -> Option<Vec<u8>> {
-    let mut p = Parser { s: text.as_bytes(), at: 0 };
+    let mut p = Parser {
+        text,
+        s: text.as_bytes(),
+        at: 0,
+    };
     p.space();
     let value = p.value(0)?;
     p.space();
@@ -80,14 +84,20 @@ fn pad(out: &mut Vec<u8>) -> u32 {
 }
 
 /// Appends one child's data; returns its entry (type bits and length, padding included).
-fn child(out: &mut Vec<u8>, v: &Json, numeric: &mut dyn FnMut(&str) -> Option<Vec<u8>>) -> Option<u32> {
+fn child(
+    out: &mut Vec<u8>,
+    v: &Json,
+    numeric: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+) -> Option<u32> {
     Some(match v {
         Json::Null => ENTRY_NULL,
         Json::Bool(true) => ENTRY_TRUE,
         Json::Bool(false) => ENTRY_FALSE,
         Json::String(s) => {
             out.extend_from_slice(s.as_bytes());
-            u32::try_from(s.len()).ok().filter(|&n| n <= ENTRY_LENGTH_MASK)?
+            u32::try_from(s.len())
+                .ok()
+                .filter(|&n| n <= ENTRY_LENGTH_MASK)?
         }
         Json::Number(text) => {
             let datum = numeric(text)?;
@@ -100,11 +110,19 @@ fn child(out: &mut Vec<u8>, v: &Json, numeric: &mut dyn FnMut(&str) -> Option<Ve
 }
 
 /// Appends a container; returns its length, padding before it included.
-fn container(out: &mut Vec<u8>, v: &Json, numeric: &mut dyn FnMut(&str) -> Option<Vec<u8>>) -> Option<u32> {
+fn container(
+    out: &mut Vec<u8>,
+    v: &Json,
+    numeric: &mut dyn FnMut(&str) -> Option<Vec<u8>>,
+) -> Option<u32> {
     let base = out.len();
     pad(out);
     let (header, keys, values): (u32, Vec<&str>, Vec<&Json>) = match v {
-        Json::Array(items) => (items.len() as u32 | FLAG_ARRAY, Vec::new(), items.iter().collect()),
+        Json::Array(items) => (
+            items.len() as u32 | FLAG_ARRAY,
+            Vec::new(),
+            items.iter().collect(),
+        ),
         Json::Object(pairs) => {
             // By length, then bytes; of equal keys the last one read comes first and stays.
             let mut order: Vec<usize> = (0..pairs.len()).collect();
@@ -130,7 +148,9 @@ fn container(out: &mut Vec<u8>, v: &Json, numeric: &mut dyn FnMut(&str) -> Optio
     out.resize(entries_at + 4 * children, 0);
     let mut total: u32 = 0;
     let mut put = |out: &mut Vec<u8>, i: usize, entry: u32| -> Option<()> {
-        total = total.checked_add(entry & ENTRY_LENGTH_MASK).filter(|&t| t <= ENTRY_LENGTH_MASK)?;
+        total = total
+            .checked_add(entry & ENTRY_LENGTH_MASK)
+            .filter(|&t| t <= ENTRY_LENGTH_MASK)?;
         let entry = if i % OFFSET_STRIDE == 0 {
             (entry & ENTRY_TYPE_MASK) | total | ENTRY_HAS_OFFSET
         } else {
@@ -141,18 +161,27 @@ fn container(out: &mut Vec<u8>, v: &Json, numeric: &mut dyn FnMut(&str) -> Optio
     };
     for (i, k) in keys.iter().enumerate() {
         out.extend_from_slice(k.as_bytes());
-        put(out, i, u32::try_from(k.len()).ok().filter(|&n| n <= ENTRY_LENGTH_MASK)?)?;
+        put(
+            out,
+            i,
+            u32::try_from(k.len())
+                .ok()
+                .filter(|&n| n <= ENTRY_LENGTH_MASK)?,
+        )?;
     }
     for (i, v) in values.iter().enumerate() {
         let entry = child(out, v, numeric)?;
         put(out, keys.len() + i, entry)?;
     }
-    u32::try_from(out.len() - base).ok().filter(|&n| n <= ENTRY_LENGTH_MASK)
+    u32::try_from(out.len() - base)
+        .ok()
+        .filter(|&n| n <= ENTRY_LENGTH_MASK)
 }
 
 /// A JSON reader that accepts exactly what PostgreSQL's does (`common/jsonapi.c`), and
 /// declines what it is not sure of.
 struct Parser<'a> {
+    text: &'a str,
     s: &'a [u8],
     at: usize,
 }
@@ -289,7 +318,9 @@ impl<'a> Parser<'a> {
             return None;
         }
         // The slice is ASCII, cut at ASCII boundaries of a str.
-        std::str::from_utf8(&self.s[start..self.at]).ok().map(Json::Number)
+        std::str::from_utf8(&self.s[start..self.at])
+            .ok()
+            .map(Json::Number)
     }
 
     fn hex4(&mut self) -> Option<u32> {
@@ -302,23 +333,28 @@ impl<'a> Parser<'a> {
         Some(v)
     }
 
+    /// Moves past plain characters (not a quote, a backslash or a control character) and
+    /// returns them, as one slice: its ends are ASCII, so they fall between characters.
+    fn plain(&mut self) -> &'a str {
+        let start = self.at;
+        while self
+            .peek()
+            .is_some_and(|c| c != b'"' && c != b'\\' && c >= 0x20)
+        {
+            self.at += 1;
+        }
+        &self.text[start..self.at]
+    }
+
     fn string(&mut self) -> Option<Cow<'a, str>> {
         self.at += 1; // the opening quote
-        let start = self.at;
-        // Plain strings (no escape) are borrowed as they are.
-        loop {
-            match self.peek()? {
-                b'"' => {
-                    let s = std::str::from_utf8(&self.s[start..self.at]).ok()?;
-                    self.at += 1;
-                    return Some(Cow::Borrowed(s));
-                }
-                b'\\' => break,
-                c if c < 0x20 => return None,
-                _ => self.at += 1,
-            }
+                      // Plain strings (no escape) are borrowed as they are.
+        let first = self.plain();
+        if self.peek()? == b'"' {
+            self.at += 1;
+            return Some(Cow::Borrowed(first));
         }
-        let mut s = String::from(std::str::from_utf8(&self.s[start..self.at]).ok()?);
+        let mut s = String::from(first);
         loop {
             match self.peek()? {
                 b'"' => {
@@ -360,14 +396,9 @@ impl<'a> Parser<'a> {
                         _ => return None,
                     }
                 }
+                // A control character must be escaped.
                 c if c < 0x20 => return None,
-                _ => {
-                    // One UTF-8 character, whole.
-                    let rest = std::str::from_utf8(&self.s[self.at..]).ok()?;
-                    let ch = rest.chars().next()?;
-                    s.push(ch);
-                    self.at += ch.len_utf8();
-                }
+                _ => s.push_str(self.plain()),
             }
         }
     }
@@ -489,7 +520,9 @@ mod tests {
 
     #[test]
     fn every_32nd_entry_is_an_end_offset() {
-        let items: Vec<String> = (0..40).map(|i| format!("\"{}\"", "x".repeat(i % 3))).collect();
+        let items: Vec<String> = (0..40)
+            .map(|i| format!("\"{}\"", "x".repeat(i % 3)))
+            .collect();
         let b = build(&format!("[{}]", items.join(","))).unwrap();
         let w = words(&b);
         assert_eq!(w[0], 40 | FLAG_ARRAY);
@@ -518,9 +551,15 @@ mod tests {
     #[test]
     fn scalars_are_one_element_arrays() {
         let b = build(r#" "hi" "#).unwrap();
-        assert_eq!(words(&b)[..2], [1 | FLAG_ARRAY | FLAG_SCALAR, 2 | ENTRY_HAS_OFFSET]);
+        assert_eq!(
+            words(&b)[..2],
+            [1 | FLAG_ARRAY | FLAG_SCALAR, 2 | ENTRY_HAS_OFFSET]
+        );
         assert_eq!(&b[8..], b"hi");
-        assert_eq!(words(&build("null").unwrap())[1], ENTRY_NULL | ENTRY_HAS_OFFSET);
+        assert_eq!(
+            words(&build("null").unwrap())[1],
+            ENTRY_NULL | ENTRY_HAS_OFFSET
+        );
     }
 
     #[test]
@@ -528,14 +567,45 @@ mod tests {
         let b = build(r#"["\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00"]"#).unwrap();
         assert!(String::from_utf8_lossy(&b).contains("\"\\/\u{8}\u{c}\n\r\té😀"));
         for bad in [
-            r#"["\u0000"]"#, r#"["\ud800"]"#, r#"["\udc00"]"#, "[01]", "[1.]", "[.5]", "[-]", "[1e]",
-            "[truex]", "[1x]", "{\"a\" 1}", "[1,]", "{\"a\":1,}", "[\"a\nb\"]", "[\"\\x\"]", "[1] x",
-            "", "{", "[\"a\"", "'a'", "[NaN]", "[+1]",
+            r#"["\u0000"]"#,
+            r#"["\ud800"]"#,
+            r#"["\udc00"]"#,
+            "[01]",
+            "[1.]",
+            "[.5]",
+            "[-]",
+            "[1e]",
+            "[truex]",
+            "[1x]",
+            "{\"a\" 1}",
+            "[1,]",
+            "{\"a\":1,}",
+            "[\"a\nb\"]",
+            "[\"\\x\"]",
+            "[1] x",
+            "",
+            "{",
+            "[\"a\"",
+            "'a'",
+            "[NaN]",
+            "[+1]",
         ] {
             assert!(build(bad).is_none(), "{bad} declined");
         }
         let deep = format!("{}{}", "[".repeat(300), "]".repeat(300));
         assert!(build(&deep).is_none());
+    }
+
+    #[test]
+    fn long_strings_with_escapes_are_read_once() {
+        let long = format!("[\"\\n{}\\t{}\"]", "a".repeat(200_000), "é".repeat(1000));
+        let b = build(&long).unwrap();
+        let want = format!("\n{}\t{}", "a".repeat(200_000), "é".repeat(1000));
+        assert_eq!(&b[8..], want.as_bytes());
+        // the same key written raw and escaped is one key; the last one wins
+        let b = build("{\"é\": 1, \"\\u00e9\": true}").unwrap();
+        assert_eq!(words(&b)[0], 1 | FLAG_OBJECT);
+        assert_eq!(words(&b)[2], ENTRY_TRUE);
     }
 
     #[test]
@@ -546,19 +616,36 @@ mod tests {
 
     #[test]
     fn numerics_in_short_form() {
-        let n = |t: &str| words(&numeric_of(t).unwrap()[4..]).iter().map(|w| *w as u64).collect::<Vec<_>>();
+        let n = |t: &str| {
+            words(&numeric_of(t).unwrap()[4..])
+                .iter()
+                .map(|w| *w as u64)
+                .collect::<Vec<_>>()
+        };
         let raw = |t: &str| numeric_of(t).unwrap();
         // 0: no digits, weight 0, positive, whatever the sign or scale
-        assert_eq!(raw("0"), [varlena_header(6).as_slice(), &0x8000u16.to_ne_bytes()].concat());
+        assert_eq!(
+            raw("0"),
+            [varlena_header(6).as_slice(), &0x8000u16.to_ne_bytes()].concat()
+        );
         assert_eq!(raw("-0.00")[4..6], (0x8000u16 | (2 << 7)).to_ne_bytes());
         // 12345.678 = [1, 2345, 6780], weight 1, dscale 3
         let b = raw("12345.678");
         assert_eq!(b[..4], varlena_header(12));
         assert_eq!(b[4..6], (0x8000u16 | (3 << 7) | 1).to_ne_bytes());
-        assert_eq!(b[6..], [1i16, 2345, 6780].iter().flat_map(|d| d.to_ne_bytes()).collect::<Vec<_>>()[..]);
+        assert_eq!(
+            b[6..],
+            [1i16, 2345, 6780]
+                .iter()
+                .flat_map(|d| d.to_ne_bytes())
+                .collect::<Vec<_>>()[..]
+        );
         // -0.0001 = [1], weight -1, negative
         let b = raw("-0.0001");
-        assert_eq!(b[4..6], (0x8000u16 | 0x2000 | (4 << 7) | 0x0040 | 0x3F).to_ne_bytes());
+        assert_eq!(
+            b[4..6],
+            (0x8000u16 | 0x2000 | (4 << 7) | 0x0040 | 0x3F).to_ne_bytes()
+        );
         // 10000 = [1], weight 1 (trailing zero digit dropped)
         assert_eq!(raw("10000").len(), 8);
         assert!(!n("1").is_empty());

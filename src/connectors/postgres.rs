@@ -157,6 +157,21 @@ pub struct PostgresConnector {
     statements: HashMap<String, tokio_postgres::Statement>,
 }
 
+/// Whether a statement failed because it no longer fits the table it was prepared for
+/// (a column or table gone or retyped since), rather than because of the data.
+fn stale(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|d| {
+        matches!(
+            d.code().code(),
+            "0A000" | "26000" | "42P01" | "42703" | "42804"
+        )
+    })
+}
+
+/// Statements a connection keeps prepared at most: one per column set in use; the
+/// row-by-row retries of a failed batch bring more; past this many it starts over.
+const PREPARED_MAX: usize = 64;
+
 /// An error of the target server as (SQLSTATE, message).
 fn refused(what: &str, e: tokio_postgres::Error) -> (Option<String>, String) {
     (
@@ -217,6 +232,9 @@ impl PostgresConnector {
         }
         let client = self.client().await.map_err(|e| (None, e.message))?;
         let prepared = client.prepare(sql).await.map_err(|e| refused(what, e))?;
+        if self.statements.len() >= PREPARED_MAX {
+            self.statements.clear();
+        }
         self.statements.insert(sql.to_string(), prepared.clone());
         Ok(prepared)
     }
@@ -608,9 +626,10 @@ impl PostgresConnector {
                 let statement = self.statement(&typed, failed).await?;
                 let client = self.client().await.map_err(|e| (None, e.message))?;
                 let done = client.execute(&statement, &[&values]).await;
-                if done.is_err() {
-                    // Prepared again for the next change: the table may have changed.
+                if done.as_ref().is_err_and(stale) {
+                    // Probed and prepared again for the next change: the table changed.
                     self.statements.remove(&typed);
+                    self.statements.remove(&numbered);
                 }
                 done.map_err(|e| refused(failed, e))
             }
@@ -644,8 +663,10 @@ impl PostgresConnector {
         {
             Ok(row) => row,
             Err(e) => {
-                // Prepared again next time: the table may have changed under the statement.
-                self.statements.remove(&sql);
+                if stale(&e) {
+                    // Prepared again next time: the table changed under the statement.
+                    self.statements.remove(&sql);
+                }
                 return Err(refused(refusal, e));
             }
         };

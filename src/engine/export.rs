@@ -80,18 +80,26 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
         super::checkpoint(run_id, "exporting", done as u64, None)
     };
     loop {
-        let next = store::in_batch_context(|| next_batch(connector.id, &mut last_id));
+        // Told to stop: nothing more is sent; the batch in flight is recorded below.
+        let stopping = super::told_to_stop();
+        let next = match stopping {
+            Some(_) => None,
+            None => store::in_batch_context(|| next_batch(connector.id, &mut last_id)),
+        };
+        // What a connector allocates in the server while it works on a batch lives in the
+        // batch's own context, for every poll of its export, and goes with it.
+        let mut batch_memory = store::BatchContext::new();
         let mut sending = next.as_ref().map(|changes| conn.export(changes));
-        // What a connector allocates in the server while it works is freed with its batch.
         let done_at_once = sending
             .as_mut()
-            .and_then(|f| store::in_batch_context(|| send(&rt, f)));
-        let stop = written.take().and_then(|w| finish(w).err());
+            .and_then(|f| batch_memory.run(|| send(&rt, f)));
+        let stop = written.take().and_then(|w| finish(w).err()).or(stopping);
         let results = match (done_at_once, sending) {
             (Some(r), _) => Some(r),
-            (None, Some(f)) => Some(store::in_batch_context(|| rt.block_on(f))),
+            (None, Some(f)) => Some(batch_memory.run(|| rt.block_on(f))),
             (None, None) => None,
         };
+        drop(batch_memory);
         written = next
             .zip(results)
             .map(|(changes, r)| (changes, r.unwrap_or_else(|e| fail(e, connector))));

@@ -116,6 +116,17 @@ pub fn in_worker() -> bool {
     IN_WORKER.load(Ordering::Relaxed)
 }
 
+/// In a background worker told to stop (terminated, or the server shutting down), the
+/// error that ends its run.
+pub fn told_to_stop() -> Option<ConnectorError> {
+    (in_worker() && pgrx::bgworkers::BackgroundWorker::sigterm_received()).then(|| {
+        ConnectorError::new(
+            ErrorKind::Cancelled,
+            "cut short: its worker was told to stop (terminated, or the server is shutting down); the watermark did not move",
+        )
+    })
+}
+
 /// A batch boundary: records the run's progress; in a background worker also commits what
 /// the run did so far (progress is durable and visible), starts a new transaction, and
 /// honours a cancel request. In a session everything stays in the caller's transaction.
@@ -142,11 +153,8 @@ pub fn checkpoint(
     }
     // Told to stop: what was done so far is committed above (an export's outcomes must
     // outlive the run, as the target keeps what it was sent).
-    if pgrx::bgworkers::BackgroundWorker::sigterm_received() {
-        return Err(ConnectorError::new(
-            ErrorKind::Cancelled,
-            "cut short: its worker was told to stop (terminated, or the server is shutting down); the watermark did not move",
-        ));
+    if let Some(stop) = told_to_stop() {
+        return Err(stop);
     }
     store::lock();
     let cancel: Option<bool> = store::one(

@@ -20,9 +20,12 @@ pub fn json(sql: &str, args: &[DatumWithOid]) -> Value {
         if t.column_type_oid(1)?.value() == pg_sys::JSONOID {
             // SAFETY: a non-null datum of the json column the statement returns.
             return Ok(match t.first().get_datum_by_ordinal(1)? {
-                Some(d) => unsafe { <&str>::from_datum(d, false) }
-                    .and_then(|s| serde_json::from_str(s).ok())
-                    .unwrap_or(Value::Null),
+                Some(d) => match unsafe { <&str>::from_datum(d, false) } {
+                    // A result the engine cannot read is an error, never "no rows".
+                    Some(text) => serde_json::from_str(text)
+                        .unwrap_or_else(|e| panic!("the engine could not read a JSON result: {e}")),
+                    None => Value::Null,
+                },
                 None => Value::Null,
             });
         }
@@ -129,6 +132,27 @@ pub fn subxact<T>(f: impl FnOnce() -> T) -> Result<T, SqlError> {
         pg_sys::CurrentResourceOwner = owner;
     }
     result
+}
+
+/// A memory context for one batch that outlives a single call: what runs in it across
+/// several calls (each poll of a connector's export) is freed together when it drops.
+pub struct BatchContext(PgMemoryContexts);
+
+impl BatchContext {
+    /// A child of TopMemoryContext: the batch may span a worker's commit (its checkpoint),
+    /// which deletes the transaction's contexts and every context under them.
+    pub fn new() -> Self {
+        // SAFETY: creates the context under TopMemoryContext and switches straight back.
+        BatchContext(unsafe {
+            PgMemoryContexts::TopMemoryContext.switch_to(|_| PgMemoryContexts::new("idmesh batch"))
+        })
+    }
+
+    pub fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        // SAFETY: the context lives as long as `self`; `f` runs in it and returns to the
+        // caller's context.
+        unsafe { self.0.switch_to(|_| f()) }
+    }
 }
 
 /// Runs one batch in a memory context of its own, deleted afterwards: what SPI and datum

@@ -158,9 +158,14 @@ SELECT mesh.set_provisioning('Dst', 'person', NULL, '{}');
 SELECT mesh.set_safety('Dst', delete_threshold => 1000000);
 SQL
   local t0 t1 import_ms copy_out_ms copy_land_ms export_ms copy_in_ms
+  local memfile sampler mem_import mem_export; memfile=$(mktemp)
+  sample_memory idmesh_bench_sql_import "$memfile" &
+  sampler=$!
   t0=$(date +%s%N)
-  "${PSQL[@]}" -q -d idmesh_bench_sql -c "SELECT mesh.run('Src', 'full_import')" >/dev/null
+  PGAPPNAME=idmesh_bench_sql_import "${PSQL[@]}" -q -d idmesh_bench_sql -c "SELECT mesh.run('Src', 'full_import')" >/dev/null
   t1=$(date +%s%N); import_ms=$(( (t1 - t0) / 1000000 ))
+  wait "$sampler" || true
+  mem_import=$(cat "$memfile")
   t0=$(date +%s%N)
   PGPASSWORD="$pw" /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$port" -U bench_app -d idmesh_bench_src -Xq \
     -c "\copy (SELECT * FROM people) TO '/dev/null'"
@@ -174,9 +179,13 @@ SQL
     -c "\copy (SELECT * FROM people) TO STDOUT" | "${PSQL[@]}" -q -d idmesh_bench_sql -c "\copy bench_landing FROM STDIN"
   t1=$(date +%s%N); copy_land_ms=$(( (t1 - t0) / 1000000 ))
   "${PSQL[@]}" -q -d idmesh_bench_sql -c "SELECT mesh.sync()" >/dev/null
+  sample_memory idmesh_bench_sql_export "$memfile" &
+  sampler=$!
   t0=$(date +%s%N)
-  "${PSQL[@]}" -q -d idmesh_bench_sql -c "SELECT mesh.run('Dst', 'export')" >/dev/null
+  PGAPPNAME=idmesh_bench_sql_export "${PSQL[@]}" -q -d idmesh_bench_sql -c "SELECT mesh.run('Dst', 'export')" >/dev/null
   t1=$(date +%s%N); export_ms=$(( (t1 - t0) / 1000000 ))
+  wait "$sampler" || true
+  mem_export=$(cat "$memfile"); rm -f "$memfile"
   local exported; exported=$("${PSQL[@]}" -d idmesh_bench_dst -Atc "SELECT count(*) FROM accounts")
   "${PSQL[@]}" -q -d idmesh_bench_src -c "\copy (SELECT id, name, title, dept, phone, mail, salary, active, hired FROM people) TO '$run/bench-accounts.copy'"
   "${PSQL[@]}" -q -d idmesh_bench_dst -c "TRUNCATE accounts"
@@ -192,6 +201,7 @@ SQL
     "$(awk -v a="$import_ms" -v b="$copy_land_ms" 'BEGIN {printf "%.2f", a / (b > 0 ? b : 1)}')"
   printf 'export %d rows (%d written): %d ms; \copy in: %d ms; ratio %s\n' "$n" "$exported" "$export_ms" "$copy_in_ms" \
     "$(awk -v a="$export_ms" -v b="$copy_in_ms" 'BEGIN {printf "%.2f", a / (b > 0 ? b : 1)}')"
+  printf 'peak backend private memory: import %d MiB, export %d MiB\n' "$((mem_import / 1024))" "$((mem_export / 1024))"
   for db in idmesh_bench_src idmesh_bench_dst idmesh_bench_sql; do
     [ -n "${BENCH_KEEP:-}" ] || "${PSQL[@]}" -q -d postgres -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"
   done

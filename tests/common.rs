@@ -19,8 +19,8 @@ pub fn connect(db: &str) -> Client {
         .unwrap_or_else(|e| panic!("cannot reach the project's cluster ({e}); run `make integration` or scripts/cluster.sh start"))
 }
 
-/// A new, empty database with idmesh installed; dropped first if a previous run left it.
-pub fn fresh_database(name: &str) -> Client {
+/// A new, empty database; dropped first if a previous run left it.
+fn empty_database(name: &str) -> Client {
     let mut admin = connect("postgres");
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -28,8 +28,28 @@ pub fn fresh_database(name: &str) -> Client {
     admin
         .batch_execute(&format!("CREATE DATABASE {name}"))
         .unwrap();
-    let mut c = connect(name);
+    connect(name)
+}
+
+/// A new, empty database with idmesh installed; dropped first if a previous run left it.
+pub fn fresh_database(name: &str) -> Client {
+    let mut c = empty_database(name);
     c.batch_execute("CREATE EXTENSION idmesh").unwrap();
+    c
+}
+
+/// A new, empty database (without idmesh) and a login `role` with `password`: a source or
+/// target the network connectors reach over TCP, where the cluster asks for a password.
+pub fn database_with_login(name: &str, role: &str, password: &str) -> Client {
+    let c = empty_database(name);
+    connect("postgres")
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} LOGIN; END IF;
+             END $$;
+             ALTER ROLE {role} PASSWORD '{password}';"
+        ))
+        .unwrap();
     c
 }
 

@@ -9,20 +9,7 @@ const PASSWORD: &str = "Hr-p4ss-word!";
 
 /// The HR source database, owned by a login that needs a password over TCP.
 fn hr_source() -> Client {
-    let mut admin = connect("postgres");
-    admin
-        .batch_execute("DROP DATABASE IF EXISTS idmesh_it_hr WITH (FORCE)")
-        .unwrap();
-    admin.batch_execute("CREATE DATABASE idmesh_it_hr").unwrap();
-    admin
-        .batch_execute(&format!(
-            "DO $$ BEGIN
-               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'hr_app') THEN CREATE ROLE hr_app LOGIN; END IF;
-             END $$;
-             ALTER ROLE hr_app PASSWORD '{PASSWORD}';"
-        ))
-        .unwrap();
-    let mut hr = connect("idmesh_it_hr");
+    let mut hr = database_with_login("idmesh_it_hr", "hr_app", PASSWORD);
     hr.batch_execute(
         "CREATE TABLE employees (employee_id integer PRIMARY KEY, name text, salary numeric(10,2), active boolean,
              hired date, badge uuid, note text, deleted boolean NOT NULL DEFAULT false,

@@ -329,22 +329,7 @@ fn enqueue_refuses_the_wrong_database_clearly() {
 fn a_cancelled_export_records_every_row_the_target_has() {
     const ROWS: i64 = 20_000;
     const PASSWORD: &str = "Exp-p4ss-word!";
-    let mut admin = connect("postgres");
-    admin
-        .batch_execute("DROP DATABASE IF EXISTS idmesh_it_export WITH (FORCE)")
-        .unwrap();
-    admin
-        .batch_execute("CREATE DATABASE idmesh_it_export")
-        .unwrap();
-    admin
-        .batch_execute(&format!(
-            "DO $$ BEGIN
-               IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'export_app') THEN CREATE ROLE export_app LOGIN; END IF;
-             END $$;
-             ALTER ROLE export_app PASSWORD '{PASSWORD}';"
-        ))
-        .unwrap();
-    let mut target = connect("idmesh_it_export");
+    let mut target = database_with_login("idmesh_it_export", "export_app", PASSWORD);
     // Each batch takes the target a while, so the run is still going when it is cancelled.
     target
         .batch_execute(

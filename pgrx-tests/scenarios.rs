@@ -451,6 +451,48 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert_eq!(int("SELECT count(*) FROM mesh.staging"), 0);
 }
 
+/// The first full import of a connector lands its rows straight in its empty connector
+/// space, with the outcome the merge gives: a source row marked deleted is not added, an
+/// anchor that repeats fails the run naming it and leaves nothing, and the next import
+/// classifies against what landed.
+#[pg_test]
+fn a_first_import_lands_in_the_empty_space_as_the_merge_would() {
+    hr_and_phonebook();
+    run("UPDATE hr.employees SET terminated = true WHERE employee_id = 3");
+    run("CREATE VIEW hr.twice AS SELECT * FROM hr.employees UNION ALL SELECT * FROM hr.employees WHERE employee_id = 2");
+    run(r#"SELECT mesh.alter_connector('HR', config => '{"source": "hr.twice", "anchor": "employee_id",
+              "delta_column": "modified_at", "soft_delete_column": "terminated"}')"#);
+    let dup = outcome("SELECT mesh.run('HR', 'full_import')");
+    assert!(dup.starts_with("23505") && dup.contains(r#"anchor "2" more than once"#), "{dup}");
+    assert_eq!(int("SELECT count(*) FROM mesh.connector_object"), 0);
+    assert_eq!(int("SELECT count(*) FROM mesh.watermark"), 0);
+
+    run(r#"SELECT mesh.alter_connector('HR', config => '{"source": "hr.employees", "anchor": "employee_id",
+              "delta_column": "modified_at", "soft_delete_column": "terminated"}')"#);
+    let first = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'full_import') r");
+    assert_eq!((first["added"].clone(), first["deleted"].clone()), (json!(2), json!(0)), "{first}");
+    assert_eq!(int("SELECT count(*) FROM mesh.connector_object WHERE NOT deleted"), 2, "Alan left: not added");
+    assert_eq!(int("SELECT count(*) FROM mesh.connector_object"), 2);
+    assert_eq!(int("SELECT count(*) FROM mesh.staging"), 0);
+    // Names, name keys and hashes are what the merge computes: nothing reads as changed.
+    let again = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'full_import') r");
+    assert_eq!(
+        (again["added"].clone(), again["updated"].clone(), again["unchanged"].clone()),
+        (json!(0), json!(0), json!(2)),
+        "{again}"
+    );
+    assert_eq!(
+        int("SELECT count(*) FROM mesh.connector_object WHERE name = anchor AND name_key = anchor AND hash = md5(attrs::text)"),
+        2
+    );
+    run("UPDATE hr.employees SET terminated = false WHERE employee_id = 3");
+    let back = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'delta_import') r");
+    assert_eq!(back["added"], json!(1), "{back}");
+    let synced = cycle();
+    assert_eq!(synced["/full_sync"]["status"], json!("success"), "{synced}");
+    assert_eq!(attrs(3)["display_name"], json!("Alan Turing"));
+}
+
 /// One bad row in an export is an error on that object; the others are written.
 #[pg_test]
 fn one_bad_export_row_does_not_stop_the_others() {

@@ -268,12 +268,36 @@ pub fn json_rows_select(
     )
 }
 
+/// The anchor in the detail of a primary-key violation of the connector space:
+/// `Key (connector_id, anchor)=(3, 42) already exists.` gives `42` (an anchor may itself
+/// hold ", " or parentheses: only the connector id is split off).
+pub fn repeated_anchor(detail: &str) -> Option<&str> {
+    let values = detail.strip_prefix("Key (connector_id, anchor)=(")?;
+    let values = values.strip_suffix(") already exists.")?;
+    let (_, anchor) = values.split_once(", ")?;
+    Some(anchor)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn keys(e: &str) -> Vec<String> {
         used_names(e).into_iter().map(|u| u.key).collect()
+    }
+
+    #[test]
+    fn repeated_anchor_is_read_from_the_key_detail() {
+        assert_eq!(
+            repeated_anchor("Key (connector_id, anchor)=(3, 42) already exists."),
+            Some("42")
+        );
+        assert_eq!(
+            repeated_anchor("Key (connector_id, anchor)=(12, a, (b)) already exists."),
+            Some("a, (b)")
+        );
+        assert_eq!(repeated_anchor("Key (connector_id, mesh_id)=(3, 9) already exists."), None);
+        assert_eq!(repeated_anchor("something else"), None);
     }
 
     #[test]

@@ -63,7 +63,8 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
     let mut last_id: i64 = 0;
     let mut read_back = StagingSink::new(run_id, false, None);
     // Pipelined: a batch goes to the target, and while the target writes it the engine
-    // records the outcomes of the batch before (two servers at work, not one waiting).
+    // records the outcomes of the batch before and reads the batch after (two servers at
+    // work, not one waiting for the other).
     let mut written: Option<(Vec<ExportChange>, Vec<ExportResult>)> = None;
     let mut finish = |(changes, results): (Vec<ExportChange>, Vec<ExportResult>)| {
         store::in_batch_context(|| {
@@ -79,12 +80,13 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
         let done = counters.added + counters.updated + counters.deleted + counters.errors;
         super::checkpoint(run_id, "exporting", done as u64, None)
     };
+    let mut read_ahead = store::in_batch_context(|| next_batch(connector.id, &mut last_id));
     loop {
         // Told to stop: nothing more is sent; the batch in flight is recorded below.
         let stopping = super::told_to_stop();
         let next = match stopping {
             Some(_) => None,
-            None => store::in_batch_context(|| next_batch(connector.id, &mut last_id)),
+            None => read_ahead.take(),
         };
         // What a connector allocates in the server while it works on a batch lives in the
         // batch's own context, for every poll of its export, and goes with it.
@@ -94,6 +96,9 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
             .as_mut()
             .and_then(|f| batch_memory.run(|| send(&rt, f)));
         let stop = written.take().and_then(|w| finish(w).err()).or(stopping);
+        if stop.is_none() && next.is_some() {
+            read_ahead = store::in_batch_context(|| next_batch(connector.id, &mut last_id));
+        }
         let results = match (done_at_once, sending) {
             (Some(r), _) => Some(r),
             (None, Some(f)) => Some(batch_memory.run(|| rt.block_on(f))),

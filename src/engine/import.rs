@@ -29,6 +29,11 @@ pub struct StagingSink {
     pub merge_into: Option<i32>,
     /// Whether staged rows wait for the merge at the end.
     pub unmerged: bool,
+    /// Rows go straight into this connector's space, not through the staging table: set
+    /// for the first full import of a connector whose space is empty, in a session (one
+    /// transaction, so a failure still leaves nothing behind). Every row is then new, and
+    /// staging, classifying and the full import's difference would only cost time.
+    pub land_into: Option<i32>,
     /// Batches staged so far, and what their merges counted.
     pub batches: i32,
     pub merged: Counters,
@@ -44,6 +49,7 @@ impl StagingSink {
             mesh_ids: None,
             merge_into,
             unmerged: false,
+            land_into: None,
             batches: 0,
             merged: Counters::default(),
         }
@@ -164,22 +170,46 @@ impl StagingSink {
         hash: &str,
     ) -> Result<u64, ConnectorError> {
         let k = args.len();
-        let stage = format!(
-            "INSERT INTO mesh.staging (run_id, batch, anchor, name, object_type, attrs, deleted, hash, name_key) \
-             SELECT ${}, ${}, coalesce(nullif(q.anchor, ''), mesh._missing_anchor(${})), coalesce(q.name, q.anchor), ${}, q.attrs, q.deleted, \
-                    {hash}, mesh.name_key(coalesce(q.name, q.anchor)) \
-             FROM (SELECT * FROM ({sql}) q0 OFFSET 0) q",
-            k + 1,
-            k + 2,
-            k + 3,
-            k + 4
-        );
-        self.unmerged = true;
-        args.push(self.run_id.into());
+        let (p1, p2, p3, p4) = (k + 1, k + 2, k + 3, k + 4);
+        let anchor = format!("coalesce(nullif(q.anchor, ''), mesh._missing_anchor(${p3}))");
+        let from = format!("FROM (SELECT * FROM ({sql}) q0 OFFSET 0) q");
+        let name = "coalesce(q.name, q.anchor)";
+        let stage = match self.land_into {
+            // New objects only (a row deleted at the source is not added), as the merge
+            // would add them; the primary key finds an anchor that repeats.
+            Some(connector_id) => {
+                args.push(connector_id.into());
+                format!(
+                    "INSERT INTO mesh.connector_object (connector_id, anchor, object_type, name, name_key, attrs, hash, \
+                                                        deleted, observed_at, change_seq) \
+                     SELECT ${p1}, {anchor}, ${p4}, {name}, mesh.name_key({name}), q.attrs, {hash}, \
+                            false, statement_timestamp(), nextval('mesh.change_seq') \
+                     {from} WHERE NOT q.deleted"
+                )
+            }
+            None => {
+                self.unmerged = true;
+                args.push(self.run_id.into());
+                format!(
+                    "INSERT INTO mesh.staging (run_id, batch, anchor, name, object_type, attrs, deleted, hash, name_key) \
+                     SELECT ${p1}, ${p2}, {anchor}, {name}, ${p4}, q.attrs, q.deleted, \
+                            {hash}, mesh.name_key({name}) \
+                     {from}"
+                )
+            }
+        };
         args.push(batch.into());
         args.push(object_type.to_string().into());
         args.push(object_type.to_string().into());
-        let n = store::exec(&stage, &args);
+        let n = match self.land_into {
+            Some(_) => {
+                known_object_type(object_type);
+                let n = land(&stage, &args);
+                self.merged.added += n as i64;
+                n
+            }
+            None => store::exec(&stage, &args),
+        };
         self.seen += n;
         Ok(n)
     }
@@ -190,6 +220,47 @@ impl StagingSink {
             super::checkpoint(self.run_id, "reading", self.seen, total)?;
         }
         Ok(())
+    }
+}
+
+/// Lands rows in the connector space with `stage`; an anchor that repeats (the primary
+/// key refuses it) fails the run with the error the merge gives for one.
+fn land(stage: &str, args: &[pgrx::datum::DatumWithOid]) -> u64 {
+    PgTryBuilder::new(|| store::exec(stage, args))
+        .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |e| {
+            let detail = match &e {
+                pg_sys::panic::CaughtError::PostgresError(r)
+                | pg_sys::panic::CaughtError::ErrorReport(r)
+                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
+                    r.detail().map(str::to_string)
+                }
+            };
+            let anchor = detail.as_deref().and_then(idmesh_core::sql::repeated_anchor);
+            raise(
+                PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+                match anchor {
+                    Some(a) => format!("the source returned anchor \"{a}\" more than once"),
+                    None => "the source returned an anchor more than once".to_string(),
+                },
+                "An anchor must identify one object; fix the source or the connector's anchor setting. Nothing was imported.",
+            )
+        })
+        .execute()
+}
+
+/// Rows landed without the merge are checked for their object type here, as the merge
+/// checks staged ones.
+fn known_object_type(object_type: &str) {
+    let known = store::one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM mesh.object_type WHERE name = $1)",
+        &[object_type.into()],
+    );
+    if known != Some(true) {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("the source returned object type \"{object_type}\", which the mesh does not know"),
+            "Add it with mesh.create_object_type(name). Nothing was imported.",
+        )
     }
 }
 
@@ -234,6 +305,14 @@ pub fn counters_of(merged: &Value) -> Counters {
     }
 }
 
+/// Whether the connector space holds nothing of this connector, not even a deleted object.
+fn space_is_empty(connector_id: i32) -> bool {
+    store::one::<bool>(
+        "SELECT NOT EXISTS (SELECT 1 FROM mesh.connector_object WHERE connector_id = $1)",
+        &[connector_id.into()],
+    ) == Some(true)
+}
+
 pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Option<i64>) -> i64 {
     let profile = if full { "full_import" } else { "delta_import" };
     let run_id = start_run(connector, profile, parent, existing);
@@ -252,6 +331,9 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
     let per_batch = !super::in_worker();
     let mut sink = StagingSink::new(run_id, true, per_batch.then_some(connector.id));
     let watermark = Watermark(before.clone());
+    if per_batch && (full || watermark.is_empty()) && space_is_empty(connector.id) {
+        sink.land_into = Some(connector.id);
+    }
     let ended = {
         let rt = runtime();
         if full || watermark.is_empty() {
@@ -267,7 +349,14 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
         }
     };
     let end = ended.unwrap_or_else(|e| fail(e, connector));
-    let read_everything = full || end.forced_full;
+    // Landed rows were all new: a connector whose space was empty has nothing to find gone.
+    let read_everything = (full || end.forced_full) && sink.land_into.is_none();
+    if sink.merged.added > 0 && sink.land_into.is_some() {
+        store::exec(
+            "SELECT mesh._analyze_if('mesh.connector_object', $1)",
+            &[sink.merged.added.into()],
+        );
+    }
     store::exec(
         "UPDATE mesh.run SET phase = 'merging' WHERE id = $1",
         &[run_id.into()],

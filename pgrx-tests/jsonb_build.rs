@@ -19,12 +19,11 @@ fn server_jsonb(text: &str) -> Vec<u8> {
     }
 }
 
-#[pg_test]
-fn jsonb_built_by_the_engine_is_the_servers_byte_for_byte() {
-    // Rows as a PostgreSQL source renders them: every common column type, NULLs, escapes,
-    // non-ASCII text, nested arrays and objects, numbers of every scale and sign, floats
-    // in exponent form (left to numeric_in), and objects of more than 32 keys.
-    let rows: Vec<String> = Spi::connect(|c| {
+/// Rows as a PostgreSQL source renders them: every common column type, NULLs, escapes,
+/// non-ASCII text, nested arrays and objects, numbers of every scale and sign, floats in
+/// exponent form (left to numeric_in), and objects of more than 32 keys.
+fn source_rows() -> Vec<String> {
+    Spi::connect(|c| {
         c.select(
             r#"SELECT to_json(x)::text FROM (
                  SELECT g AS id, 'Person ' || g AS name, g::numeric / 7 AS ratio, (g * 1000.5)::numeric(20, 4) AS pay,
@@ -44,13 +43,16 @@ fn jsonb_built_by_the_engine_is_the_servers_byte_for_byte() {
         .unwrap()
         .map(|r| r.get::<String>(1).unwrap().unwrap())
         .collect::<Vec<_>>()
-    });
-    assert_eq!(rows.len(), 121);
-    // Numbers beyond the short numeric form (a weight or scale over 63).
+    })
+}
+
+/// Texts beyond the rows: duplicate keys, spacing, scalars, escapes, exponents, and numbers
+/// beyond the short numeric form (a weight or scale over 63).
+fn odd_texts() -> Vec<String> {
     let long_integer = format!("-{}", "7".repeat(300));
     let long_fraction = format!("0.{}1", "0".repeat(70));
     let long_forms = format!("[{long_integer}, {long_fraction}, \"{}\\n\"]", "s".repeat(5000));
-    for text in rows.iter().map(String::as_str).chain([
+    [
         r#"{"b": 1, "a": 2, "b": 3}"#,
         r#"[1, "two", [3, [4.50, {"five": -0.0}]], null, true, false]"#,
         r#"  {"a" : [ ] , "b":{}}  "#,
@@ -62,17 +64,52 @@ fn jsonb_built_by_the_engine_is_the_servers_byte_for_byte() {
         "1e3",
         r#"{"é": 1, "\u00e9": 2}"#,
         long_forms.as_str(),
-    ]) {
+    ]
+    .iter()
+    .map(|t| t.to_string())
+    .collect()
+}
+
+#[pg_test]
+fn jsonb_built_by_the_engine_is_the_servers_byte_for_byte() {
+    let rows = source_rows();
+    assert_eq!(rows.len(), 121);
+    for text in rows.iter().chain(&odd_texts()) {
+        let text = text.as_str();
         let ours = crate::values::jsonb_of(text).unwrap_or_else(|| panic!("built: {text}"));
         assert_eq!(ours, server_jsonb(text), "{text}");
     }
     // Those numbers took the other path: numeric_in made them (and the bytes matched).
+    let long_integer = format!("-{}", "7".repeat(300));
+    let long_fraction = format!("0.{}1", "0".repeat(70));
     for number in ["1.5e+300", "1e3", long_integer.as_str(), long_fraction.as_str()] {
         assert!(idmesh_core::jsonb_build::numeric_of(number).is_none(), "{number}");
     }
     // What it declines the server parses (or rejects with its own error).
     for declined in [r#"["\u0000"]"#, "[01]", "[1,]", r#"{"a": tru}"#] {
         assert!(crate::values::jsonb_of(declined).is_none(), "{declined}");
+    }
+}
+
+/// An export reads pending changes from jsonb's binary form (idmesh_core::jsonb::to_value):
+/// each value must read as what the server writes for it as text (`jsonb_out`), numbers
+/// digit for digit, long numeric forms included.
+#[pg_test]
+fn jsonb_read_by_the_engine_is_what_the_server_writes() {
+    let texts: Vec<String> = source_rows().into_iter().chain(odd_texts()).collect();
+    let written: Vec<String> = Spi::connect(|c| {
+        c.select("SELECT t::jsonb::text FROM unnest($1::text[]) WITH ORDINALITY AS u(t, n) ORDER BY n", None, &[texts.clone().into()])
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap().unwrap())
+            .collect()
+    });
+    assert_eq!(written.len(), texts.len());
+    for (text, out) in texts.iter().zip(&written) {
+        let ours = idmesh_core::jsonb::to_value(&server_jsonb(text)).unwrap_or_else(|| panic!("read: {text}"));
+        let theirs: serde_json::Value = serde_json::from_str(out).unwrap();
+        assert_eq!(ours, theirs, "{text}");
+        // Numbers keep the server's digits exactly (no float on the way).
+        assert_eq!(ours.to_string(), theirs.to_string(), "{text}");
     }
 }
 

@@ -19,18 +19,10 @@
 
 use std::borrow::Cow;
 
-const COUNT_MASK: u32 = 0x0FFF_FFFF;
-const FLAG_SCALAR: u32 = 0x1000_0000;
-const FLAG_OBJECT: u32 = 0x2000_0000;
-const FLAG_ARRAY: u32 = 0x4000_0000;
-const ENTRY_LENGTH_MASK: u32 = 0x0FFF_FFFF;
-const ENTRY_TYPE_MASK: u32 = 0x7000_0000;
-const ENTRY_HAS_OFFSET: u32 = 0x8000_0000;
-const ENTRY_NUMERIC: u32 = 0x1000_0000;
-const ENTRY_FALSE: u32 = 0x2000_0000;
-const ENTRY_TRUE: u32 = 0x3000_0000;
-const ENTRY_NULL: u32 = 0x4000_0000;
-const ENTRY_CONTAINER: u32 = 0x5000_0000;
+use crate::jsonb::{
+    COUNT_MASK, ENTRY_CONTAINER, ENTRY_FALSE, ENTRY_HAS_OFFSET, ENTRY_LENGTH_MASK, ENTRY_NULL,
+    ENTRY_NUMERIC, ENTRY_TRUE, ENTRY_TYPE_MASK, FLAG_ARRAY, FLAG_OBJECT, FLAG_SCALAR,
+};
 const OFFSET_STRIDE: usize = 32;
 /// Deeper values are left to the server (which has its own stack-depth check).
 const MAX_DEPTH: usize = 200;

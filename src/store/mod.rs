@@ -43,6 +43,75 @@ pub fn json(sql: &str, args: &[DatumWithOid]) -> Value {
     .unwrap_or_else(|e| panic!("SPI: {e}"))
 }
 
+/// One row of a bulk read: its columns' datums, read in place in SPI's memory (no copy).
+pub struct Row<'a> {
+    datums: &'a [Option<pg_sys::Datum>],
+    types: &'a [pg_sys::Oid],
+}
+
+impl Row<'_> {
+    /// The column's datum, after checking it has the type the caller reads it as.
+    fn datum(&self, column: usize, oid: pg_sys::Oid) -> Option<pg_sys::Datum> {
+        assert_eq!(self.types[column], oid, "column {column} of a bulk read has another type");
+        self.datums[column]
+    }
+
+    pub fn int8(&self, column: usize) -> Option<i64> {
+        self.datum(column, pg_sys::INT8OID).map(|d| d.value() as i64)
+    }
+
+    pub fn text(&self, column: usize) -> Option<String> {
+        // SAFETY: a non-null text datum of the row (checked above), valid while the row is.
+        self.datum(column, pg_sys::TEXTOID)
+            .and_then(|d| unsafe { <&str>::from_datum(d, false) })
+            .map(str::to_string)
+    }
+
+    /// A jsonb column's value, read from its binary form (`idmesh_core::jsonb::to_value`),
+    /// through its text only where that reader declines.
+    pub fn jsonb(&self, column: usize) -> Option<Value> {
+        let d = self.datum(column, pg_sys::JSONBOID)?;
+        // SAFETY: a non-null jsonb datum of the row; detoasting allocates in SPI's memory.
+        unsafe {
+            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
+            let data = std::slice::from_raw_parts(
+                pgrx::varlena::vardata_any(v) as *const u8,
+                pgrx::varlena::varsize_any_exhdr(v),
+            );
+            idmesh_core::jsonb::to_value(data)
+                .or_else(|| JsonB::from_datum(d, false).map(|j| j.0))
+        }
+    }
+}
+
+/// Runs a query and hands each row to `f`, its columns read in place: a batch of rows costs
+/// no JSON text on the way out and no copy into a longer-lived memory context.
+pub fn each_row(sql: &str, args: &[DatumWithOid], mut f: impl FnMut(&Row)) {
+    Spi::connect_mut(|c| {
+        let mut t = c.update(sql, None, args)?;
+        if t.is_empty() {
+            return Ok(());
+        }
+        let n = t.columns()?;
+        let types: Vec<pg_sys::Oid> = (1..=n)
+            .map(|k| t.column_type_oid(k).map(|o| o.value()))
+            .collect::<Result<_, _>>()?;
+        let mut datums = Vec::with_capacity(n);
+        while t.next().is_some() {
+            datums.clear();
+            for k in 1..=n {
+                datums.push(t.get_datum_by_ordinal(k)?);
+            }
+            f(&Row {
+                datums: &datums,
+                types: &types,
+            });
+        }
+        Ok::<_, pgrx::spi::Error>(())
+    })
+    .unwrap_or_else(|e| panic!("SPI: {e}"))
+}
+
 /// Takes the engine's transaction-level lock (see `mesh._lock` in sql/sync.sql).
 pub fn lock() {
     exec("SELECT mesh._lock()", &[]);

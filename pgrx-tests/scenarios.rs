@@ -158,6 +158,14 @@ fn bidirectional_without_echo() {
     assert_eq!(one::<String>("SELECT title FROM pb.entries WHERE emp_no = '1'").as_deref(), Some("Engineer"));
     assert_eq!(one::<String>("SELECT title FROM pb.entries WHERE emp_no = '2'").as_deref(), Some("Admiral"));
     assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0, "read-back confirmed every export");
+    // The export statement staged its rows as read back: the connector space holds each
+    // written row as an import stages it (attributes and hash), so nothing echoes.
+    assert_eq!(
+        int("SELECT count(*) FROM mesh.connector_object c JOIN mesh.connector k ON k.id = c.connector_id AND k.name = 'HR'
+             JOIN hr.employees e ON c.anchor = e.employee_id::text
+             WHERE c.attrs = to_jsonb(e) AND c.hash = md5(to_jsonb(e)::text) AND c.mesh_id IS NOT NULL"),
+        3
+    );
 
     for round in 0..2 {
         let again = cycle();

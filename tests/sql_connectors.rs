@@ -73,20 +73,28 @@ fn typed_import_delta_late_rows_deletes_and_export() {
         .unwrap_err();
     let e = e.as_db_error().expect("a server error");
     assert_eq!(e.code().code(), "23505");
-    assert_eq!(e.message(), r#"the source returned anchor "2" more than once"#);
+    assert_eq!(
+        e.message(),
+        r#"the source returned anchor "2" more than once"#
+    );
     let left: i64 = c
         .query_one("SELECT count(*) FROM mesh.connector_object", &[])
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "nothing of the failed first import stays");
-    c.batch_execute("SELECT mesh.drop_connector('HR twice')").unwrap();
+    c.batch_execute("SELECT mesh.drop_connector('HR twice')")
+        .unwrap();
 
     let full = run(&mut c, "HR Database", "full_import");
     assert_eq!(full["added"], json!(3), "{full}");
     // What landed classifies like merged rows: a second full import finds it unchanged.
     let again = run(&mut c, "HR Database", "full_import");
     assert_eq!(
-        (again["added"].clone(), again["updated"].clone(), again["unchanged"].clone()),
+        (
+            again["added"].clone(),
+            again["updated"].clone(),
+            again["unchanged"].clone()
+        ),
         (json!(0), json!(0), json!(3)),
         "{again}"
     );

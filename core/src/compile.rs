@@ -555,7 +555,8 @@ pub fn export_plan_sql(
         .collect();
     previous_keys.sort();
     previous_keys.dedup();
-    let add_attributes: Vec<(String, bool)> = attributes.iter().map(|(k, _)| (k.clone(), false)).collect();
+    let add_attributes: Vec<(String, bool)> =
+        attributes.iter().map(|(k, _)| (k.clone(), false)).collect();
     // `d` computes each object's wanted values once (OFFSET 0 keeps it a subquery of its
     // own); `y` its operation and changes once, for the filter and for the insert.
     format!(
@@ -785,16 +786,25 @@ mod tests {
         assert!(sql.contains("'mail', o.attrs->'email'"), "{sql}");
         assert!(sql.contains("mesh.ref_name(3, o.attrs->'manager')"));
         // update: the manager may be cleared, the mail may not; the add writes non-empty values
-        assert!(sql.contains("WHEN 'update' THEN ('{}'::jsonb || CASE WHEN NOT mesh.is_empty(d.want->'mail')"), "{sql}");
-        assert!(sql.contains("|| CASE WHEN (d.current->'manager_id') #>> '{}' IS DISTINCT FROM"), "{sql}");
+        assert!(
+            sql.contains(
+                "WHEN 'update' THEN ('{}'::jsonb || CASE WHEN NOT mesh.is_empty(d.want->'mail')"
+            ),
+            "{sql}"
+        );
+        assert!(
+            sql.contains("|| CASE WHEN (d.current->'manager_id') #>> '{}' IS DISTINCT FROM"),
+            "{sql}"
+        );
         assert!(sql.contains("WHEN 'add' THEN ('{}'::jsonb || CASE WHEN NOT mesh.is_empty(d.want->'mail') AND (NULL::jsonb->'mail')"), "{sql}");
-        assert!(sql.contains("CASE WHEN y.changes ? 'manager_id' AND y.current ? 'manager_id' THEN"), "{sql}");
+        assert!(
+            sql.contains("CASE WHEN y.changes ? 'manager_id' AND y.current ? 'manager_id' THEN"),
+            "{sql}"
+        );
         assert!(sql.contains("COALESCE((x.in_scope)::boolean, false)"));
         assert!(sql.contains("o.attrs->>'department' AS \"department\""));
         assert!(
-            sql.contains(
-                "true AS provision, 'delete'::text AS deprovision\n"
-            ),
+            sql.contains("true AS provision, 'delete'::text AS deprovision\n"),
             "{sql}"
         );
     }
@@ -828,11 +838,19 @@ mod tests {
     #[test]
     fn lifecycle_reads_a_deltas_objects_by_index_and_all_objects_in_one_pass() {
         let delta = lifecycle_sql(Scope::Affected);
-        assert!(delta.contains("FROM _mesh_affected a\nCROSS JOIN LATERAL (SELECT m0.*"), "{delta}");
+        assert!(
+            delta.contains("FROM _mesh_affected a\nCROSS JOIN LATERAL (SELECT m0.*"),
+            "{delta}"
+        );
         assert!(delta.contains("WHERE c.connector_id = k.id AND c.mesh_id = cand.id AND NOT c.deleted OFFSET 0) c ON true"));
         let full = lifecycle_sql(Scope::All);
-        assert!(full.contains("FROM mesh.mesh_object o\nWHERE NOT o.deleted"), "{full}");
-        assert!(full.contains("FROM mesh.connector_object c JOIN cand ON cand.id = c.mesh_id AND NOT c.deleted"));
+        assert!(
+            full.contains("FROM mesh.mesh_object o\nWHERE NOT o.deleted"),
+            "{full}"
+        );
+        assert!(full.contains(
+            "FROM mesh.connector_object c JOIN cand ON cand.id = c.mesh_id AND NOT c.deleted"
+        ));
         for sql in [&delta, &full] {
             assert!(sql.contains("WHERE o.ctid = act.row_id"));
             assert!(sql.ends_with("SELECT count(*) FILTER (WHERE go) FROM upd"));
@@ -848,8 +866,13 @@ mod tests {
         );
         assert!(d.starts_with("('{}'::jsonb || CASE WHEN NOT mesh.is_empty(d.want->'mail') AND (d.current->'mail')"), "{d}");
         // an attribute whose empty value clears has no emptiness condition
-        assert!(d.contains("|| CASE WHEN (d.current->'manager_id') #>> '{}' IS DISTINCT FROM"), "{d}");
-        assert!(d.contains("THEN jsonb_build_object('manager_id', mesh.nullif_empty(d.want->'manager_id'))"));
+        assert!(
+            d.contains("|| CASE WHEN (d.current->'manager_id') #>> '{}' IS DISTINCT FROM"),
+            "{d}"
+        );
+        assert!(d.contains(
+            "THEN jsonb_build_object('manager_id', mesh.nullif_empty(d.want->'manager_id'))"
+        ));
         assert_eq!(diff_sql("c", "w", &[]), "'{}'::jsonb");
     }
 
@@ -860,7 +883,10 @@ mod tests {
             flow(2, 1, "HR", "title", "title", 90),
         ];
         let sql = join_attributes_sql("person", &flows, &["employee_id".to_string()]).unwrap();
-        assert!(sql.starts_with("INSERT INTO mesh.mesh_object (id, object_type, projected_by, attrs)"), "{sql}");
+        assert!(
+            sql.starts_with("INSERT INTO mesh.mesh_object (id, object_type, projected_by, attrs)"),
+            "{sql}"
+        );
         assert!(sql.contains("FROM _mesh_projected o\nLEFT JOIN mesh.connector_object c1 ON c1.connector_id = 1 AND c1.mesh_id = o.id"));
         assert!(
             sql.contains("'employee_id'") && !sql.contains("'title'"),

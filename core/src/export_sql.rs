@@ -24,12 +24,54 @@ pub enum Op {
 
 /// What a statement returns for each row it wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Returning {
+pub enum Returning<'a> {
     /// The row as stored: the engine reads it back as the object it now is.
     Rows,
     /// Its anchor columns only: enough to tell which changes were written, and a fraction
     /// of the work (the row's JSON costs more on the target than the write itself).
     Anchors,
+    /// Its anchor columns, and the row as stored staged as the run's read-back in the same
+    /// statement (a target in the engine's own database that is also the import source):
+    /// the row never travels as JSON to the engine and back.
+    Staged(&'a ReadBack),
+}
+
+/// How a written row is staged as read back, as the connector's import would stage it.
+/// The SQL expressions read the row under the alias `w`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadBack {
+    pub run_id: i64,
+    pub object_type: String,
+    /// The anchor text, the name, and whether the row reads as deleted.
+    pub anchor_sql: String,
+    /// The anchor text of a change's row after the change (the same expression under the
+    /// alias `p`), to find the change each written row belongs to.
+    pub change_anchor_sql: String,
+    pub name_sql: String,
+    pub deleted_sql: String,
+}
+
+/// The data-modifying step that stages the rows of `done` as read back: each with its
+/// change's mesh object (the change whose anchor it has, after the change: a new anchor
+/// is the one written), its attributes as `to_jsonb` gives them (as the import reads the
+/// source), and their hash.
+fn staged_read_back(table: &str, read_back: &ReadBack) -> String {
+    format!(
+        "INSERT INTO mesh.staging (run_id, batch, anchor, name, object_type, attrs, deleted, mesh_id, hash, name_key) \
+         SELECT {run}, 0, a.anchor, a.name, {object_type}, a.attrs, a.deleted, k.mesh_id, md5(a.attrs::text), mesh.name_key(a.name) \
+           FROM (SELECT {anchor} AS anchor, {name} AS name, {deleted} AS deleted, to_jsonb(w.*) AS attrs \
+                   FROM done w OFFSET 0) a \
+           LEFT JOIN (SELECT (x->>'mesh_id')::bigint AS mesh_id, {change_anchor} AS anchor \
+                        FROM jsonb_array_elements($1::jsonb) x \
+                        CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, coalesce(x->'key', '{{}}') || x->'attributes') p) k \
+             ON k.anchor = a.anchor",
+        run = read_back.run_id,
+        object_type = literal(&read_back.object_type),
+        anchor = read_back.anchor_sql,
+        name = read_back.name_sql,
+        deleted = read_back.deleted_sql,
+        change_anchor = read_back.change_anchor_sql,
+    )
 }
 
 /// A PostgreSQL statement for one operation over a batch; it returns a JSON array with an
@@ -102,10 +144,24 @@ pub fn postgres_statement(
             key_match.join(" AND ")
         ),
     };
-    Ok(format!(
+    Ok(match (returning, op) {
+        (Returning::Staged(read_back), Op::Add | Op::Update) => {
+            let keys: Vec<String> = anchors
+                .iter()
+                .map(|a| format!("{}, idmesh_written.{}", literal(a), ident(a)))
+                .collect();
+            format!(
+                "WITH done AS ({sql}), staged AS ({}) \
+                 SELECT coalesce(jsonb_agg(jsonb_build_object({})), '[]'::jsonb) FROM done idmesh_written",
+                staged_read_back(table, read_back),
+                keys.join(", ")
+            )
+        }
         // `alias.*`: a bare alias would name a column first, were the table to have one so called.
-        "WITH done AS ({sql}) SELECT coalesce(jsonb_agg(to_jsonb(idmesh_written.*)), '[]'::jsonb) FROM done idmesh_written"
-    ))
+        _ => format!(
+            "WITH done AS ({sql}) SELECT coalesce(jsonb_agg(to_jsonb(idmesh_written.*)), '[]'::jsonb) FROM done idmesh_written"
+        ),
+    })
 }
 
 /// `[name]` quoting for SQL Server identifiers (`]` doubled); dotted names quote each part.
@@ -303,6 +359,56 @@ mod tests {
         )
         .unwrap();
         assert!(del.contains("RETURNING t.*)"), "{del}");
+    }
+
+    #[test]
+    fn a_target_that_is_its_source_stages_its_rows_in_the_statement() {
+        let read_back = ReadBack {
+            run_id: 42,
+            object_type: "per'son".into(),
+            anchor_sql: "w.\"employee_id\"::text".into(),
+            change_anchor_sql: "p.\"employee_id\"::text".into(),
+            name_sql: "w.\"employee_id\"::text".into(),
+            deleted_sql: "false".into(),
+        };
+        for op in [Op::Add, Op::Update] {
+            let sql = postgres_statement(
+                "hr.e",
+                &anchors(),
+                &["title"],
+                op,
+                Mode::Upsert,
+                Returning::Staged(&read_back),
+            )
+            .unwrap();
+            assert!(sql.contains("RETURNING t.*"), "{sql}");
+            assert!(sql.contains("staged AS (INSERT INTO mesh.staging"), "{sql}");
+            assert!(
+                sql.contains("SELECT 42, 0, a.anchor, a.name, 'per''son', a.attrs"),
+                "{sql}"
+            );
+            assert!(sql.contains("to_jsonb(w.*) AS attrs FROM done w"), "{sql}");
+            assert!(sql.contains("md5(a.attrs::text)"), "{sql}");
+            // Each row finds its change's mesh object by the anchor after the change.
+            assert!(sql.contains("jsonb_populate_record(NULL::hr.e, coalesce(x->'key', '{}') || x->'attributes') p"), "{sql}");
+            assert!(sql.contains("ON k.anchor = a.anchor"), "{sql}");
+            // What comes back is the anchors only.
+            assert!(sql.ends_with("jsonb_build_object('employee_id', idmesh_written.\"employee_id\")), '[]'::jsonb) FROM done idmesh_written"), "{sql}");
+        }
+        // Deleted rows come back whole (as deleted objects), never staged here.
+        let del = postgres_statement(
+            "hr.e",
+            &anchors(),
+            &[],
+            Op::Delete,
+            Mode::Upsert,
+            Returning::Staged(&read_back),
+        )
+        .unwrap();
+        assert!(
+            !del.contains("mesh.staging") && del.contains("to_jsonb(idmesh_written.*)"),
+            "{del}"
+        );
     }
 
     #[test]

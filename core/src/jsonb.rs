@@ -95,7 +95,11 @@ fn container(data: &[u8], at: usize, depth: usize) -> Option<serde_json::Value> 
         };
         let from = start;
         start = end;
-        (from <= end && base + end <= data.len()).then_some((entry & ENTRY_TYPE_MASK, base + from, base + end))
+        (from <= end && base + end <= data.len()).then_some((
+            entry & ENTRY_TYPE_MASK,
+            base + from,
+            base + end,
+        ))
     };
     let mut children = Vec::with_capacity(entries);
     for i in 0..entries {
@@ -106,7 +110,9 @@ fn container(data: &[u8], at: usize, depth: usize) -> Option<serde_json::Value> 
         // Numbers and containers start 4-byte aligned; the padding counts in their length.
         let aligned = base + (from - base).next_multiple_of(4);
         Some(match kind {
-            ENTRY_STRING => Value::String(std::str::from_utf8(data.get(from..end)?).ok()?.to_string()),
+            ENTRY_STRING => {
+                Value::String(std::str::from_utf8(data.get(from..end)?).ok()?.to_string())
+            }
             ENTRY_NUMERIC => Value::Number(numeric_text(data.get(aligned..end)?)?.parse().ok()?),
             ENTRY_FALSE => Value::Bool(false),
             ENTRY_TRUE => Value::Bool(true),
@@ -149,7 +155,10 @@ pub fn numeric_text(datum: &[u8]) -> Option<String> {
     } else {
         return None;
     };
-    let half = |at: usize| -> Option<u16> { body.get(at..at + 2).map(|b| u16::from_ne_bytes([b[0], b[1]])) };
+    let half = |at: usize| -> Option<u16> {
+        body.get(at..at + 2)
+            .map(|b| u16::from_ne_bytes([b[0], b[1]]))
+    };
     let header = half(0)?;
     let (negative, scale, weight, digits_at) = match header & 0xC000 {
         0x8000 => {
@@ -158,10 +167,20 @@ pub fn numeric_text(datum: &[u8]) -> Option<String> {
             } else {
                 (header & 0x003F) as i32
             };
-            (header & 0x2000 != 0, ((header & 0x1F80) >> 7) as usize, weight, 2)
+            (
+                header & 0x2000 != 0,
+                ((header & 0x1F80) >> 7) as usize,
+                weight,
+                2,
+            )
         }
         0xC000 => return None,
-        sign => (sign == 0x4000, (header & 0x3FFF) as usize, half(2)? as i16 as i32, 4),
+        sign => (
+            sign == 0x4000,
+            (header & 0x3FFF) as usize,
+            half(2)? as i16 as i32,
+            4,
+        ),
     };
     let digits: Vec<u16> = body
         .get(digits_at..)?
@@ -171,7 +190,12 @@ pub fn numeric_text(datum: &[u8]) -> Option<String> {
     if digits.iter().any(|&d| d > 9999) {
         return None;
     }
-    let digit = |i: i32| -> u16 { usize::try_from(i).ok().and_then(|i| digits.get(i).copied()).unwrap_or(0) };
+    let digit = |i: i32| -> u16 {
+        usize::try_from(i)
+            .ok()
+            .and_then(|i| digits.get(i).copied())
+            .unwrap_or(0)
+    };
     let mut out = String::with_capacity(8 + 4 * digits.len() + scale);
     if negative {
         out.push('-');
@@ -220,10 +244,19 @@ mod tests {
 
     #[test]
     fn values_read_back_as_their_json() {
-        let long = format!("{{\"k\": [{}]}}", (0..70).map(|i| format!("\"v{i}\"")).collect::<Vec<_>>().join(", "));
+        let long = format!(
+            "{{\"k\": [{}]}}",
+            (0..70)
+                .map(|i| format!("\"v{i}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
         let wide = format!(
             "{{{}}}",
-            (0..40).map(|i| format!("\"key{i}\": {i}.5")).collect::<Vec<_>>().join(", ")
+            (0..40)
+                .map(|i| format!("\"key{i}\": {i}.5"))
+                .collect::<Vec<_>>()
+                .join(", ")
         );
         for text in [
             "{}",
@@ -248,13 +281,30 @@ mod tests {
 
     #[test]
     fn numerics_read_as_numeric_out_writes_them() {
-        for text in ["0", "1", "-1", "9999", "10000", "12345678", "0.0001", "123.4500", "-0.5", "99999999.99999999",
-                     "100000000", "0.00000001", "1.000", "0.00"] {
+        for text in [
+            "0",
+            "1",
+            "-1",
+            "9999",
+            "10000",
+            "12345678",
+            "0.0001",
+            "123.4500",
+            "-0.5",
+            "99999999.99999999",
+            "100000000",
+            "0.00000001",
+            "1.000",
+            "0.00",
+        ] {
             let datum = crate::jsonb_build::numeric_of(text).unwrap();
             assert_eq!(numeric_text(&datum).as_deref(), Some(text), "{text}");
         }
         // "-0" is 0 to a numeric.
-        assert_eq!(numeric_text(&crate::jsonb_build::numeric_of("-0").unwrap()).as_deref(), Some("0"));
+        assert_eq!(
+            numeric_text(&crate::jsonb_build::numeric_of("-0").unwrap()).as_deref(),
+            Some("0")
+        );
         // The long form (as a scale over 63 makes it): sign, scale 64, weight 0, digits 1 and 5000.
         let mut long = vec![0u8; 4];
         for half in [0x4000u16 | 64, 0, 1, 5000] {
@@ -271,27 +321,50 @@ mod tests {
 
     #[test]
     fn damaged_values_are_declined() {
-        let good = crate::jsonb_build::from_text("{\"a\": [1, \"b\"]}", &mut crate::jsonb_build::numeric_of).unwrap();
+        let good = crate::jsonb_build::from_text(
+            "{\"a\": [1, \"b\"]}",
+            &mut crate::jsonb_build::numeric_of,
+        )
+        .unwrap();
         for cut in 0..good.len() {
             assert_eq!(to_value(&good[..cut]), None, "cut at {cut}");
         }
-        assert_eq!(to_value(&bytes(&[FLAG_ARRAY | FLAG_SCALAR | 1, 2], &[0xff, 0xfe])), None, "not UTF-8");
+        assert_eq!(
+            to_value(&bytes(&[FLAG_ARRAY | FLAG_SCALAR | 1, 2], &[0xff, 0xfe])),
+            None,
+            "not UTF-8"
+        );
     }
 
     #[test]
     fn empty_values() {
         // null, "" (scalars), [] (an array of none)
-        assert!(is_empty_value(&bytes(&[FLAG_ARRAY | FLAG_SCALAR | 1, ENTRY_NULL], &[])));
-        assert!(is_empty_value(&bytes(&[FLAG_ARRAY | FLAG_SCALAR | 1, 0x8000_0000], &[])));
+        assert!(is_empty_value(&bytes(
+            &[FLAG_ARRAY | FLAG_SCALAR | 1, ENTRY_NULL],
+            &[]
+        )));
+        assert!(is_empty_value(&bytes(
+            &[FLAG_ARRAY | FLAG_SCALAR | 1, 0x8000_0000],
+            &[]
+        )));
         assert!(is_empty_value(&bytes(&[FLAG_ARRAY], &[])));
     }
 
     #[test]
     fn values() {
         // "a", 0 (numeric), false, [null], {} and a truncated value
-        assert!(!is_empty_value(&bytes(&[FLAG_ARRAY | FLAG_SCALAR | 1, 1], b"a")));
-        assert!(!is_empty_value(&bytes(&[FLAG_ARRAY | FLAG_SCALAR | 1, 0x1000_0008], &[0; 8])));
-        assert!(!is_empty_value(&bytes(&[FLAG_ARRAY | FLAG_SCALAR | 1, 0x2000_0000], &[])));
+        assert!(!is_empty_value(&bytes(
+            &[FLAG_ARRAY | FLAG_SCALAR | 1, 1],
+            b"a"
+        )));
+        assert!(!is_empty_value(&bytes(
+            &[FLAG_ARRAY | FLAG_SCALAR | 1, 0x1000_0008],
+            &[0; 8]
+        )));
+        assert!(!is_empty_value(&bytes(
+            &[FLAG_ARRAY | FLAG_SCALAR | 1, 0x2000_0000],
+            &[]
+        )));
         assert!(!is_empty_value(&bytes(&[FLAG_ARRAY | 1, ENTRY_NULL], &[])));
         assert!(!is_empty_value(&bytes(&[0x2000_0000], &[])));
         assert!(!is_empty_value(&[0, 0]));

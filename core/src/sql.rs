@@ -296,7 +296,10 @@ mod tests {
             repeated_anchor("Key (connector_id, anchor)=(12, a, (b)) already exists."),
             Some("a, (b)")
         );
-        assert_eq!(repeated_anchor("Key (connector_id, mesh_id)=(3, 9) already exists."), None);
+        assert_eq!(
+            repeated_anchor("Key (connector_id, mesh_id)=(3, 9) already exists."),
+            None
+        );
         assert_eq!(repeated_anchor("something else"), None);
     }
 

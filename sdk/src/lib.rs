@@ -199,6 +199,12 @@ pub struct ExportResult {
     #[serde(default)]
     pub code: Option<String>,
     pub object: Option<SourceObject>,
+    /// The connector staged the object as it is now stored for the run itself (an
+    /// in-database kind, see `IdentityConnector::stage_read_back`): the change is
+    /// confirmed like one whose `object` came back, without the object travelling. Never
+    /// part of the protocol: a connector program cannot stage anything.
+    #[serde(skip)]
+    pub staged: bool,
 }
 
 impl ExportResult {
@@ -208,6 +214,14 @@ impl ExportResult {
             error: None,
             code: None,
             object,
+            staged: false,
+        }
+    }
+    /// Written, and staged as read back by the connector itself.
+    pub fn staged(mesh_id: i64) -> Self {
+        ExportResult {
+            staged: true,
+            ..ExportResult::ok(mesh_id, None)
         }
     }
     pub fn failed(mesh_id: i64, message: impl Into<String>) -> Self {
@@ -216,6 +230,7 @@ impl ExportResult {
             error: Some(message.into()),
             code: None,
             object: None,
+            staged: false,
         }
     }
     pub fn failed_with_code(
@@ -228,6 +243,7 @@ impl ExportResult {
             error: Some(message.into()),
             code: Some(code.into()),
             object: None,
+            staged: false,
         }
     }
 }
@@ -331,6 +347,13 @@ pub trait IdentityConnector {
         &'a mut self,
         changes: &'a [ExportChange],
     ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>>;
+
+    /// Called before an export by the engine in whose database the connector lives: an
+    /// in-database kind whose target is also its import source may stage the rows it
+    /// writes as run `run_id`'s read-back (`mesh.staging`, batch 0) in the statement that
+    /// writes them, and answer `ExportResult::staged`; the rows then never leave the
+    /// server. The default does nothing: written objects come back in `object`, or not.
+    fn stage_read_back(&mut self, _run_id: i64) {}
 
     /// What the connected system holds: its object classes and their attributes, so flow
     /// rules can be checked against it. Optional: the default says the kind cannot tell.

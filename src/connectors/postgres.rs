@@ -10,10 +10,10 @@
 //! own faithful form (numerics exact, timestamps with their offset, uuids, NULLs), and they
 //! stream in batches. Exports send one JSON array per batch; the target types each value.
 
-use super::rows::{forced_full, pg_batch, pg_results, RowShape};
+use super::rows::{forced_full, pg_batch, pg_results, ReadBack, RowShape};
 use crate::error::invalid;
 use idmesh_core::delta::DeltaKind;
-use idmesh_core::export_sql::Mode;
+use idmesh_core::export_sql::{Mode, Returning};
 use idmesh_core::sql::ident;
 use idmesh_sdk::*;
 use serde_json::{json, Value};
@@ -650,8 +650,15 @@ impl PostgresConnector {
         changes: &[&ExportChange],
     ) -> Result<Vec<ExportResult>, (Option<String>, String)> {
         let shape = self.shape();
-        let (sql, payload) = pg_batch(table, &shape, self.config.export_mode, op, changes, false)
-            .map_err(|e| (None, e))?;
+        let (sql, payload) = pg_batch(
+            table,
+            &shape,
+            self.config.export_mode,
+            op,
+            changes,
+            Returning::Anchors,
+        )
+        .map_err(|e| (None, e))?;
         let refusal = "the target refused the change";
         let statement = self.statement(&sql, refusal).await?;
         let client = self.client().await.map_err(|e| (None, e.message))?;
@@ -675,7 +682,14 @@ impl PostgresConnector {
             _ => Vec::new(),
         };
         // The import is a query, not the table: confirmation comes with the next import.
-        Ok(pg_results(table, &shape, op, changes, written, false))
+        Ok(pg_results(
+            table,
+            &shape,
+            op,
+            changes,
+            written,
+            ReadBack::None,
+        ))
     }
 }
 

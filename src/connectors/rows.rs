@@ -104,16 +104,17 @@ impl RowShape {
 
 /// One statement for a batch of changes of one operation to a PostgreSQL table, and its
 /// single JSON parameter as text (written straight from the changes: no copy of their
-/// values is built on the way). `read_back`: the rows written come back whole (the table is also
-/// the import source), else only their anchors.
+/// values is built on the way). `returning`: what comes back for the rows written (see
+/// `Returning`; staged read-backs also need each change's mesh object in the parameter).
 pub fn pg_batch(
     table: &str,
     shape: &RowShape,
     mode: Mode,
     op: ExportOperation,
     changes: &[&ExportChange],
-    read_back: bool,
+    returning: Returning,
 ) -> Result<(String, String), String> {
+    let with_mesh_ids = matches!(returning, Returning::Staged(_));
     if op == ExportOperation::Add {
         if let Some(_) = changes.iter().find(|c| {
             shape
@@ -133,7 +134,11 @@ pub fn pg_batch(
         if i > 0 {
             payload.push(b',');
         }
-        payload.extend_from_slice(b"{\"attributes\":");
+        payload.extend_from_slice(b"{");
+        if with_mesh_ids {
+            payload.extend_from_slice(format!("\"mesh_id\":{},", c.mesh_id).as_bytes());
+        }
+        payload.extend_from_slice(b"\"attributes\":");
         serde_json::to_writer(&mut payload, &c.attributes).map_err(|e| e.to_string())?;
         payload.extend_from_slice(b",\"key\":");
         serde_json::to_writer(&mut payload, &shape.key(op, c)).map_err(|e| e.to_string())?;
@@ -153,32 +158,32 @@ pub fn pg_batch(
         ExportOperation::Delete => Op::Delete,
     };
     Ok((
-        export_sql::postgres_statement(
-            table,
-            &shape.anchor,
-            &cols,
-            sql_op,
-            mode,
-            if read_back {
-                Returning::Rows
-            } else {
-                Returning::Anchors
-            },
-        )?,
+        export_sql::postgres_statement(table, &shape.anchor, &cols, sql_op, mode, returning)?,
         payload,
     ))
 }
 
+/// How the objects a batch wrote come back to the engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadBack {
+    /// Not at all: the next import confirms the export.
+    None,
+    /// As objects, built from the rows written (the table is also the import source).
+    Objects,
+    /// Staged by the statement itself (`Returning::Staged`).
+    Staged,
+}
+
 /// One result per change from the rows the batch wrote. Deleted rows come back as deleted
-/// objects (the connector space learns at once); written rows as the objects they are now
-/// when `read_back` (the table is also the import source), so the export is confirmed.
+/// objects (the connector space learns at once); written rows as `read_back` says, so the
+/// export is confirmed at once where the table is also the import source.
 pub fn pg_results(
     table: &str,
     shape: &RowShape,
     op: ExportOperation,
     changes: &[&ExportChange],
     written: Vec<Value>,
-    read_back: bool,
+    read_back: ReadBack,
 ) -> Vec<ExportResult> {
     let mut by_anchor: HashMap<String, Value> = HashMap::new();
     for row in written {
@@ -204,9 +209,11 @@ pub fn pg_results(
                     }
                     ExportResult::ok(c.mesh_id, gone)
                 }
-                (_, Some(row)) => {
-                    ExportResult::ok(c.mesh_id, if read_back { shape.object(row) } else { None })
-                }
+                (_, Some(row)) => match read_back {
+                    ReadBack::None => ExportResult::ok(c.mesh_id, None),
+                    ReadBack::Objects => ExportResult::ok(c.mesh_id, shape.object(row)),
+                    ReadBack::Staged => ExportResult::staged(c.mesh_id),
+                },
                 (_, None) => ExportResult::failed_with_code(
                     c.mesh_id,
                     "02000",

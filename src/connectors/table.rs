@@ -287,16 +287,40 @@ impl TableConfig {
         }
     }
 
-    fn read_sql(&self, delta: bool) -> String {
+    /// A source row's name and whether it reads as deleted, the row under `alias`.
+    fn name_and_deleted_sql(&self, alias: &str) -> (String, String) {
         let name = match &self.name_column {
-            Some(n) => format!("coalesce(s.{}::text, {})", ident(n), self.anchor_sql("s")),
-            None => self.anchor_sql("s"),
+            Some(n) => format!(
+                "coalesce({alias}.{}::text, {})",
+                ident(n),
+                self.anchor_sql(alias)
+            ),
+            None => self.anchor_sql(alias),
         };
         let deleted = match &self.soft_delete_column {
-            Some((c, true)) => format!("coalesce(s.{}, false)", ident(c)),
-            Some((c, false)) => format!("s.{} IS NOT NULL", ident(c)),
+            Some((c, true)) => format!("coalesce({alias}.{}, false)", ident(c)),
+            Some((c, false)) => format!("{alias}.{} IS NOT NULL", ident(c)),
             None => "false".to_string(),
         };
+        (name, deleted)
+    }
+
+    /// How a row this connector writes is staged as run `run_id`'s read-back: as `read_sql`
+    /// stages the source's rows, so the next import finds it unchanged.
+    fn read_back(&self, run_id: i64) -> export_sql::ReadBack {
+        let (name_sql, deleted_sql) = self.name_and_deleted_sql("w");
+        export_sql::ReadBack {
+            run_id,
+            object_type: self.object_type.clone(),
+            anchor_sql: self.anchor_sql("w"),
+            change_anchor_sql: self.anchor_sql("p"),
+            name_sql,
+            deleted_sql,
+        }
+    }
+
+    fn read_sql(&self, delta: bool) -> String {
+        let (name, deleted) = self.name_and_deleted_sql("s");
         let filter = match (&self.delta_column, delta) {
             (Some((col, ty, kind)), true) => format!(" WHERE {}", predicate(col, ty, *kind)),
             _ => String::new(),
@@ -322,6 +346,8 @@ impl TableConfig {
 pub struct TableConnector {
     name: String,
     config: TableConfig,
+    /// The export run whose read-back the export statements stage (see `stage_read_back`).
+    read_back_run: Option<i64>,
 }
 
 impl TableConnector {
@@ -329,6 +355,7 @@ impl TableConnector {
         TableConnector {
             name: name.to_string(),
             config,
+            read_back_run: None,
         }
     }
 
@@ -401,7 +428,21 @@ impl TableConnector {
             ExportMode::Update => export_sql::Mode::Update,
         };
         let shape = self.config.shape();
-        let (sql, payload) = rows::pg_batch(table, &shape, mode, op, changes, read_back)
+        // A target that is also the source is read back: staged by the statement itself
+        // when the engine said for which run, else returned whole.
+        let staging = self
+            .read_back_run
+            .filter(|_| read_back)
+            .map(|run| self.config.read_back(run));
+        let (returning, read_back) = match (&staging, read_back) {
+            (Some(staging), _) => (
+                export_sql::Returning::Staged(staging),
+                rows::ReadBack::Staged,
+            ),
+            (None, true) => (export_sql::Returning::Rows, rows::ReadBack::Objects),
+            (None, false) => (export_sql::Returning::Anchors, rows::ReadBack::None),
+        };
+        let (sql, payload) = rows::pg_batch(table, &shape, mode, op, changes, returning)
             .map_err(|e| format!("connector \"{}\": {e}", self.name))?;
         let written = match store::json(&sql, &[payload.into()]) {
             Value::Array(rows) => rows,
@@ -416,6 +457,10 @@ impl TableConnector {
 impl IdentityConnector for TableConnector {
     fn kind(&self) -> &str {
         "table"
+    }
+
+    fn stage_read_back(&mut self, run_id: i64) {
+        self.read_back_run = Some(run_id);
     }
 
     /// The source's columns and their types.

@@ -50,6 +50,8 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
         &connector.name,
         &connector.config,
     );
+    // An in-database target stages what it writes as this run's read-back itself.
+    conn.stage_read_back(run_id);
     let rt = runtime();
     let mut counters = Counters::default();
     let mut last_id: i64 = 0;
@@ -219,6 +221,12 @@ fn record(
                         counters.confirmed += 1;
                         staged_ids.push(res.mesh_id);
                         staged.push(obj);
+                        "confirmed"
+                    }
+                    None if res.staged => {
+                        // Staged by the connector: merged with the rest at the end.
+                        counters.confirmed += 1;
+                        read_back.seen += 1;
                         "confirmed"
                     }
                     None => "applied",

@@ -258,7 +258,9 @@ fn known_object_type(object_type: &str) {
     if known != Some(true) {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("the source returned object type \"{object_type}\", which the mesh does not know"),
+            format!(
+                "the source returned object type \"{object_type}\", which the mesh does not know"
+            ),
             "Add it with mesh.create_object_type(name). Nothing was imported.",
         )
     }

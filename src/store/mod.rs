@@ -52,12 +52,16 @@ pub struct Row<'a> {
 impl Row<'_> {
     /// The column's datum, after checking it has the type the caller reads it as.
     fn datum(&self, column: usize, oid: pg_sys::Oid) -> Option<pg_sys::Datum> {
-        assert_eq!(self.types[column], oid, "column {column} of a bulk read has another type");
+        assert_eq!(
+            self.types[column], oid,
+            "column {column} of a bulk read has another type"
+        );
         self.datums[column]
     }
 
     pub fn int8(&self, column: usize) -> Option<i64> {
-        self.datum(column, pg_sys::INT8OID).map(|d| d.value() as i64)
+        self.datum(column, pg_sys::INT8OID)
+            .map(|d| d.value() as i64)
     }
 
     pub fn text(&self, column: usize) -> Option<String> {
@@ -78,8 +82,7 @@ impl Row<'_> {
                 pgrx::varlena::vardata_any(v) as *const u8,
                 pgrx::varlena::varsize_any_exhdr(v),
             );
-            idmesh_core::jsonb::to_value(data)
-                .or_else(|| JsonB::from_datum(d, false).map(|j| j.0))
+            idmesh_core::jsonb::to_value(data).or_else(|| JsonB::from_datum(d, false).map(|j| j.0))
         }
     }
 }

@@ -460,45 +460,101 @@ fn bad_input_is_refused_and_changes_nothing() {
 }
 
 /// The first full import of a connector lands its rows straight in its empty connector
-/// space, with the outcome the merge gives: a source row marked deleted is not added, an
-/// anchor that repeats fails the run naming it and leaves nothing, and the next import
-/// classifies against what landed.
+/// space, with the outcome the merge gives: an anchor that repeats fails the run naming
+/// it and leaves nothing, and the next import classifies against what landed. A source
+/// with a soft-delete column stages and merges (the merge checks deleted rows too).
 #[pg_test]
 fn a_first_import_lands_in_the_empty_space_as_the_merge_would() {
     hr_and_phonebook();
-    run("UPDATE hr.employees SET terminated = true WHERE employee_id = 3");
     run("CREATE VIEW hr.twice AS SELECT * FROM hr.employees UNION ALL SELECT * FROM hr.employees WHERE employee_id = 2");
     run(r#"SELECT mesh.alter_connector('HR', config => '{"source": "hr.twice", "anchor": "employee_id",
-              "delta_column": "modified_at", "soft_delete_column": "terminated"}')"#);
+              "delta_column": "modified_at"}')"#);
     let dup = outcome("SELECT mesh.run('HR', 'full_import')");
     assert!(dup.starts_with("23505") && dup.contains(r#"anchor "2" more than once"#), "{dup}");
     assert_eq!(int("SELECT count(*) FROM mesh.connector_object"), 0);
     assert_eq!(int("SELECT count(*) FROM mesh.watermark"), 0);
 
     run(r#"SELECT mesh.alter_connector('HR', config => '{"source": "hr.employees", "anchor": "employee_id",
-              "delta_column": "modified_at", "soft_delete_column": "terminated"}')"#);
+              "delta_column": "modified_at"}')"#);
     let first = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'full_import') r");
-    assert_eq!((first["added"].clone(), first["deleted"].clone()), (json!(2), json!(0)), "{first}");
-    assert_eq!(int("SELECT count(*) FROM mesh.connector_object WHERE NOT deleted"), 2, "Alan left: not added");
-    assert_eq!(int("SELECT count(*) FROM mesh.connector_object"), 2);
+    assert_eq!((first["added"].clone(), first["deleted"].clone()), (json!(3), json!(0)), "{first}");
+    assert_eq!(first["details"]["landed"], json!(true), "{first}");
+    assert_eq!(int("SELECT count(*) FROM mesh.connector_object WHERE NOT deleted"), 3);
     assert_eq!(int("SELECT count(*) FROM mesh.staging"), 0);
     // Names, name keys and hashes are what the merge computes: nothing reads as changed.
     let again = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'full_import') r");
     assert_eq!(
         (again["added"].clone(), again["updated"].clone(), again["unchanged"].clone()),
-        (json!(0), json!(0), json!(2)),
+        (json!(0), json!(0), json!(3)),
         "{again}"
     );
+    assert_eq!(again["details"].get("landed"), None, "{again}");
     assert_eq!(
         int("SELECT count(*) FROM mesh.connector_object WHERE name = anchor AND name_key = anchor AND hash = md5(attrs::text)"),
-        2
+        3
     );
-    run("UPDATE hr.employees SET terminated = false WHERE employee_id = 3");
-    let back = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'delta_import') r");
-    assert_eq!(back["added"], json!(1), "{back}");
+    run("UPDATE hr.employees SET title = 'Countess' WHERE employee_id = 1");
+    let delta = js("SELECT to_jsonb(r) FROM mesh.run('HR', 'delta_import') r");
+    assert_eq!(delta["updated"], json!(1), "{delta}");
     let synced = cycle();
     assert_eq!(synced["/full_sync"]["status"], json!("success"), "{synced}");
-    assert_eq!(attrs(3)["display_name"], json!("Alan Turing"));
+    assert_eq!(attrs(1)["title"], json!("Countess"));
+
+    // The phonebook has no soft-delete column but objects already: it is merged, not landed.
+    let pb = js("SELECT to_jsonb(r) FROM mesh.run('Phonebook', 'full_import') r");
+    assert_eq!(pb["details"].get("landed"), None, "{pb}");
+    // A source with a soft-delete column, imported first: staged and merged; the row marked
+    // deleted is not added.
+    run("CREATE TABLE hr.contractors (id integer PRIMARY KEY, gone boolean NOT NULL DEFAULT false)");
+    run("INSERT INTO hr.contractors VALUES (1, false), (2, true)");
+    run(r#"SELECT mesh.create_connector('Contractors', 'table', '{"source": "hr.contractors", "anchor": "id",
+              "soft_delete_column": "gone"}')"#);
+    let soft = js("SELECT to_jsonb(r) FROM mesh.run('Contractors', 'full_import') r");
+    assert_eq!(soft["added"], json!(1), "{soft}");
+    assert_eq!(soft["details"].get("landed"), None, "{soft}");
+}
+
+/// An export to a table that is also the connector's source stages the rows it wrote in
+/// the same statement: columns named like the statement's aliases (`x`, `s`) are data,
+/// the connector space holds each row as an import stages it, and a change that moves a
+/// row's anchor is that change's error, never a failed run.
+#[pg_test]
+fn an_export_to_its_own_source_stages_what_it_wrote() {
+    hr_and_phonebook();
+    run("CREATE TABLE pb.users (login text PRIMARY KEY, x text, s text, display text)");
+    run("INSERT INTO pb.users VALUES ('u1', 'a', 'b', NULL), ('u2', 'a', 'b', NULL)");
+    run(r#"SELECT mesh.create_connector('Users', 'table', '{"source": "pb.users", "anchor": "login",
+              "export_table": "pb.users", "export_mode": "update"}')"#);
+    run("SELECT mesh.add_join_rule('Users', 'person', $$substr(login, 2)$$, 'employee_id')");
+    let login = int("SELECT mesh.add_export_flow('Users', 'person', $$'u' || employee_id$$, 'login')::bigint");
+    run("SELECT mesh.add_export_flow('Users', 'person', 'display_name', 'display')");
+    let first = cycle();
+    assert_eq!(first["Users/export"]["updated"], json!(2), "{first}");
+    assert_eq!(first["Users/export"]["errors"], json!(0), "{first}");
+    assert_eq!(one::<String>("SELECT display FROM pb.users WHERE login = 'u2'").as_deref(), Some("Grace Hopper"));
+    assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0, "confirmed by the staged rows");
+    assert_eq!(
+        int("SELECT count(*) FROM mesh.connector_object c JOIN pb.users u ON c.anchor = u.login
+             WHERE c.attrs = to_jsonb(u.*) AND c.hash = md5(to_jsonb(u.*)::text) AND c.mesh_id IS NOT NULL"),
+        2
+    );
+    let again = js("SELECT to_jsonb(r) FROM mesh.run('Users', 'full_import') r");
+    assert_eq!((again["updated"].clone(), again["unchanged"].clone()), (json!(0), json!(2)), "{again}");
+    assert_eq!(int("SELECT count(*) FROM mesh.staging"), 0);
+
+    // A flow that rewrites the anchor column: the rows are written under new anchors, which
+    // no change's key has; each change is an error, the run goes on and leaves no staging.
+    run(&format!("SELECT mesh.remove_flow({login})"));
+    run("SELECT mesh.add_export_flow('Users', 'person', $$'user' || employee_id$$, 'login')");
+    let moved = cycle();
+    assert_eq!(moved["Users/export"]["errors"], json!(2), "{moved}");
+    assert_eq!(moved["Users/export"]["status"], json!("warning"), "{moved}");
+    assert_eq!(int("SELECT count(*) FROM pb.users WHERE login LIKE 'user%'"), 2);
+    assert_eq!(int("SELECT count(*) FROM mesh.staging"), 0);
+    assert_eq!(
+        int("SELECT count(*) FROM mesh.run_error WHERE sqlstate = '02000' AND message LIKE 'no row of pb.users has anchor u%'"),
+        2
+    );
 }
 
 /// One bad row in an export is an error on that object; the others are written.

@@ -61,9 +61,12 @@ fn typed_import_delta_late_rows_deletes_and_export() {
         ]
     );
 
-    // A first import lands straight in the empty connector space; an anchor the source
-    // returns twice still fails it, naming the anchor, and leaves nothing behind.
-    let mut twice = hr_config();
+    // A first import lands straight in the empty connector space (a source without a
+    // soft-delete column); an anchor the source returns twice still fails it, naming the
+    // anchor, and leaves nothing behind.
+    let mut plain = hr_config();
+    plain.as_object_mut().unwrap().remove("soft_delete_column");
+    let mut twice = plain.clone();
     twice["import_query"] = json!(
         "SELECT * FROM employees WHERE modified_at > @watermark UNION ALL SELECT * FROM employees WHERE employee_id = 2"
     );
@@ -82,13 +85,17 @@ fn typed_import_delta_late_rows_deletes_and_export() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "nothing of the failed first import stays");
-    c.batch_execute("SELECT mesh.drop_connector('HR twice')")
-        .unwrap();
-
-    let full = run(&mut c, "HR Database", "full_import");
-    assert_eq!(full["added"], json!(3), "{full}");
-    // What landed classifies like merged rows: a second full import finds it unchanged.
-    let again = run(&mut c, "HR Database", "full_import");
+    c.execute(
+        "SELECT mesh.alter_connector('HR twice', config => $1)",
+        &[&plain],
+    )
+    .unwrap();
+    let landed = run(&mut c, "HR twice", "full_import");
+    assert_eq!(landed["added"], json!(3), "{landed}");
+    assert_eq!(landed["details"]["landed"], json!(true), "{landed}");
+    // What landed classifies like merged rows: a second full import (staged and merged)
+    // finds every row unchanged.
+    let again = run(&mut c, "HR twice", "full_import");
     assert_eq!(
         (
             again["added"].clone(),
@@ -98,6 +105,15 @@ fn typed_import_delta_late_rows_deletes_and_export() {
         (json!(0), json!(0), json!(3)),
         "{again}"
     );
+    assert_eq!(again["details"].get("landed"), None, "{again}");
+    c.batch_execute("SELECT mesh.drop_connector('HR twice')")
+        .unwrap();
+
+    // With a soft-delete column the first import stages and merges (the merge checks the
+    // rows marked deleted too).
+    let full = run(&mut c, "HR Database", "full_import");
+    assert_eq!(full["added"], json!(3), "{full}");
+    assert_eq!(full["details"].get("landed"), None, "{full}");
     let ada: Value = c
         .query_one(
             "SELECT attrs FROM mesh.connector_object WHERE anchor = '1'",

@@ -44,26 +44,28 @@ pub struct ReadBack {
     pub object_type: String,
     /// The anchor text, the name, and whether the row reads as deleted.
     pub anchor_sql: String,
-    /// The anchor text of a change's row after the change (the same expression under the
-    /// alias `p`), to find the change each written row belongs to.
+    /// The anchor text of a change's key (the same expression under the alias `p`), to
+    /// find the change each written row belongs to.
     pub change_anchor_sql: String,
     pub name_sql: String,
     pub deleted_sql: String,
 }
 
 /// The data-modifying step that stages the rows of `done` as read back: each with its
-/// change's mesh object (the change whose anchor it has, after the change: a new anchor
-/// is the one written), its attributes as `to_jsonb` gives them (as the import reads the
-/// source), and their hash.
+/// change's mesh object, its attributes as `to_jsonb` gives them (as the import reads the
+/// source), and their hash. A row belongs to the change whose key has its anchor, as the
+/// engine matches results; a row whose anchor the change itself moved is not staged (the
+/// change is reported failed, and the next import reads the row). Names are qualified
+/// throughout: the table's columns are in scope next to them.
 fn staged_read_back(table: &str, read_back: &ReadBack) -> String {
     format!(
         "INSERT INTO mesh.staging (run_id, batch, anchor, name, object_type, attrs, deleted, mesh_id, hash, name_key) \
          SELECT {run}, 0, a.anchor, a.name, {object_type}, a.attrs, a.deleted, k.mesh_id, md5(a.attrs::text), mesh.name_key(a.name) \
            FROM (SELECT {anchor} AS anchor, {name} AS name, {deleted} AS deleted, to_jsonb(w.*) AS attrs \
                    FROM done w OFFSET 0) a \
-           LEFT JOIN (SELECT (x->>'mesh_id')::bigint AS mesh_id, {change_anchor} AS anchor \
-                        FROM jsonb_array_elements($1::jsonb) x \
-                        CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, coalesce(x->'key', '{{}}') || x->'attributes') p) k \
+           JOIN (SELECT (idmesh_change.change->>'mesh_id')::bigint AS mesh_id, {change_anchor} AS anchor \
+                   FROM jsonb_array_elements($1::jsonb) AS idmesh_change(change) \
+                   CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, idmesh_change.change->'key') p) k \
              ON k.anchor = a.anchor",
         run = read_back.run_id,
         object_type = literal(&read_back.object_type),
@@ -389,8 +391,16 @@ mod tests {
             );
             assert!(sql.contains("to_jsonb(w.*) AS attrs FROM done w"), "{sql}");
             assert!(sql.contains("md5(a.attrs::text)"), "{sql}");
-            // Each row finds its change's mesh object by the anchor after the change.
-            assert!(sql.contains("jsonb_populate_record(NULL::hr.e, coalesce(x->'key', '{}') || x->'attributes') p"), "{sql}");
+            // Each row finds its change's mesh object by the change's key; names are qualified
+            // (a column of the table could be called like an alias).
+            assert!(
+                sql.contains("jsonb_populate_record(NULL::hr.e, idmesh_change.change->'key') p"),
+                "{sql}"
+            );
+            assert!(
+                sql.contains("(idmesh_change.change->>'mesh_id')::bigint"),
+                "{sql}"
+            );
             assert!(sql.contains("ON k.anchor = a.anchor"), "{sql}");
             // What comes back is the anchors only.
             assert!(sql.ends_with("jsonb_build_object('employee_id', idmesh_written.\"employee_id\")), '[]'::jsonb) FROM done idmesh_written"), "{sql}");

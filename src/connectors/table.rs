@@ -326,7 +326,8 @@ impl TableConfig {
             _ => String::new(),
         };
         format!(
-            "SELECT {} AS anchor, {name} AS name, {deleted} AS deleted, to_jsonb(s) AS attrs FROM {} s{filter}",
+            // `s.*`: a bare `s` would name a column first, were the source to have one so called.
+            "SELECT {} AS anchor, {name} AS name, {deleted} AS deleted, to_jsonb(s.*) AS attrs FROM {} s{filter}",
             self.anchor_sql("s"),
             self.source
         )

@@ -113,7 +113,9 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
             break;
         }
     }
-    if read_back.seen > 0 {
+    // Rows a connector staged for a change it then reported failed merge too: the target
+    // holds them, and the staging keeps nothing of a finished run.
+    if read_back.seen > 0 || staged_rows(run_id) {
         // Objects read back from the target confirm their exports now.
         store::exec(
             "SELECT mesh._merge_import($1, $2, false)",
@@ -127,6 +129,14 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
     };
     finish_run(run_id, &counters, status, json!({}), None, None);
     run_id
+}
+
+/// Whether the run has rows in the staging table.
+fn staged_rows(run_id: i64) -> bool {
+    store::one::<bool>(
+        "SELECT EXISTS (SELECT 1 FROM mesh.staging WHERE run_id = $1)",
+        &[run_id.into()],
+    ) == Some(true)
 }
 
 /// Polls an export once, so its first request is on the wire, and lets the client's

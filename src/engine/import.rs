@@ -30,9 +30,10 @@ pub struct StagingSink {
     /// Whether staged rows wait for the merge at the end.
     pub unmerged: bool,
     /// Rows go straight into this connector's space, not through the staging table: set
-    /// for the first full import of a connector whose space is empty, in a session (one
-    /// transaction, so a failure still leaves nothing behind). Every row is then new, and
-    /// staging, classifying and the full import's difference would only cost time.
+    /// for the first full import of a connector whose space is empty and whose source has
+    /// no soft-delete column, in a session (one transaction, so a failure still leaves
+    /// nothing behind). Every row is then new, and staging, classifying and the full
+    /// import's difference would only cost time.
     pub land_into: Option<i32>,
     /// Batches staged so far, and what their merges counted.
     pub batches: i32,
@@ -203,8 +204,11 @@ impl StagingSink {
         args.push(object_type.to_string().into());
         let n = match self.land_into {
             Some(_) => {
-                known_object_type(object_type);
                 let n = land(&stage, &args);
+                if n > 0 {
+                    // Raised after the insert: the error undoes it with the whole run.
+                    known_object_type(object_type);
+                }
                 self.merged.added += n as i64;
                 n
             }
@@ -333,7 +337,14 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
     let per_batch = !super::in_worker();
     let mut sink = StagingSink::new(run_id, true, per_batch.then_some(connector.id));
     let watermark = Watermark(before.clone());
-    if per_batch && (full || watermark.is_empty()) && space_is_empty(connector.id) {
+    // Not with a soft-delete column: rows marked deleted are not landed, and the merge's
+    // checks of them (their anchors, repeated or missing) would be skipped.
+    let soft_deletes = connector
+        .config
+        .get("soft_delete_column")
+        .is_some_and(|c| !c.is_null());
+    if per_batch && !soft_deletes && (full || watermark.is_empty()) && space_is_empty(connector.id)
+    {
         sink.land_into = Some(connector.id);
     }
     let ended = {
@@ -385,7 +396,12 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
         }
         None => before.clone(),
     };
-    let details = serde_json::json!({ "seen": sink.seen, "forced_full": end.forced_full && !full });
+    let mut details =
+        serde_json::json!({ "seen": sink.seen, "forced_full": end.forced_full && !full });
+    if sink.land_into.is_some() {
+        // Said in the run's details: these rows were never staged or compared.
+        details["landed"] = serde_json::Value::Bool(true);
+    }
     finish_run(
         run_id,
         &counters,

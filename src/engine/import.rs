@@ -35,6 +35,9 @@ pub struct StagingSink {
     /// nothing behind). Every row is then new, and staging, classifying and the full
     /// import's difference would only cost time.
     pub land_into: Option<i32>,
+    /// Rows landed so (a connector that hands over objects one batch at a time stages
+    /// them even then: only statements land).
+    pub landed: u64,
     /// Batches staged so far, and what their merges counted.
     pub batches: i32,
     pub merged: Counters,
@@ -51,6 +54,7 @@ impl StagingSink {
             merge_into,
             unmerged: false,
             land_into: None,
+            landed: 0,
             batches: 0,
             merged: Counters::default(),
         }
@@ -210,6 +214,7 @@ impl StagingSink {
                     known_object_type(object_type);
                 }
                 self.merged.added += n as i64;
+                self.landed += n;
                 n
             }
             None => store::exec(&stage, &args),
@@ -364,10 +369,10 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
     let end = ended.unwrap_or_else(|e| fail(e, connector));
     // Landed rows were all new: a connector whose space was empty has nothing to find gone.
     let read_everything = (full || end.forced_full) && sink.land_into.is_none();
-    if sink.merged.added > 0 && sink.land_into.is_some() {
+    if sink.landed > 0 {
         store::exec(
             "SELECT mesh._analyze_if('mesh.connector_object', $1)",
-            &[sink.merged.added.into()],
+            &[(sink.landed as i64).into()],
         );
     }
     store::exec(
@@ -398,7 +403,7 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
     };
     let mut details =
         serde_json::json!({ "seen": sink.seen, "forced_full": end.forced_full && !full });
-    if sink.land_into.is_some() {
+    if sink.landed > 0 {
         // Said in the run's details: these rows were never staged or compared.
         details["landed"] = serde_json::Value::Bool(true);
     }

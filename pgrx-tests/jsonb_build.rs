@@ -10,12 +10,7 @@ fn server_jsonb(text: &str) -> Vec<u8> {
             &[Some(pg_sys::Datum::from(c.as_ptr()))],
         )
         .unwrap();
-        let ptr = datum.cast_mut_ptr::<pg_sys::varlena>();
-        std::slice::from_raw_parts(
-            pgrx::varlena::vardata_any(ptr) as *const u8,
-            pgrx::varlena::varsize_any_exhdr(ptr),
-        )
-        .to_vec()
+        crate::values::varlena_bytes(datum).to_vec()
     }
 }
 

@@ -70,6 +70,15 @@ BEGIN
               HINT = 'Every row needs its anchor column(s) set. Nothing was imported and the watermark did not move.';
 END $$;
 
+-- Raised for rows of an object type the mesh does not know (by the merge, and for rows an
+-- import put straight into an empty connector space).
+CREATE FUNCTION mesh._unknown_object_type(object_type text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'the source returned object type "%", which the mesh does not know', object_type
+        USING ERRCODE = 'undefined_object', HINT = 'Add it with mesh.create_object_type(name). Nothing was imported.';
+END $$;
+
 -- ---------------------------------------------------------------------------------------
 -- Import merge: staging -> connector space, classified in one pass.
 
@@ -99,8 +108,7 @@ BEGIN
                      WHERE NOT EXISTS (SELECT 1 FROM mesh.object_type t WHERE t.name = d.object_type) LIMIT 1', rows)
        INTO bad USING p_run, p_connector, p_batch;
     IF bad IS NOT NULL THEN
-        RAISE EXCEPTION 'the source returned object type "%", which the mesh does not know', bad
-            USING ERRCODE = 'undefined_object', HINT = 'Add it with mesh.create_object_type(name). Nothing was imported.';
+        PERFORM mesh._unknown_object_type(bad);
     END IF;
 
     EXECUTE format($q$

@@ -4,6 +4,15 @@
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 
+/// The error report a caught error carries, whichever way it was raised.
+pub fn report_of(e: &pg_sys::panic::CaughtError) -> &pg_sys::panic::ErrorReportWithLevel {
+    match e {
+        pg_sys::panic::CaughtError::PostgresError(r)
+        | pg_sys::panic::CaughtError::ErrorReport(r)
+        | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r,
+    }
+}
+
 pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: &str) -> ! {
     let mut report = ErrorReport::new(code, message.into(), "idmesh");
     if !hint.is_empty() {

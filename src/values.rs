@@ -23,12 +23,21 @@ pub unsafe extern "C-unwind" fn idmesh_is_empty(fcinfo: pg_sys::FunctionCallInfo
         if arg.isnull {
             return pg_sys::Datum::from(true);
         }
-        let value = pg_sys::pg_detoast_datum_packed(arg.value.cast_mut_ptr());
-        let data = std::slice::from_raw_parts(
+        pg_sys::Datum::from(idmesh_core::jsonb::is_empty_value(varlena_bytes(arg.value)))
+    }
+}
+
+/// The data of a varlena datum (after its header), detoasted in the current memory context.
+///
+/// # Safety
+/// `datum` is a non-null varlena datum; the bytes live as long as it and that context.
+pub unsafe fn varlena_bytes<'a>(datum: pg_sys::Datum) -> &'a [u8] {
+    unsafe {
+        let value = pg_sys::pg_detoast_datum_packed(datum.cast_mut_ptr());
+        std::slice::from_raw_parts(
             pgrx::varlena::vardata_any(value) as *const u8,
             pgrx::varlena::varsize_any_exhdr(value),
-        );
-        pg_sys::Datum::from(idmesh_core::jsonb::is_empty_value(data))
+        )
     }
 }
 

@@ -118,13 +118,7 @@ pub extern "C-unwind" fn idmesh_run_main(arg: pg_sys::Datum) {
         BackgroundWorker::transaction(|| engine::execute_queued(run_id));
         Ok(())
     })
-    .catch_others(|e| {
-        Err(match e {
-            pg_sys::panic::CaughtError::PostgresError(r)
-            | pg_sys::panic::CaughtError::ErrorReport(r)
-            | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => r.message().to_string(),
-        })
-    })
+    .catch_others(|e| Err(crate::error::report_of(&e).message().to_string()))
     .execute();
     match outcome {
         Ok(()) => {}

@@ -10,7 +10,7 @@
 //! own faithful form (numerics exact, timestamps with their offset, uuids, NULLs), and they
 //! stream in batches. Exports send one JSON array per batch; the target types each value.
 
-use super::rows::{forced_full, pg_batch, pg_results, ReadBack, RowShape};
+use super::rows::{forced_full, pg_batch, pg_results, RowShape};
 use crate::error::invalid;
 use idmesh_core::delta::DeltaKind;
 use idmesh_core::export_sql::{Mode, Returning};
@@ -688,7 +688,7 @@ impl PostgresConnector {
             op,
             changes,
             written,
-            ReadBack::None,
+            Returning::Anchors,
         ))
     }
 }

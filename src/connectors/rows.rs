@@ -163,27 +163,18 @@ pub fn pg_batch(
     ))
 }
 
-/// How the objects a batch wrote come back to the engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadBack {
-    /// Not at all: the next import confirms the export.
-    None,
-    /// As objects, built from the rows written (the table is also the import source).
-    Objects,
-    /// Staged by the statement itself (`Returning::Staged`).
-    Staged,
-}
-
-/// One result per change from the rows the batch wrote. Deleted rows come back as deleted
-/// objects (the connector space learns at once); written rows as `read_back` says, so the
-/// export is confirmed at once where the table is also the import source.
+/// One result per change from the rows the batch wrote (the statement's `returning`).
+/// Deleted rows come back as deleted objects (the connector space learns at once); rows
+/// returned whole come back as the objects they are now, staged ones as staged, so the
+/// export is confirmed at once where the table is also the import source; anchors only
+/// leave the confirmation to the next import.
 pub fn pg_results(
     table: &str,
     shape: &RowShape,
     op: ExportOperation,
     changes: &[&ExportChange],
     written: Vec<Value>,
-    read_back: ReadBack,
+    returning: Returning,
 ) -> Vec<ExportResult> {
     let mut by_anchor: HashMap<String, Value> = HashMap::new();
     for row in written {
@@ -209,10 +200,10 @@ pub fn pg_results(
                     }
                     ExportResult::ok(c.mesh_id, gone)
                 }
-                (_, Some(row)) => match read_back {
-                    ReadBack::None => ExportResult::ok(c.mesh_id, None),
-                    ReadBack::Objects => ExportResult::ok(c.mesh_id, shape.object(row)),
-                    ReadBack::Staged => ExportResult::staged(c.mesh_id),
+                (_, Some(row)) => match returning {
+                    Returning::Anchors => ExportResult::ok(c.mesh_id, None),
+                    Returning::Rows => ExportResult::ok(c.mesh_id, shape.object(row)),
+                    Returning::Staged(_) => ExportResult::staged(c.mesh_id),
                 },
                 (_, None) => ExportResult::failed_with_code(
                     c.mesh_id,

@@ -435,13 +435,10 @@ impl TableConnector {
             .read_back_run
             .filter(|_| read_back)
             .map(|run| self.config.read_back(run));
-        let (returning, read_back) = match (&staging, read_back) {
-            (Some(staging), _) => (
-                export_sql::Returning::Staged(staging),
-                rows::ReadBack::Staged,
-            ),
-            (None, true) => (export_sql::Returning::Rows, rows::ReadBack::Objects),
-            (None, false) => (export_sql::Returning::Anchors, rows::ReadBack::None),
+        let returning = match (&staging, read_back) {
+            (Some(staging), _) => export_sql::Returning::Staged(staging),
+            (None, true) => export_sql::Returning::Rows,
+            (None, false) => export_sql::Returning::Anchors,
         };
         let (sql, payload) = rows::pg_batch(table, &shape, mode, op, changes, returning)
             .map_err(|e| format!("connector \"{}\": {e}", self.name))?;
@@ -450,7 +447,7 @@ impl TableConnector {
             _ => Vec::new(),
         };
         Ok(rows::pg_results(
-            table, &shape, op, changes, written, read_back,
+            table, &shape, op, changes, written, returning,
         ))
     }
 }

@@ -237,14 +237,9 @@ impl StagingSink {
 fn land(stage: &str, args: &[pgrx::datum::DatumWithOid]) -> u64 {
     PgTryBuilder::new(|| store::exec(stage, args))
         .catch_when(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, |e| {
-            let detail = match &e {
-                pg_sys::panic::CaughtError::PostgresError(r)
-                | pg_sys::panic::CaughtError::ErrorReport(r)
-                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-                    r.detail().map(str::to_string)
-                }
-            };
-            let anchor = detail.as_deref().and_then(idmesh_core::sql::repeated_anchor);
+            let anchor = crate::error::report_of(&e)
+                .detail()
+                .and_then(idmesh_core::sql::repeated_anchor);
             raise(
                 PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
                 match anchor {
@@ -257,22 +252,13 @@ fn land(stage: &str, args: &[pgrx::datum::DatumWithOid]) -> u64 {
         .execute()
 }
 
-/// Rows landed without the merge are checked for their object type here, as the merge
-/// checks staged ones.
+/// Rows landed without the merge are checked for their object type here, with the merge's
+/// error (`mesh._unknown_object_type`).
 fn known_object_type(object_type: &str) {
-    let known = store::one::<bool>(
-        "SELECT EXISTS (SELECT 1 FROM mesh.object_type WHERE name = $1)",
+    store::exec(
+        "SELECT mesh._unknown_object_type($1) WHERE NOT EXISTS (SELECT 1 FROM mesh.object_type WHERE name = $1)",
         &[object_type.into()],
     );
-    if known != Some(true) {
-        raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!(
-                "the source returned object type \"{object_type}\", which the mesh does not know"
-            ),
-            "Add it with mesh.create_object_type(name). Nothing was imported.",
-        )
-    }
 }
 
 /// A current-thread runtime: network I/O in futures, every SPI call on this thread.

@@ -77,12 +77,8 @@ impl Row<'_> {
         let d = self.datum(column, pg_sys::JSONBOID)?;
         // SAFETY: a non-null jsonb datum of the row; detoasting allocates in SPI's memory.
         unsafe {
-            let v = pg_sys::pg_detoast_datum_packed(d.cast_mut_ptr());
-            let data = std::slice::from_raw_parts(
-                pgrx::varlena::vardata_any(v) as *const u8,
-                pgrx::varlena::varsize_any_exhdr(v),
-            );
-            idmesh_core::jsonb::to_value(data).or_else(|| JsonB::from_datum(d, false).map(|j| j.0))
+            idmesh_core::jsonb::to_value(crate::values::varlena_bytes(d))
+                .or_else(|| JsonB::from_datum(d, false).map(|j| j.0))
         }
     }
 }
@@ -185,14 +181,11 @@ pub fn subxact<T>(f: impl FnOnce() -> T) -> Result<T, SqlError> {
     };
     let result = PgTryBuilder::new(AssertUnwindSafe(|| Ok(f())))
         .catch_others(|e| {
-            let (code, message) = match &e {
-                pg_sys::panic::CaughtError::PostgresError(r)
-                | pg_sys::panic::CaughtError::ErrorReport(r)
-                | pg_sys::panic::CaughtError::RustPanic { ereport: r, .. } => {
-                    (r.sql_error_code(), r.message().to_string())
-                }
-            };
-            Err(SqlError { code, message })
+            let r = crate::error::report_of(&e);
+            Err(SqlError {
+                code: r.sql_error_code(),
+                message: r.message().to_string(),
+            })
         })
         .execute();
     unsafe {

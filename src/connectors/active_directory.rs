@@ -1158,6 +1158,30 @@ impl AdConnector {
     }
 
     /// The DN an object should have now, from the template and its values (changes over current).
+    /// Where an update or disable puts an object now at `current`: disabling may move it to
+    /// the disabled OU; otherwise the template places it. None: it stays.
+    fn wanted_place(&self, change: &ExportChange, current: &Dn) -> Option<Result<Dn, String>> {
+        if change.operation == ExportOperation::Disable {
+            self.config
+                .disabled_ou
+                .as_ref()
+                .map(|ou| Ok(Dn::child_of(current.rdn().expect("rdn"), ou)))
+        } else {
+            self.wanted_dn(change)
+        }
+    }
+
+    /// Whether an update or disable renames or moves its object.
+    fn moves(&self, change: &ExportChange) -> bool {
+        if !matches!(change.operation, ExportOperation::Update | ExportOperation::Disable) {
+            return false;
+        }
+        let Some(current) = change.name.as_deref().and_then(|n| Dn::parse(n).ok()) else {
+            return false;
+        };
+        matches!(self.wanted_place(change, &current), Some(Ok(w)) if w.key() != current.key())
+    }
+
     fn wanted_dn(&self, change: &ExportChange) -> Option<Result<Dn, String>> {
         let template = self.config.dn_template.get(&change.object_type)?;
         let value_of = |name: &str| -> Option<String> {
@@ -1346,16 +1370,7 @@ impl AdConnector {
             Ok(d) => d,
             Err(e) => return Ok(Err(("34".into(), e.0))),
         };
-        // Disabling may move the object to the disabled OU; otherwise the template places it.
-        let wanted = if change.operation == ExportOperation::Disable {
-            self.config
-                .disabled_ou
-                .as_ref()
-                .map(|ou| Ok(Dn::child_of(current.rdn().expect("rdn"), ou)))
-        } else {
-            self.wanted_dn(change)
-        };
-        if let Some(w) = wanted {
+        if let Some(w) = self.wanted_place(change, &current) {
             let w = match w {
                 Ok(w) => w,
                 Err(e) => return Ok(Err(("".into(), e))),
@@ -1734,8 +1749,13 @@ impl IdentityConnector for AdConnector {
         changes: &'a [ExportChange],
     ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
         Box::pin(async move {
+            // Other objects' references (a group's members) name an object by the DN it has
+            // now, and AD carries them along when it moves: a batch moves and renames last,
+            // so that a reference written with it still finds its object.
+            let (moving, staying): (Vec<&ExportChange>, Vec<&ExportChange>) =
+                changes.iter().partition(|c| self.moves(c));
             let mut out = Vec::with_capacity(changes.len());
-            for c in changes {
+            for c in staying.into_iter().chain(moving) {
                 out.push(self.apply(c).await?);
             }
             Ok(out)

@@ -153,27 +153,30 @@ fn send<T>(rt: &tokio::runtime::Runtime, export: &mut BoxFuture<'_, T>) -> Optio
     })
 }
 
-/// The next batch of pending exports after `last_id` (which moves on); None when done.
+/// The next batch of pending exports after mesh object `last_id` (which moves on); None
+/// when done. The queue is paged by its key, its only index.
 /// Rows are read column by column and the changes from jsonb's binary form: a batch's
 /// JSON text, written by the server and parsed here, was most of the time reading it took.
 fn next_batch(connector_id: i32, last_id: &mut i64) -> Option<Vec<ExportChange>> {
     let mut changes = Vec::with_capacity(BATCH as usize);
     let mut last = *last_id;
     store::each_row(
-        "SELECT pe.id, pe.mesh_id, pe.operation, pe.object_type, pe.anchor, pe.name, pe.changes, c.attrs \
-           FROM (SELECT * FROM mesh.pending_export WHERE connector_id = $1 AND id > $2 \
+        "SELECT pe.mesh_id, pe.operation, pe.object_type, pe.anchor, pe.name, pe.changes, c.attrs \
+           FROM (SELECT * FROM mesh.pending_export WHERE connector_id = $1 AND mesh_id > $2 \
                  AND (status IN ('pending', 'approved') \
                       OR (status = 'failed' AND coalesce(retry_at, '-infinity') <= clock_timestamp())) \
-                 ORDER BY id LIMIT $3) pe \
+                 ORDER BY mesh_id LIMIT $3) pe \
            LEFT JOIN mesh.connector_object c ON c.connector_id = pe.connector_id AND c.anchor = pe.anchor \
-          ORDER BY pe.id",
+          ORDER BY pe.mesh_id",
         &[connector_id.into(), (*last_id).into(), BATCH.into()],
         |row| {
-            last = last.max(row.int8(0).unwrap_or(last));
-            let (Some(mesh_id), Some(operation), Some(object_type)) = (
-                row.int8(1),
-                row.text(2).as_deref().and_then(ExportOperation::parse),
-                row.text(3),
+            let Some(mesh_id) = row.int8(0) else {
+                return;
+            };
+            last = last.max(mesh_id);
+            let (Some(operation), Some(object_type)) = (
+                row.text(1).as_deref().and_then(ExportOperation::parse),
+                row.text(2),
             ) else {
                 return;
             };
@@ -181,10 +184,10 @@ fn next_batch(connector_id: i32, last_id: &mut i64) -> Option<Vec<ExportChange>>
                 mesh_id,
                 operation,
                 object_type,
-                anchor: row.text(4),
-                name: row.text(5),
-                attributes: attributes_of(row.jsonb(6)),
-                current: attributes_of(row.jsonb(7)),
+                anchor: row.text(3),
+                name: row.text(4),
+                attributes: attributes_of(row.jsonb(5)),
+                current: attributes_of(row.jsonb(6)),
             });
         },
     );

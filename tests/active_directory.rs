@@ -807,7 +807,10 @@ fn provisioning_from_hr_into_ad() {
     let grace = entry(&ou, "(employeeID=2)", &["title"]).unwrap();
     assert_eq!(attr(&grace, "title"), vec!["Principal Engineer"]);
     let _ = steps;
-    // A department change moves the user to the new OU and between department groups.
+    // A department change moves the user to the new OU and between department groups. The
+    // export writes the user first (queue order is mesh object order), and the groups'
+    // member changes still name the DN the connector space knows: the connector writes them
+    // as the DN the user has now.
     c.batch_execute("UPDATE hr_employees SET department = 'Sales' WHERE id = 3")
         .unwrap();
     settle(&mut c);

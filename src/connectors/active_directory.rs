@@ -597,6 +597,11 @@ pub struct AdConnector {
     /// The domain's naming context (rootDSE defaultNamingContext): deltas and tombstones are
     /// searched from there, so objects moved out of base_dn and deleted ones are seen.
     naming_context: Option<Dn>,
+    /// Objects this run moved or renamed: old DN's key -> new DN. Other objects' references
+    /// (a group's members, a manager) come from the connector space, which knows an object
+    /// by the DN it had at the last import, and AD carries a reference along on a move but
+    /// refuses the old DN afterwards: DN values are written through this map.
+    moved: HashMap<String, String>,
 }
 
 /// Values of one attribute of an entry as raw bytes (ldap3 splits text and binary values).
@@ -631,6 +636,7 @@ impl AdConnector {
             password,
             ldap: None,
             naming_context: None,
+            moved: HashMap::new(),
         }
     }
 
@@ -1158,30 +1164,6 @@ impl AdConnector {
     }
 
     /// The DN an object should have now, from the template and its values (changes over current).
-    /// Where an update or disable puts an object now at `current`: disabling may move it to
-    /// the disabled OU; otherwise the template places it. None: it stays.
-    fn wanted_place(&self, change: &ExportChange, current: &Dn) -> Option<Result<Dn, String>> {
-        if change.operation == ExportOperation::Disable {
-            self.config
-                .disabled_ou
-                .as_ref()
-                .map(|ou| Ok(Dn::child_of(current.rdn().expect("rdn"), ou)))
-        } else {
-            self.wanted_dn(change)
-        }
-    }
-
-    /// Whether an update or disable renames or moves its object.
-    fn moves(&self, change: &ExportChange) -> bool {
-        if !matches!(change.operation, ExportOperation::Update | ExportOperation::Disable) {
-            return false;
-        }
-        let Some(current) = change.name.as_deref().and_then(|n| Dn::parse(n).ok()) else {
-            return false;
-        };
-        matches!(self.wanted_place(change, &current), Some(Ok(w)) if w.key() != current.key())
-    }
-
     fn wanted_dn(&self, change: &ExportChange) -> Option<Result<Dn, String>> {
         let template = self.config.dn_template.get(&change.object_type)?;
         let value_of = |name: &str| -> Option<String> {
@@ -1201,8 +1183,9 @@ impl AdConnector {
         Some(dn::expand_template(template, value_of).map_err(|e| e.0))
     }
 
-    /// Attribute values as LDAP strings (empty: the attribute is cleared).
-    fn ldap_values(attr: &str, v: &Value) -> Vec<String> {
+    /// Attribute values as LDAP strings (empty: the attribute is cleared); a DN of an object
+    /// this run moved is its new DN.
+    fn ldap_values(&self, attr: &str, v: &Value) -> Vec<String> {
         let one = |x: &Value| match x {
             Value::String(s) => Some(s.clone()),
             Value::Null => None,
@@ -1217,6 +1200,9 @@ impl AdConnector {
         if ad::is_in(ad::DN_ATTRIBUTES, attr) {
             for s in vals.iter_mut() {
                 *s = dn::canonical(s);
+                if let Some(now) = self.moved.get(&s.to_lowercase()) {
+                    *s = now.clone();
+                }
             }
         }
         vals
@@ -1263,7 +1249,7 @@ impl AdConnector {
             if rdn_attrs.contains(&k.to_lowercase()) {
                 continue; // the RDN's value comes from the DN
             }
-            let vals = Self::ldap_values(k, v);
+            let vals = self.ldap_values(k, v);
             if !vals.is_empty() {
                 attrs.push((
                     k.as_bytes().to_vec(),
@@ -1348,8 +1334,11 @@ impl AdConnector {
                     }
                 }
                 other => {
-                    return Ok(step(other, &format!("moving {current} to {wanted}"))?
-                        .map(|_| wanted.clone()));
+                    let placed = step(other, &format!("moving {current} to {wanted}"))?;
+                    if placed.is_ok() {
+                        self.moved.insert(current.key(), wanted.canonical());
+                    }
+                    return Ok(placed.map(|_| wanted.clone()));
                 }
             }
         }
@@ -1370,7 +1359,16 @@ impl AdConnector {
             Ok(d) => d,
             Err(e) => return Ok(Err(("34".into(), e.0))),
         };
-        if let Some(w) = self.wanted_place(change, &current) {
+        // Disabling may move the object to the disabled OU; otherwise the template places it.
+        let wanted = if change.operation == ExportOperation::Disable {
+            self.config
+                .disabled_ou
+                .as_ref()
+                .map(|ou| Ok(Dn::child_of(current.rdn().expect("rdn"), ou)))
+        } else {
+            self.wanted_dn(change)
+        };
+        if let Some(w) = wanted {
             let w = match w {
                 Ok(w) => w,
                 Err(e) => return Ok(Err(("".into(), e))),
@@ -1398,13 +1396,13 @@ impl AdConnector {
             if rdn_attrs.contains(&k.to_lowercase()) || k.eq_ignore_ascii_case("unicodePwd") {
                 continue; // renames happen through the template; passwords only on add
             }
-            let new = Self::ldap_values(k, v);
+            let new = self.ldap_values(k, v);
             if self.config.is_multi(k) {
                 // Value by value, so a large group is not rewritten for one member.
                 let old = change
                     .current
                     .get(k)
-                    .map(|o| Self::ldap_values(k, o))
+                    .map(|o| self.ldap_values(k, o))
                     .unwrap_or_default();
                 let key = |s: &String| {
                     if ad::is_in(ad::DN_ATTRIBUTES, k) {
@@ -1749,13 +1747,8 @@ impl IdentityConnector for AdConnector {
         changes: &'a [ExportChange],
     ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
         Box::pin(async move {
-            // Other objects' references (a group's members) name an object by the DN it has
-            // now, and AD carries them along when it moves: a batch moves and renames last,
-            // so that a reference written with it still finds its object.
-            let (moving, staying): (Vec<&ExportChange>, Vec<&ExportChange>) =
-                changes.iter().partition(|c| self.moves(c));
             let mut out = Vec::with_capacity(changes.len());
-            for c in staying.into_iter().chain(moving) {
+            for c in changes {
                 out.push(self.apply(c).await?);
             }
             Ok(out)

@@ -582,6 +582,56 @@ fn one_bad_export_row_does_not_stop_the_others() {
     assert_eq!(js("SELECT to_jsonb(d) FROM mesh.dashboard d WHERE flow = 'Mesh -> Phonebook'")["status"], json!("Healthy"));
 }
 
+/// An export the target does not show when it is next read is written again: changed
+/// back by someone, it is put right; undone each time (a trigger), it becomes an error
+/// that names the attribute after the third write. Before, it stayed "applied" for good and
+/// the same change was never written again.
+#[pg_test]
+fn an_export_the_target_undoes_is_written_again_then_reported() {
+    hr_and_phonebook();
+    // Read through a view, the phonebook's written rows wait for its next import to
+    // confirm them (they are not read back at once).
+    run("CREATE VIEW pb.entries_v AS SELECT * FROM pb.entries");
+    run(r#"SELECT mesh.alter_connector('Phonebook', config => '{"source": "pb.entries_v", "anchor": "emp_no",
+              "delta_column": "modified_at", "export_table": "pb.entries", "export_mode": "update"}')"#);
+    run("SELECT mesh.add_export_flow('Phonebook', 'person', 'title', 'title')");
+    let first = cycle();
+    assert_eq!(first["Phonebook/export"]["updated"], json!(3), "{first}");
+    assert_eq!(int("SELECT count(*) FROM mesh.pending_export WHERE status = 'applied'"), 3);
+    cycle();
+    assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0, "confirmed by the import");
+
+    // Someone puts the old title back after the export: the next cycle writes it again.
+    run("UPDATE hr.employees SET title = 'Countess' WHERE employee_id = 1");
+    let written = cycle();
+    assert_eq!(written["Phonebook/export"]["updated"], json!(1), "{written}");
+    run("UPDATE pb.entries SET title = 'Developer' WHERE emp_no = '1'");
+    let again = cycle();
+    assert_eq!(again["Phonebook/export"]["updated"], json!(1), "written again: {again}");
+    assert_eq!(one::<String>("SELECT title FROM pb.entries WHERE emp_no = '1'").as_deref(), Some("Countess"));
+    cycle();
+    assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0, "confirmed at last");
+    assert_eq!(int("SELECT count(*) FROM mesh.errors"), 0);
+
+    // A trigger undoes every write of Grace's title: written three times, then an error.
+    run("CREATE FUNCTION pb.keep_title() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN IF NEW.emp_no = '2' THEN NEW.title := OLD.title; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER keep_title BEFORE UPDATE ON pb.entries FOR EACH ROW EXECUTE FUNCTION pb.keep_title()");
+    run("UPDATE hr.employees SET title = 'Rear Admiral' WHERE employee_id = 2");
+    let mut writes = Vec::new();
+    for _ in 0..5 {
+        writes.push(cycle()["Phonebook/export"]["updated"].clone());
+    }
+    assert_eq!(writes, vec![json!(1), json!(1), json!(1), json!(0), json!(0)], "three writes, then held");
+    let e = js("SELECT to_jsonb(e) FROM mesh.errors e WHERE connector = 'Phonebook'");
+    assert_eq!(e["operation"], json!("update"), "{e}");
+    let message = e["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("written 3 times, and the target shows another value for title"), "{message}");
+    let held = js("SELECT to_jsonb(p) FROM mesh.pending_exports p");
+    assert_eq!(held["status"], json!("failed"), "{held}");
+    assert_eq!(one::<String>("SELECT title FROM pb.entries WHERE emp_no = '2'").as_deref(), Some("Admiral"));
+}
+
 /// A set-returning function as the source, the user's own SQL functions as the export, and
 /// deprovisioning by delete.
 #[pg_test]

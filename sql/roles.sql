@@ -54,6 +54,7 @@ GRANT EXECUTE ON FUNCTION mesh.is_empty(jsonb), mesh.nullif_empty(jsonb), mesh.n
                           mesh.resolve_step(mesh.contribution, jsonb, integer, timestamptz, text, boolean),
                           mesh.resolve_final(mesh.contribution), mesh.resolve(mesh.contribution[]),
                           mesh.reflects(jsonb, jsonb), mesh.diff(jsonb, jsonb, text[]), mesh.set_text(jsonb),
+                          mesh.same_value(jsonb, jsonb), mesh.contradicted(jsonb, jsonb),
                           mesh._compile(text, boolean), mesh.explain(bigint, text)
    TO mesh_reader;
 GRANT EXECUTE ON FUNCTION mesh.resolve_agg(jsonb, integer, timestamptz, text, boolean) TO mesh_reader;

@@ -206,6 +206,35 @@ BEGIN
             OR (pe.operation <> 'delete' AND NOT c.deleted AND mesh.reflects(c.attrs, pe.changes)));
     GET DIAGNOSTICS confirmed = ROW_COUNT;
 
+    -- Exports this import shows otherwise: the object, read now, has another value for an
+    -- attribute the export wrote (changed back there, or not kept), or is still there after
+    -- its delete. Written again; from the third write on, a failed export, retried as
+    -- those are, with an error that says so.
+    WITH back AS (
+        UPDATE mesh.pending_export pe
+           SET status = CASE WHEN pe.attempts >= 3 THEN 'failed' ELSE 'pending' END,
+               error = CASE WHEN pe.attempts >= 3 THEN format(
+                   'written %s times, and the target shows %s afterwards: something there undoes the '
+                   'export (a trigger, another tool, a person); fix that, or stop exporting it. '
+                   'Retried from retry_at on (mesh.retry retries now).',
+                   pe.attempts,
+                   CASE WHEN pe.operation = 'delete' THEN 'the object still'
+                        ELSE 'another value for ' || mesh.contradicted(c.attrs, pe.changes) END) END,
+               retry_at = CASE WHEN pe.attempts >= 3 THEN
+                   clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END
+          FROM mesh.connector_object c
+         WHERE pe.connector_id = p_connector AND pe.status = 'applied'
+           AND c.connector_id = p_connector AND c.mesh_id = pe.mesh_id AND NOT c.deleted
+           AND EXISTS (SELECT 1 FROM mesh.staging s WHERE s.run_id = p_run AND s.anchor = c.anchor)
+           AND (pe.operation = 'delete' OR mesh.contradicted(c.attrs, pe.changes) IS NOT NULL)
+        RETURNING pe.mesh_id, pe.anchor, pe.operation, pe.status, pe.error
+    )
+    INSERT INTO mesh.run_error (run_id, connector_id, anchor, mesh_id, operation, message)
+    SELECT p_run, p_connector, b.anchor, b.mesh_id, b.operation, b.error FROM back b WHERE b.status = 'failed'
+    ON CONFLICT (connector_id, coalesce(anchor, ''), coalesce(mesh_id, 0), operation)
+    DO UPDATE SET attempts = mesh.run_error.attempts + 1, last_seen = now(), message = EXCLUDED.message,
+                  sqlstate = NULL, run_id = EXCLUDED.run_id;
+
     DELETE FROM mesh.staging s WHERE s.run_id = p_run;
 END $$;
 
@@ -215,15 +244,30 @@ CREATE FUNCTION mesh.set_text(v jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN (SELECT string_agg(x, E'\x1f' ORDER BY x COLLATE "C") FROM jsonb_array_elements_text(v) x);
 
--- Whether an object's attributes show every change (compared as text: 5 and "5" agree).
+-- Whether a value as read is the value wanted (compared as text: 5 and "5" agree; an empty
+-- wanted value is none; two arrays with the same values in another order are the same set).
+CREATE FUNCTION mesh.same_value(current jsonb, wanted jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN current #>> '{}' IS NOT DISTINCT FROM mesh.nullif_empty(wanted) #>> '{}'
+       OR coalesce(jsonb_typeof(wanted) = 'array' AND jsonb_typeof(current) = 'array'
+                   AND mesh.set_text(current) = mesh.set_text(wanted), false);
+
+-- Whether an object's attributes show every change.
 CREATE FUNCTION mesh.reflects(attrs jsonb, changes jsonb) RETURNS boolean
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 BEGIN ATOMIC
-    SELECT coalesce(bool_and(
-               (attrs -> e.key) #>> '{}' IS NOT DISTINCT FROM mesh.nullif_empty(e.value) #>> '{}'
-               OR coalesce(jsonb_typeof(e.value) = 'array' AND jsonb_typeof(attrs -> e.key) = 'array'
-                           AND mesh.set_text(attrs -> e.key) = mesh.set_text(e.value), false)), true)
+    SELECT coalesce(bool_and(mesh.same_value(attrs -> e.key, e.value)), true)
     FROM jsonb_each(changes) e;
+END;
+
+-- The changed attributes an object shows with another value (one it does not show at
+-- all, as an import that does not read it, says nothing); NULL when there are none.
+CREATE FUNCTION mesh.contradicted(attrs jsonb, changes jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT string_agg(e.key, ', ' ORDER BY e.key)
+    FROM jsonb_each(changes) e
+    WHERE attrs ? e.key AND NOT mesh.same_value(attrs -> e.key, e.value);
 END;
 
 
@@ -236,22 +280,24 @@ BEGIN ATOMIC
     SELECT coalesce(jsonb_object_agg(e.key, mesh.nullif_empty(e.value)), '{}')
     FROM jsonb_each(coalesce(want, '{}')) e
     WHERE (NOT mesh.is_empty(e.value) OR e.key = ANY (nullable))
-      AND (current -> e.key) #>> '{}' IS DISTINCT FROM mesh.nullif_empty(e.value) #>> '{}'
-      -- two arrays with the same values in another order are the same set
-      AND NOT coalesce(jsonb_typeof(e.value) = 'array' AND jsonb_typeof(current -> e.key) = 'array'
-                       AND mesh.set_text(current -> e.key) = mesh.set_text(e.value), false);
+      AND NOT mesh.same_value(current -> e.key, e.value);
 END;
 
 -- Export results: applied, confirmed (read back), or failed with the system's message.
 -- One array per field, an element per object: read as they are, nothing to parse.
+-- p_planned_by: each pending export's run_id as the export read it. A background export
+-- commits between batches, and a sync in between may have planned another change for the
+-- object: the outcome of what was sent then is not that change's (it stays to be sent).
 CREATE FUNCTION mesh._record_export_outcomes(p_run bigint, p_connector integer, p_mesh_ids bigint[],
-    p_statuses text[], p_errors text[], p_codes text[], p_operations text[], p_anchors text[]) RETURNS void
+    p_statuses text[], p_errors text[], p_codes text[], p_operations text[], p_anchors text[],
+    p_planned_by bigint[]) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
     IF 'confirmed' = ANY (p_statuses) THEN
         DELETE FROM mesh.pending_export pe
-         USING unnest(p_mesh_ids, p_statuses) AS o(mesh_id, status)
-         WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status = 'confirmed';
+         USING unnest(p_mesh_ids, p_statuses, p_planned_by) AS o(mesh_id, status, planned_by)
+         WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status = 'confirmed'
+           AND pe.run_id IS NOT DISTINCT FROM o.planned_by;
     END IF;
     UPDATE mesh.pending_export pe
        SET status = o.status, attempts = pe.attempts + 1, error = o.error, run_id = p_run,
@@ -259,8 +305,9 @@ BEGIN
            -- back off: 30 s, 1 min, 2 min, ... at most an hour (mesh.retry() retries now)
            retry_at = CASE WHEN o.status = 'failed'
                            THEN clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END
-      FROM unnest(p_mesh_ids, p_statuses, p_errors) AS o(mesh_id, status, error)
-     WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status IN ('applied', 'failed');
+      FROM unnest(p_mesh_ids, p_statuses, p_errors, p_planned_by) AS o(mesh_id, status, error, planned_by)
+     WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status IN ('applied', 'failed')
+       AND pe.run_id IS NOT DISTINCT FROM o.planned_by;
     -- Errors of earlier attempts go once their object is written.
     IF EXISTS (SELECT 1 FROM mesh.run_error e WHERE e.connector_id = p_connector) THEN
         DELETE FROM mesh.run_error e

@@ -440,3 +440,125 @@ fn a_cancelled_export_records_every_row_the_target_has() {
         .get(0);
     assert_eq!(left, 0);
 }
+
+/// A background export commits between batches, so a sync can plan another change for an
+/// object whose batch is already on its way. The outcome of what was sent is not taken for
+/// the new change: that stays pending, and the next export writes it. (Before, the new
+/// change was marked applied and never written.)
+#[test]
+fn a_change_planned_during_a_background_export_is_still_written() {
+    const ROWS: i64 = 1_500; // two batches
+    const PASSWORD: &str = "R4ce-p4ss-word!";
+    const GATE: i64 = 4242;
+    let mut target = database_with_login("idmesh_it_race", "race_app", PASSWORD);
+    // The target's first statement waits for the test to open the gate.
+    target
+        .batch_execute(&format!(
+            "CREATE TABLE accounts (id integer PRIMARY KEY, name text);
+             CREATE FUNCTION gate() RETURNS trigger LANGUAGE plpgsql AS $$
+                 BEGIN PERFORM pg_advisory_xact_lock_shared({GATE}); RETURN NULL; END $$;
+             CREATE TRIGGER gate AFTER INSERT ON accounts FOR EACH STATEMENT EXECUTE FUNCTION gate();
+             GRANT ALL ON accounts TO race_app;"
+        ))
+        .unwrap();
+    let mut c = setup(&[]);
+    c.batch_execute(&format!(
+        "DROP TABLE IF EXISTS public.staff;
+         CREATE TABLE public.staff AS SELECT g AS id, 'Person ' || g AS name FROM generate_series(1, {ROWS}) g;
+         SELECT mesh.create_connector('Staff', 'table', '{{\"source\": \"public.staff\", \"anchor\": \"id\"}}');
+         SELECT mesh.set_projection('Staff', 'person', true);
+         SELECT mesh.add_import_flow('Staff', 'person', a, a, 90) FROM unnest(ARRAY['id', 'name']) a;"
+    ))
+    .unwrap();
+    c.execute(
+        "SELECT mesh.create_connector('Accounts', 'postgres', $1, secret => $2)",
+        &[
+            &serde_json::json!({
+                "dsn": format!("host=127.0.0.1 port={} dbname=idmesh_it_race user=race_app", port()),
+                "import_query": "SELECT * FROM accounts", "anchor": "id", "export_table": "accounts"}),
+            &PASSWORD,
+        ],
+    )
+    .unwrap();
+    c.batch_execute(
+        "SELECT mesh.add_export_flow('Accounts', 'person', a, a) FROM unnest(ARRAY['id', 'name']) a;
+         SELECT mesh.set_provisioning('Accounts', 'person', NULL, '{}');
+         SELECT mesh.set_safety('Accounts', delete_threshold => 1000000);
+         SELECT mesh.run('Staff', 'full_import');
+         SELECT mesh.sync();",
+    )
+    .unwrap();
+    // The object of the last pending export: in the second batch.
+    let late: i32 = c
+        .query_one(
+            "SELECT (changes->>'id')::integer FROM mesh.pending_export ORDER BY mesh_id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+
+    let mut gate = connect("idmesh_it_race");
+    gate.execute("SELECT pg_advisory_lock($1)", &[&GATE]).unwrap();
+    let run: i64 = c
+        .query_one("SELECT mesh.enqueue('Accounts', 'export')", &[])
+        .unwrap()
+        .get(0);
+    // The first batch waits at the gate; the second is read by then.
+    wait_for("the first batch at the gate", Duration::from_secs(60), || {
+        let n: i64 = gate
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND NOT granted",
+                &[&(GATE as i32 as u32)],
+            )
+            .unwrap()
+            .get(0);
+        (n > 0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // A change to that object, imported and planned in one transaction: it waits for the
+    // engine's lock, which the export gives up when it commits its first batch.
+    let sync = std::thread::spawn(move || {
+        let mut s = connect("idmesh_workers");
+        s.batch_execute(&format!(
+            "SET application_name = 'idmesh-race-sync';
+             UPDATE public.staff SET name = 'Renamed' WHERE id = {late};
+             BEGIN;
+             SELECT mesh.run('Staff', 'delta_import');
+             SELECT mesh.sync();
+             COMMIT;"
+        ))
+        .unwrap();
+    });
+    wait_for("the sync to wait for the engine", Duration::from_secs(60), || {
+        let n: i64 = c
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'idmesh-race-sync' AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        (n > 0).then_some(())
+    });
+    gate.execute("SELECT pg_advisory_unlock($1)", &[&GATE]).unwrap();
+    sync.join().unwrap();
+    assert_eq!(ended(&mut c, run, 120), "success");
+
+    // The target holds what was sent; the change planned meanwhile is still to be written.
+    let name_there = |target: &mut postgres::Client| -> String {
+        target
+            .query_one("SELECT name FROM accounts WHERE id = $1", &[&late])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(name_there(&mut target), format!("Person {late}"));
+    let (status, name): (String, String) = c
+        .query_one(
+            "SELECT status, changes->>'name' FROM mesh.pending_export WHERE (changes->>'id')::integer = $1",
+            &[&late],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((status.as_str(), name.as_str()), ("pending", "Renamed"));
+    c.batch_execute("SELECT mesh.run('Accounts', 'export')").unwrap();
+    assert_eq!(name_there(&mut target), "Renamed");
+}

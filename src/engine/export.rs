@@ -59,13 +59,13 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
     // Pipelined: a batch goes to the target, and while the target writes it the engine
     // records the outcomes of the batch before and reads the batch after (two servers at
     // work, not one waiting for the other).
-    let mut written: Option<(Vec<ExportChange>, Vec<ExportResult>)> = None;
-    let mut finish = |(changes, results): (Vec<ExportChange>, Vec<ExportResult>)| {
+    let mut written: Option<(Batch, Vec<ExportResult>)> = None;
+    let mut finish = |(batch, results): (Batch, Vec<ExportResult>)| {
         store::in_batch_context(|| {
             record(
                 run_id,
                 connector,
-                &changes,
+                &batch,
                 results,
                 &mut counters,
                 &mut read_back,
@@ -85,7 +85,7 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
         // What a connector allocates in the server while it works on a batch lives in the
         // batch's own context, for every poll of its export, and goes with it.
         let mut batch_memory = store::BatchContext::new();
-        let mut sending = next.as_ref().map(|changes| conn.export(changes));
+        let mut sending = next.as_ref().map(|batch| conn.export(&batch.changes));
         let done_at_once = sending
             .as_mut()
             .and_then(|f| batch_memory.run(|| send(&rt, f)));
@@ -101,7 +101,7 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
         drop(batch_memory);
         written = next
             .zip(results)
-            .map(|(changes, r)| (changes, r.unwrap_or_else(|e| fail(e, connector))));
+            .map(|(batch, r)| (batch, r.unwrap_or_else(|e| fail(e, connector))));
         if let Some(e) = stop {
             // Cancelled: the batch already sent was written, so its outcomes are kept too.
             if let Some(w) = written.take() {
@@ -153,15 +153,23 @@ fn send<T>(rt: &tokio::runtime::Runtime, export: &mut BoxFuture<'_, T>) -> Optio
     })
 }
 
+/// A batch of pending exports as read: the changes for the connector, and for each the
+/// run that planned it (its pending export's `run_id` then).
+struct Batch {
+    changes: Vec<ExportChange>,
+    planned_by: Vec<Option<i64>>,
+}
+
 /// The next batch of pending exports after mesh object `last_id` (which moves on); None
 /// when done. The queue is paged by its key, its only index.
 /// Rows are read column by column and the changes from jsonb's binary form: a batch's
 /// JSON text, written by the server and parsed here, was most of the time reading it took.
-fn next_batch(connector_id: i32, last_id: &mut i64) -> Option<Vec<ExportChange>> {
+fn next_batch(connector_id: i32, last_id: &mut i64) -> Option<Batch> {
     let mut changes = Vec::with_capacity(BATCH as usize);
+    let mut planned_by = Vec::with_capacity(BATCH as usize);
     let mut last = *last_id;
     store::each_row(
-        "SELECT pe.mesh_id, pe.operation, pe.object_type, pe.anchor, pe.name, pe.changes, c.attrs \
+        "SELECT pe.mesh_id, pe.operation, pe.object_type, pe.anchor, pe.name, pe.changes, c.attrs, pe.run_id \
            FROM (SELECT * FROM mesh.pending_export WHERE connector_id = $1 AND mesh_id > $2 \
                  AND (status IN ('pending', 'approved') \
                       OR (status = 'failed' AND coalesce(retry_at, '-infinity') <= clock_timestamp())) \
@@ -189,10 +197,14 @@ fn next_batch(connector_id: i32, last_id: &mut i64) -> Option<Vec<ExportChange>>
                 attributes: attributes_of(row.jsonb(5)),
                 current: attributes_of(row.jsonb(6)),
             });
+            planned_by.push(row.int8(7));
         },
     );
     *last_id = last;
-    (!changes.is_empty()).then_some(changes)
+    (!changes.is_empty()).then_some(Batch {
+        changes,
+        planned_by,
+    })
 }
 
 /// An object value's attributes; none for anything else (no row joined, a JSON null).
@@ -208,18 +220,22 @@ fn attributes_of(v: Option<Value>) -> Attributes {
 fn record(
     run_id: i64,
     connector: &Connector,
-    changes: &[ExportChange],
+    batch: &Batch,
     results: Vec<ExportResult>,
     counters: &mut Counters,
     read_back: &mut StagingSink,
 ) {
-    let by_mesh_id: std::collections::HashMap<i64, &ExportChange> =
-        changes.iter().map(|c| (c.mesh_id, c)).collect();
+    let by_mesh_id: std::collections::HashMap<i64, (&ExportChange, Option<i64>)> = batch
+        .changes
+        .iter()
+        .zip(&batch.planned_by)
+        .map(|(c, p)| (c.mesh_id, (c, *p)))
+        .collect();
     let mut outcomes = Outcomes::default();
     let mut staged: Vec<SourceObject> = Vec::new();
     let mut staged_ids: Vec<i64> = Vec::new();
     for res in results {
-        let Some(change) = by_mesh_id.get(&res.mesh_id) else {
+        let Some(&(change, planned_by)) = by_mesh_id.get(&res.mesh_id) else {
             continue;
         };
         match res.error {
@@ -244,11 +260,11 @@ fn record(
                     }
                     None => "applied",
                 };
-                outcomes.push(res.mesh_id, status, None, None, change);
+                outcomes.push(res.mesh_id, status, None, None, change, planned_by);
             }
             Some(msg) => {
                 counters.errors += 1;
-                outcomes.push(res.mesh_id, "failed", Some(msg), res.code, change);
+                outcomes.push(res.mesh_id, "failed", Some(msg), res.code, change, planned_by);
             }
         }
     }
@@ -259,7 +275,7 @@ fn record(
             .unwrap_or_else(|e| fail(e, connector));
     }
     store::exec(
-        "SELECT mesh._record_export_outcomes($1, $2, $3, $4, $5, $6, $7, $8)",
+        "SELECT mesh._record_export_outcomes($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         &[
             run_id.into(),
             connector.id.into(),
@@ -269,6 +285,7 @@ fn record(
             outcomes.codes.into(),
             outcomes.operations.into(),
             outcomes.anchors.into(),
+            outcomes.planned_by.into(),
         ],
     );
 }
@@ -282,6 +299,7 @@ struct Outcomes {
     codes: Vec<Option<String>>,
     operations: Vec<String>,
     anchors: Vec<Option<String>>,
+    planned_by: Vec<Option<i64>>,
 }
 
 impl Outcomes {
@@ -292,6 +310,7 @@ impl Outcomes {
         error: Option<String>,
         code: Option<String>,
         change: &ExportChange,
+        planned_by: Option<i64>,
     ) {
         self.mesh_ids.push(mesh_id);
         self.statuses.push(status.to_string());
@@ -299,5 +318,6 @@ impl Outcomes {
         self.codes.push(code);
         self.operations.push(change.operation.as_str().to_string());
         self.anchors.push(change.anchor.clone());
+        self.planned_by.push(planned_by);
     }
 }

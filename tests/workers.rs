@@ -498,22 +498,27 @@ fn a_change_planned_during_a_background_export_is_still_written() {
         .get(0);
 
     let mut gate = connect("idmesh_it_race");
-    gate.execute("SELECT pg_advisory_lock($1)", &[&GATE]).unwrap();
+    gate.execute("SELECT pg_advisory_lock($1)", &[&GATE])
+        .unwrap();
     let run: i64 = c
         .query_one("SELECT mesh.enqueue('Accounts', 'export')", &[])
         .unwrap()
         .get(0);
     // The first batch waits at the gate; the second is read by then.
-    wait_for("the first batch at the gate", Duration::from_secs(60), || {
-        let n: i64 = gate
+    wait_for(
+        "the first batch at the gate",
+        Duration::from_secs(60),
+        || {
+            let n: i64 = gate
             .query_one(
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = $1 AND NOT granted",
                 &[&(GATE as i32 as u32)],
             )
             .unwrap()
             .get(0);
-        (n > 0).then_some(())
-    });
+            (n > 0).then_some(())
+        },
+    );
     std::thread::sleep(Duration::from_millis(300));
     // A change to that object, imported and planned in one transaction: it waits for the
     // engine's lock, which the export gives up when it commits its first batch.
@@ -529,17 +534,22 @@ fn a_change_planned_during_a_background_export_is_still_written() {
         ))
         .unwrap();
     });
-    wait_for("the sync to wait for the engine", Duration::from_secs(60), || {
-        let n: i64 = c
+    wait_for(
+        "the sync to wait for the engine",
+        Duration::from_secs(60),
+        || {
+            let n: i64 = c
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'idmesh-race-sync' AND wait_event_type = 'Lock'",
                 &[],
             )
             .unwrap()
             .get(0);
-        (n > 0).then_some(())
-    });
-    gate.execute("SELECT pg_advisory_unlock($1)", &[&GATE]).unwrap();
+            (n > 0).then_some(())
+        },
+    );
+    gate.execute("SELECT pg_advisory_unlock($1)", &[&GATE])
+        .unwrap();
     sync.join().unwrap();
     assert_eq!(ended(&mut c, run, 120), "success");
 
@@ -559,6 +569,7 @@ fn a_change_planned_during_a_background_export_is_still_written() {
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
     assert_eq!((status.as_str(), name.as_str()), ("pending", "Renamed"));
-    c.batch_execute("SELECT mesh.run('Accounts', 'export')").unwrap();
+    c.batch_execute("SELECT mesh.run('Accounts', 'export')")
+        .unwrap();
     assert_eq!(name_there(&mut target), "Renamed");
 }

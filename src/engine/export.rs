@@ -264,7 +264,14 @@ fn record(
             }
             Some(msg) => {
                 counters.errors += 1;
-                outcomes.push(res.mesh_id, "failed", Some(msg), res.code, change, planned_by);
+                outcomes.push(
+                    res.mesh_id,
+                    "failed",
+                    Some(msg),
+                    res.code,
+                    change,
+                    planned_by,
+                );
             }
         }
     }

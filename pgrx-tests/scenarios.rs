@@ -626,10 +626,21 @@ fn an_export_the_target_undoes_is_written_again_then_reported() {
     let e = js("SELECT to_jsonb(e) FROM mesh.errors e WHERE connector = 'Phonebook'");
     assert_eq!(e["operation"], json!("update"), "{e}");
     let message = e["message"].as_str().unwrap_or_default();
-    assert!(message.starts_with("written 3 times, and the target shows another value for title"), "{message}");
+    assert!(
+        message.starts_with("written 3 times, and each time the next import showed another value for title"),
+        "{message}"
+    );
     let held = js("SELECT to_jsonb(p) FROM mesh.pending_exports p");
     assert_eq!(held["status"], json!("failed"), "{held}");
     assert_eq!(one::<String>("SELECT title FROM pb.entries WHERE emp_no = '2'").as_deref(), Some("Admiral"));
+    // What counts as another value: not an attribute the import does not read, not an empty
+    // value for an empty one, not 5.00 for 5.
+    assert_eq!(
+        one::<String>(r#"SELECT mesh.contradicted('{"a": 5.00, "b": "", "c": "x", "e": ["q", "p"]}',
+                                                  '{"a": 5, "b": null, "c": "y", "d": 1, "e": ["p", "q"]}')"#)
+            .as_deref(),
+        Some("c")
+    );
 }
 
 /// A set-returning function as the source, the user's own SQL functions as the export, and

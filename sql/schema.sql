@@ -227,11 +227,12 @@ CREATE TABLE mesh.pending_export (
     status       text NOT NULL DEFAULT 'pending'
                  CHECK (status IN ('pending', 'applied', 'failed', 'blocked', 'approved')),
     attempts     integer NOT NULL DEFAULT 0,
+    undone       integer NOT NULL DEFAULT 0,   -- imports that showed the write undone
     error        text,
     retry_at     timestamptz,
     planned_at   timestamptz NOT NULL DEFAULT now(),
     applied_at   timestamptz,
-    run_id       bigint,
+    run_id       bigint,                    -- the sync that planned the change, then the last export
     PRIMARY KEY (connector_id, mesh_id)
 );
 -- One index: an export pages through the queue by mesh object, and every outcome recorded

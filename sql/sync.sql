@@ -206,24 +206,29 @@ BEGIN
             OR (pe.operation <> 'delete' AND NOT c.deleted AND mesh.reflects(c.attrs, pe.changes)));
     GET DIAGNOSTICS confirmed = ROW_COUNT;
 
-    -- Exports this import shows otherwise: the object, read now, has another value for an
-    -- attribute the export wrote (changed back there, or not kept), or is still there after
-    -- its delete. Written again; from the third write on, a failed export, retried as
-    -- those are, with an error that says so.
+    -- Exports this import shows undone: the object, read by this import after the write,
+    -- has another value for an attribute the export wrote (changed back there, a trigger
+    -- that keeps the old value, a column that stores another form of it), or is still
+    -- there after its delete. Written again; the third time, a failed export, retried as
+    -- those are, with an error that says so. (Left as applied, the same change would never
+    -- be written again.)
     WITH back AS (
         UPDATE mesh.pending_export pe
-           SET status = CASE WHEN pe.attempts >= 3 THEN 'failed' ELSE 'pending' END,
-               error = CASE WHEN pe.attempts >= 3 THEN format(
-                   'written %s times, and the target shows %s afterwards: something there undoes the '
-                   'export (a trigger, another tool, a person); fix that, or stop exporting it. '
-                   'Retried from retry_at on (mesh.retry retries now).',
-                   pe.attempts,
-                   CASE WHEN pe.operation = 'delete' THEN 'the object still'
+           SET undone = pe.undone + 1,
+               status = CASE WHEN pe.undone >= 2 THEN 'failed' ELSE 'pending' END,
+               error = CASE WHEN pe.undone >= 2 THEN format(
+                   'written %s times, and each time the next import showed %s: something there '
+                   'changes it (a trigger, another tool, a person, a column that keeps another form '
+                   'of the value); fix that, make the flow write what the target keeps, or stop '
+                   'exporting it. Retried from retry_at on (mesh.retry retries now).',
+                   pe.undone + 1,
+                   CASE WHEN pe.operation = 'delete' THEN 'the object still there'
                         ELSE 'another value for ' || mesh.contradicted(c.attrs, pe.changes) END) END,
-               retry_at = CASE WHEN pe.attempts >= 3 THEN
+               retry_at = CASE WHEN pe.undone >= 2 THEN
                    clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END
           FROM mesh.connector_object c
          WHERE pe.connector_id = p_connector AND pe.status = 'applied'
+           AND pe.applied_at < (SELECT r.started_at FROM mesh.run r WHERE r.id = p_run)
            AND c.connector_id = p_connector AND c.mesh_id = pe.mesh_id AND NOT c.deleted
            AND EXISTS (SELECT 1 FROM mesh.staging s WHERE s.run_id = p_run AND s.anchor = c.anchor)
            AND (pe.operation = 'delete' OR mesh.contradicted(c.attrs, pe.changes) IS NOT NULL)
@@ -260,14 +265,16 @@ BEGIN ATOMIC
     FROM jsonb_each(changes) e;
 END;
 
--- The changed attributes an object shows with another value (one it does not show at
--- all, as an import that does not read it, says nothing); NULL when there are none.
+-- The changed attributes an object shows with another value, NULL when there are none.
+-- An attribute it does not show at all (an import that does not read it) says nothing;
+-- empty is empty on both sides, and numbers compare as numbers (5 and 5.00 agree).
 CREATE FUNCTION mesh.contradicted(attrs jsonb, changes jsonb) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 BEGIN ATOMIC
     SELECT string_agg(e.key, ', ' ORDER BY e.key)
     FROM jsonb_each(changes) e
-    WHERE attrs ? e.key AND NOT mesh.same_value(attrs -> e.key, e.value);
+    WHERE attrs ? e.key AND NOT mesh.same_value(attrs -> e.key, e.value)
+      AND mesh.nullif_empty(attrs -> e.key) IS DISTINCT FROM mesh.nullif_empty(e.value);
 END;
 
 
@@ -301,7 +308,8 @@ BEGIN
     END IF;
     UPDATE mesh.pending_export pe
        SET status = o.status, attempts = pe.attempts + 1, error = o.error, run_id = p_run,
-           applied_at = CASE WHEN o.status = 'applied' THEN now() END,
+           -- the time of the write (an import that started before it cannot show it)
+           applied_at = CASE WHEN o.status = 'applied' THEN clock_timestamp() END,
            -- back off: 30 s, 1 min, 2 min, ... at most an hour (mesh.retry() retries now)
            retry_at = CASE WHEN o.status = 'failed'
                            THEN clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END
@@ -321,6 +329,9 @@ BEGIN
           FROM unnest(p_mesh_ids, p_statuses, p_errors, p_codes, p_operations, p_anchors)
                AS o(mesh_id, status, error, code, operation, anchor)
          WHERE o.status = 'failed'
+           -- recorded above: not a change planned since
+           AND EXISTS (SELECT 1 FROM mesh.pending_export pe
+                        WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND pe.run_id = p_run)
         ON CONFLICT (connector_id, coalesce(anchor, ''), coalesce(mesh_id, 0), operation)
         DO UPDATE SET attempts = mesh.run_error.attempts + 1, last_seen = now(), message = EXCLUDED.message,
                       sqlstate = EXCLUDED.sqlstate, run_id = EXCLUDED.run_id;
@@ -589,14 +600,18 @@ BEGIN
      WHERE p.op IN ('add', 'delete') OR (p.op IN ('update', 'disable') AND p.changes <> '{}')
     ON CONFLICT (connector_id, mesh_id) DO UPDATE
        SET operation = EXCLUDED.operation, anchor = EXCLUDED.anchor, name = EXCLUDED.name,
-           changes = EXCLUDED.changes, previous = EXCLUDED.previous, planned_at = now(), run_id = EXCLUDED.run_id,
+           changes = EXCLUDED.changes, previous = EXCLUDED.previous, planned_at = now(),
+           -- an export running meanwhile records its outcome only where run_id is as it read it
+           run_id = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes
+                         THEN pe.run_id ELSE EXCLUDED.run_id END,
            -- the same change keeps its state (applied and waiting for confirmation, failed and
            -- backing off, held, approved); a different change starts over
            status = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes
                          THEN pe.status ELSE 'pending' END,
            retry_at = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes
                            THEN pe.retry_at END,
-           attempts = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes THEN pe.attempts ELSE 0 END;
+           attempts = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes THEN pe.attempts ELSE 0 END,
+           undone = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes THEN pe.undone ELSE 0 END;
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM mesh._analyze_if('mesh.pending_export', n);
     RETURN n;

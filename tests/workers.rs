@@ -444,7 +444,8 @@ fn a_cancelled_export_records_every_row_the_target_has() {
 /// A background export commits between batches, so a sync can plan another change for an
 /// object whose batch is already on its way. The outcome of what was sent is not taken for
 /// the new change: that stays pending, and the next export writes it. (Before, the new
-/// change was marked applied and never written.)
+/// change was marked applied and never written.) The sync is a full one, which plans the
+/// same change again for every other object: their outcomes are recorded.
 #[test]
 fn a_change_planned_during_a_background_export_is_still_written() {
     const ROWS: i64 = 1_500; // two batches
@@ -529,7 +530,7 @@ fn a_change_planned_during_a_background_export_is_still_written() {
              UPDATE public.staff SET name = 'Renamed' WHERE id = {late};
              BEGIN;
              SELECT mesh.run('Staff', 'delta_import');
-             SELECT mesh.sync();
+             SELECT mesh.sync(full => true);
              COMMIT;"
         ))
         .unwrap();
@@ -569,6 +570,14 @@ fn a_change_planned_during_a_background_export_is_still_written() {
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
     assert_eq!((status.as_str(), name.as_str()), ("pending", "Renamed"));
+    let applied: i64 = c
+        .query_one(
+            "SELECT count(*) FROM mesh.pending_export WHERE status = 'applied'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, ROWS - 1, "every other object's write recorded");
     c.batch_execute("SELECT mesh.run('Accounts', 'export')")
         .unwrap();
     assert_eq!(name_there(&mut target), "Renamed");

@@ -3,6 +3,7 @@
 //! case), so DNs are parsed and re-written in one canonical spelling before they are stored
 //! or compared: types upper-case, values unescaped and escaped again minimally.
 
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// One attribute type and value of an RDN (`CN=Ada Lovelace`), value unescaped.
@@ -263,9 +264,67 @@ pub fn template_names(template: &str) -> Vec<String> {
     names
 }
 
+/// Where a run's own writes put objects: moved or renamed (old DN -> new DN) and deleted.
+/// Other objects' references (a group's members, a manager) come from the connector space,
+/// which names an object by the DN it had at the last import. The directory carries a
+/// reference along on a move and drops it on a delete, and refuses the old DN afterwards:
+/// DN values written later in the run name the object where it is now, and leave out the
+/// ones deleted.
+#[derive(Default, Debug)]
+pub struct Placements {
+    moved: HashMap<String, String>,
+    deleted: HashSet<String>,
+}
+
+impl Placements {
+    pub fn moved(&mut self, from: &Dn, to: &Dn) {
+        self.moved.insert(from.key(), to.canonical());
+    }
+
+    pub fn deleted(&mut self, dn: &str) {
+        self.deleted.insert(canonical(dn).to_lowercase());
+    }
+
+    /// DN values in canonical spelling, as they are after this run's writes.
+    pub fn rewrite(&self, values: Vec<String>) -> Vec<String> {
+        values
+            .into_iter()
+            .map(|v| canonical(&v))
+            .filter(|v| !self.deleted.contains(&v.to_lowercase()))
+            .map(|v| self.moved.get(&v.to_lowercase()).cloned().unwrap_or(v))
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_runs_moves_and_deletes_rewrite_later_dn_values() {
+        let mut p = Placements::default();
+        let old = parse("CN=Alan Turing,OU=Engineering,DC=corp,DC=local").unwrap();
+        let new = parse("CN=Alan Turing,OU=Sales,DC=corp,DC=local").unwrap();
+        p.moved(&old, &new);
+        p.deleted("cn=Joan Clarke, ou=Sales, dc=corp, dc=local");
+        let values = vec![
+            "cn=alan turing,ou=engineering,dc=corp,dc=local".to_string(),
+            "CN=Joan Clarke,OU=Sales,DC=corp,DC=local".to_string(),
+            "CN=Ada Lovelace, OU=Engineering,DC=corp,DC=local".to_string(),
+        ];
+        assert_eq!(
+            p.rewrite(values),
+            vec![
+                "CN=Alan Turing,OU=Sales,DC=corp,DC=local".to_string(),
+                "CN=Ada Lovelace,OU=Engineering,DC=corp,DC=local".to_string(),
+            ]
+        );
+        // Nothing written in the run: values only take the canonical spelling.
+        assert_eq!(
+            Placements::default().rewrite(vec!["cn=x,dc=corp".to_string()]),
+            vec!["CN=x,DC=corp".to_string()]
+        );
+    }
 
     #[test]
     fn samba_hex_escapes_and_bare_characters_give_one_spelling() {

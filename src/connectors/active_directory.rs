@@ -597,11 +597,9 @@ pub struct AdConnector {
     /// The domain's naming context (rootDSE defaultNamingContext): deltas and tombstones are
     /// searched from there, so objects moved out of base_dn and deleted ones are seen.
     naming_context: Option<Dn>,
-    /// Objects this run moved or renamed: old DN's key -> new DN. Other objects' references
-    /// (a group's members, a manager) come from the connector space, which knows an object
-    /// by the DN it had at the last import, and AD carries a reference along on a move but
-    /// refuses the old DN afterwards: DN values are written through this map.
-    moved: HashMap<String, String>,
+    /// Objects this run moved, renamed or deleted: DN values written later name them where
+    /// they are now (see `dn::Placements`).
+    placements: dn::Placements,
 }
 
 /// Values of one attribute of an entry as raw bytes (ldap3 splits text and binary values).
@@ -636,7 +634,7 @@ impl AdConnector {
             password,
             ldap: None,
             naming_context: None,
-            moved: HashMap::new(),
+            placements: dn::Placements::default(),
         }
     }
 
@@ -1198,12 +1196,7 @@ impl AdConnector {
         };
         vals.retain(|s| !s.is_empty());
         if ad::is_in(ad::DN_ATTRIBUTES, attr) {
-            for s in vals.iter_mut() {
-                *s = dn::canonical(s);
-                if let Some(now) = self.moved.get(&s.to_lowercase()) {
-                    *s = now.clone();
-                }
-            }
+            vals = self.placements.rewrite(vals);
         }
         vals
     }
@@ -1336,7 +1329,7 @@ impl AdConnector {
                 other => {
                     let placed = step(other, &format!("moving {current} to {wanted}"))?;
                     if placed.is_ok() {
-                        self.moved.insert(current.key(), wanted.canonical());
+                        self.placements.moved(current, wanted);
                     }
                     return Ok(placed.map(|_| wanted.clone()));
                 }
@@ -1485,10 +1478,14 @@ impl AdConnector {
             return Ok(Ok(()));
         };
         let mut ldap = self.ldap().await?;
-        match ldap.delete(name).await {
-            Ok(r) if r.rc == 32 => Ok(Ok(())), // already gone
-            other => step(other, &format!("deleting {name}")),
+        let done = match ldap.delete(name).await {
+            Ok(r) if r.rc == 32 => Ok(()), // already gone
+            other => step(other, &format!("deleting {name}"))?,
+        };
+        if done.is_ok() {
+            self.placements.deleted(name);
         }
+        Ok(done)
     }
 
     async fn apply(&mut self, change: &ExportChange) -> Result<ExportResult, ConnectorError> {

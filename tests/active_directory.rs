@@ -832,6 +832,70 @@ fn provisioning_from_hr_into_ad() {
     );
 }
 
+// A person deleted by deprovisioning leaves their group in the same run. The delete comes
+// first (queue order is mesh object order, people before the groups built from them), and
+// the group's change names the member by the DN the connector space knows: AD already
+// dropped that link, so the connector leaves the value out instead of failing the modify.
+#[test]
+fn a_deleted_member_leaves_their_group_in_the_same_run() {
+    let ou = format!("OU=Leavers,{TOP}");
+    let mut c = fresh_database_with_own_key("idmesh_it_ad_leavers");
+    provisioning_setup(&mut c, &ou, "l");
+    c.batch_execute(
+        "DELETE FROM hr_employees WHERE id = 5;
+         SELECT mesh.set_provisioning('AD', 'person', $$status = 'active'$$, '{\"deprovision\": \"delete\"}');",
+    )
+    .unwrap();
+    settle(&mut c);
+    let alan = entry(&ou, "(employeeID=3)", &["1.1"]).expect("Alan created");
+    let members = |ou: &str| -> Vec<String> {
+        let eng = entry(ou, "(&(objectClass=group)(cn=Engineering))", &["member"]).unwrap();
+        let mut m: Vec<String> = attr(&eng, "member")
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        m.sort();
+        m
+    };
+    assert!(members(&ou).contains(&alan.0));
+    c.batch_execute("UPDATE hr_employees SET status = 'terminated' WHERE id = 3")
+        .unwrap();
+    let steps: Value = c
+        .query_one("SELECT jsonb_agg(to_jsonb(s)) FROM mesh.cycle() s", &[])
+        .unwrap()
+        .get(0);
+    let export = steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["connector"] == "AD" && s["profile"] == "export")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (
+            export["deleted"].as_i64(),
+            export["updated"].as_i64(),
+            export["errors"].as_i64()
+        ),
+        (Some(1), Some(1), Some(0)),
+        "one run deletes Alan and updates Engineering: {steps}"
+    );
+    assert!(
+        entry(&ou, "(employeeID=3)", &["1.1"]).is_none(),
+        "Alan deleted"
+    );
+    let left = members(&ou);
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!left.contains(&alan.0), "{left:?}");
+    assert_eq!(
+        count(
+            &mut c,
+            "SELECT count(*) FROM mesh.errors WHERE connector = 'AD'"
+        ),
+        0
+    );
+}
+
 // 4. Round trip: a phone number changed in AD reaches HR, and does not come back.
 #[test]
 fn phone_changed_in_ad_flows_to_hr_once() {

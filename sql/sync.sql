@@ -634,7 +634,7 @@ FROM mesh.run_error e LEFT JOIN mesh.connector c ON c.id = e.connector_id;
 
 CREATE VIEW mesh.pending_exports AS
 SELECT pe.id, c.name AS connector, pe.mesh_id, pe.object_type, pe.operation, pe.anchor, pe.name,
-       pe.changes, pe.previous, pe.status, pe.attempts, pe.error, pe.planned_at, pe.applied_at
+       pe.changes, pe.previous, pe.status, pe.attempts, pe.undone, pe.error, pe.planned_at, pe.applied_at
 FROM mesh.pending_export pe JOIN mesh.connector c ON c.id = pe.connector_id;
 
 CREATE VIEW mesh.objects AS

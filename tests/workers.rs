@@ -322,6 +322,40 @@ fn enqueue_refuses_the_wrong_database_clearly() {
     assert_eq!(sqlstate_of(&mut c, "SELECT mesh.enqueue_cycle()"), "55000");
 }
 
+/// `rows` people from an in-database table (`Staff`, projecting), each to be added as a row
+/// of `accounts` in database `db` (made beforehand, writable by `role`) by a postgres
+/// connector (`Accounts`), imported and synced: every row waits to be exported.
+fn staff_exported_to_accounts(db: &str, role: &str, password: &str, rows: i64) -> Client {
+    let mut c = setup(&[]);
+    c.batch_execute(&format!(
+        "DROP TABLE IF EXISTS public.staff;
+         CREATE TABLE public.staff AS SELECT g AS id, 'Person ' || g AS name FROM generate_series(1, {rows}) g;
+         SELECT mesh.create_connector('Staff', 'table', '{{\"source\": \"public.staff\", \"anchor\": \"id\"}}');
+         SELECT mesh.set_projection('Staff', 'person', true);
+         SELECT mesh.add_import_flow('Staff', 'person', a, a, 90) FROM unnest(ARRAY['id', 'name']) a;"
+    ))
+    .unwrap();
+    c.execute(
+        "SELECT mesh.create_connector('Accounts', 'postgres', $1, secret => $2)",
+        &[
+            &serde_json::json!({
+                "dsn": format!("host=127.0.0.1 port={} dbname={db} user={role}", port()),
+                "import_query": "SELECT * FROM accounts", "anchor": "id", "export_table": "accounts"}),
+            &password,
+        ],
+    )
+    .unwrap();
+    c.batch_execute(
+        "SELECT mesh.add_export_flow('Accounts', 'person', a, a) FROM unnest(ARRAY['id', 'name']) a;
+         SELECT mesh.set_provisioning('Accounts', 'person', NULL, '{}');
+         SELECT mesh.set_safety('Accounts', delete_threshold => 1000000);
+         SELECT mesh.run('Staff', 'full_import');
+         SELECT mesh.sync();",
+    )
+    .unwrap();
+    c
+}
+
 /// A cancelled export to a PostgreSQL target: exports are pipelined (the next batch is on
 /// the wire while the last one is recorded), so the batch already sent when the cancel is
 /// seen is recorded too. Whatever the target holds, the engine knows it wrote.
@@ -339,33 +373,7 @@ fn a_cancelled_export_records_every_row_the_target_has() {
              GRANT ALL ON accounts TO export_app;",
         )
         .unwrap();
-    let mut c = setup(&[]);
-    c.batch_execute(&format!(
-        "DROP TABLE IF EXISTS public.staff;
-         CREATE TABLE public.staff AS SELECT g AS id, 'Person ' || g AS name FROM generate_series(1, {ROWS}) g;
-         SELECT mesh.create_connector('Staff', 'table', '{{\"source\": \"public.staff\", \"anchor\": \"id\"}}');
-         SELECT mesh.set_projection('Staff', 'person', true);
-         SELECT mesh.add_import_flow('Staff', 'person', a, a, 90) FROM unnest(ARRAY['id', 'name']) a;"
-    ))
-    .unwrap();
-    c.execute(
-        "SELECT mesh.create_connector('Accounts', 'postgres', $1, secret => $2)",
-        &[
-            &serde_json::json!({
-                "dsn": format!("host=127.0.0.1 port={} dbname=idmesh_it_export user=export_app", port()),
-                "import_query": "SELECT * FROM accounts", "anchor": "id", "export_table": "accounts"}),
-            &PASSWORD,
-        ],
-    )
-    .unwrap();
-    c.batch_execute(
-        "SELECT mesh.add_export_flow('Accounts', 'person', a, a) FROM unnest(ARRAY['id', 'name']) a;
-         SELECT mesh.set_provisioning('Accounts', 'person', NULL, '{}');
-         SELECT mesh.set_safety('Accounts', delete_threshold => 1000000);
-         SELECT mesh.run('Staff', 'full_import');
-         SELECT mesh.sync();",
-    )
-    .unwrap();
+    let mut c = staff_exported_to_accounts("idmesh_it_export", "export_app", PASSWORD, ROWS);
     let run: i64 = c
         .query_one("SELECT mesh.enqueue('Accounts', 'export')", &[])
         .unwrap()
@@ -462,33 +470,7 @@ fn a_change_planned_during_a_background_export_is_still_written() {
              GRANT ALL ON accounts TO race_app;"
         ))
         .unwrap();
-    let mut c = setup(&[]);
-    c.batch_execute(&format!(
-        "DROP TABLE IF EXISTS public.staff;
-         CREATE TABLE public.staff AS SELECT g AS id, 'Person ' || g AS name FROM generate_series(1, {ROWS}) g;
-         SELECT mesh.create_connector('Staff', 'table', '{{\"source\": \"public.staff\", \"anchor\": \"id\"}}');
-         SELECT mesh.set_projection('Staff', 'person', true);
-         SELECT mesh.add_import_flow('Staff', 'person', a, a, 90) FROM unnest(ARRAY['id', 'name']) a;"
-    ))
-    .unwrap();
-    c.execute(
-        "SELECT mesh.create_connector('Accounts', 'postgres', $1, secret => $2)",
-        &[
-            &serde_json::json!({
-                "dsn": format!("host=127.0.0.1 port={} dbname=idmesh_it_race user=race_app", port()),
-                "import_query": "SELECT * FROM accounts", "anchor": "id", "export_table": "accounts"}),
-            &PASSWORD,
-        ],
-    )
-    .unwrap();
-    c.batch_execute(
-        "SELECT mesh.add_export_flow('Accounts', 'person', a, a) FROM unnest(ARRAY['id', 'name']) a;
-         SELECT mesh.set_provisioning('Accounts', 'person', NULL, '{}');
-         SELECT mesh.set_safety('Accounts', delete_threshold => 1000000);
-         SELECT mesh.run('Staff', 'full_import');
-         SELECT mesh.sync();",
-    )
-    .unwrap();
+    let mut c = staff_exported_to_accounts("idmesh_it_race", "race_app", PASSWORD, ROWS);
     // The object of the last pending export: in the second batch.
     let late: i32 = c
         .query_one(

@@ -213,7 +213,7 @@ CREATE UNIQUE INDEX run_error_object_idx
 
 -- Changes computed for a connected system and not yet confirmed.
 CREATE TABLE mesh.pending_export (
-    id           bigserial NOT NULL,        -- the order planned, for operators: not indexed
+    id           bigserial NOT NULL,        -- the order first planned, for operators: not indexed
     connector_id integer NOT NULL,          -- no foreign key: hot table (see mesh_object)
     mesh_id      bigint NOT NULL,
     object_type  text NOT NULL,

@@ -289,9 +289,14 @@ impl Placements {
     pub fn rewrite(&self, values: Vec<String>) -> Vec<String> {
         values
             .into_iter()
-            .map(|v| canonical(&v))
-            .filter(|v| !self.deleted.contains(&v.to_lowercase()))
-            .map(|v| self.moved.get(&v.to_lowercase()).cloned().unwrap_or(v))
+            .filter_map(|v| {
+                let v = canonical(&v);
+                let key = v.to_lowercase();
+                if self.deleted.contains(&key) {
+                    return None;
+                }
+                Some(self.moved.get(&key).cloned().unwrap_or(v))
+            })
             .collect()
     }
 }

@@ -1,6 +1,8 @@
-//! Reading PostgreSQL's binary jsonb just far enough to tell an empty value: the sync asks
-//! "is this value empty?" for every attribute of every object, and the SQL way to ask
-//! (four jsonb comparisons) costs about 0.7 µs; the header answers it in a few loads.
+//! Reading PostgreSQL's binary jsonb in place: whether a value is empty (the sync asks
+//! that for every attribute of every object, and the SQL way to ask, four jsonb
+//! comparisons, costs about 0.7 µs; the header answers it in a few loads), and the whole
+//! value (`to_value`, for the export's batches: no text written by the server and parsed
+//! again).
 //!
 //! The layout (PostgreSQL `utils/jsonb.h`): a 32-bit container header (element count and
 //! the flags scalar / object / array), then one 32-bit entry per element whose top bits

@@ -1181,8 +1181,8 @@ impl AdConnector {
         Some(dn::expand_template(template, value_of).map_err(|e| e.0))
     }
 
-    /// Attribute values as LDAP strings (empty: the attribute is cleared); a DN of an object
-    /// this run moved is its new DN.
+    /// Attribute values as LDAP strings (empty: the attribute is cleared); DN values as they
+    /// are after this run's moves and deletes (`dn::Placements`).
     fn ldap_values(&self, attr: &str, v: &Value) -> Vec<String> {
         let one = |x: &Value| match x {
             Value::String(s) => Some(s.clone()),
@@ -1397,9 +1397,10 @@ impl AdConnector {
                     .get(k)
                     .map(|o| self.ldap_values(k, o))
                     .unwrap_or_default();
+                // DN values come from `ldap_values` in canonical spelling already.
                 let key = |s: &String| {
                     if ad::is_in(ad::DN_ATTRIBUTES, k) {
-                        dn::canonical(s).to_lowercase()
+                        s.to_lowercase()
                     } else {
                         s.clone()
                     }

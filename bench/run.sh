@@ -143,10 +143,10 @@ SQL
   "${PSQL[@]}" -q -d idmesh_bench_sql -v port="$port" -v secret_file="$run/bench.secret" >/dev/null <<'SQL'
 CREATE EXTENSION idmesh;
 SELECT mesh.create_connector('Src', 'postgres', jsonb_build_object(
-         'dsn', format('host=127.0.0.1 port=%s dbname=idmesh_bench_src user=bench_app', :'port'),
+         'dsn', format('host=127.0.0.1 port=%s dbname=idmesh_bench_src user=bench_app sslmode=disable', :'port'),
          'import_query', 'SELECT * FROM people', 'anchor', 'id'), secret => pg_read_file(:'secret_file'));
 SELECT mesh.create_connector('Dst', 'postgres', jsonb_build_object(
-         'dsn', format('host=127.0.0.1 port=%s dbname=idmesh_bench_dst user=bench_app', :'port'),
+         'dsn', format('host=127.0.0.1 port=%s dbname=idmesh_bench_dst user=bench_app sslmode=disable', :'port'),
          'import_query', 'SELECT * FROM accounts', 'anchor', 'id', 'export_table', 'accounts'),
        secret => pg_read_file(:'secret_file'));
 SELECT mesh.set_projection('Src', 'person', true);
@@ -167,7 +167,7 @@ SQL
   wait "$sampler" || true
   mem_import=$(cat "$memfile")
   t0=$(date +%s%N)
-  PGPASSWORD="$pw" /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$port" -U bench_app -d idmesh_bench_src -Xq \
+  PGSSLMODE=disable PGPASSWORD="$pw" /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$port" -U bench_app -d idmesh_bench_src -Xq \
     -c "\copy (SELECT * FROM people) TO '/dev/null'"
   t1=$(date +%s%N); copy_out_ms=$(( (t1 - t0) / 1000000 ))
   # For scale, not the target's baseline: the same rows copied into a keyed table of the
@@ -175,7 +175,7 @@ SQL
   "${PSQL[@]}" -q -d idmesh_bench_sql -c "CREATE TABLE public.bench_landing (id integer PRIMARY KEY, name text, title text,
     dept text, phone text, mail text, salary numeric(10,2), active boolean, hired date, modified_at timestamptz NOT NULL)"
   t0=$(date +%s%N)
-  PGPASSWORD="$pw" /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$port" -U bench_app -d idmesh_bench_src -Xq \
+  PGSSLMODE=disable PGPASSWORD="$pw" /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$port" -U bench_app -d idmesh_bench_src -Xq \
     -c "\copy (SELECT * FROM people) TO STDOUT" | "${PSQL[@]}" -q -d idmesh_bench_sql -c "\copy bench_landing FROM STDIN"
   t1=$(date +%s%N); copy_land_ms=$(( (t1 - t0) / 1000000 ))
   "${PSQL[@]}" -q -d idmesh_bench_sql -c "SELECT mesh.sync()" >/dev/null
@@ -190,7 +190,7 @@ SQL
   "${PSQL[@]}" -q -d idmesh_bench_src -c "\copy (SELECT id, name, title, dept, phone, mail, salary, active, hired FROM people) TO '$run/bench-accounts.copy'"
   "${PSQL[@]}" -q -d idmesh_bench_dst -c "TRUNCATE accounts"
   t0=$(date +%s%N)
-  PGPASSWORD="$pw" /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$port" -U bench_app -d idmesh_bench_dst -Xq \
+  PGSSLMODE=disable PGPASSWORD="$pw" /usr/lib/postgresql/15/bin/psql -h 127.0.0.1 -p "$port" -U bench_app -d idmesh_bench_dst -Xq \
     -c "\copy accounts FROM '$run/bench-accounts.copy'"
   t1=$(date +%s%N); copy_in_ms=$(( (t1 - t0) / 1000000 ))
   rm -f "$run/bench-accounts.copy" "$run/bench.secret"

@@ -41,6 +41,18 @@ max_wal_size = 4GB
 log_min_messages = warning
 CONF
   fi
+  if [ ! -f "$DATA/server.crt" ]; then
+    # TLS for connectors that ask for it (sslmode=verify-full in a dsn): a self-signed
+    # certificate for localhost and 127.0.0.1; $RUN/server-ca.crt is the one to trust.
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=localhost" \
+      -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+      -keyout "$DATA/server.key" -out "$DATA/server.crt" >/dev/null 2>&1
+    chown postgres:postgres "$DATA/server.key" "$DATA/server.crt"
+    chmod 600 "$DATA/server.key"
+    cp "$DATA/server.crt" "$RUN/server-ca.crt" && chmod 644 "$RUN/server-ca.crt"
+    echo "ssl = on" >> "$DATA/postgresql.conf"
+    as_pg "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1 && as_pg "$BIN/pg_ctl" -D "$DATA" reload >/dev/null
+  fi
   if ! as_pg "$BIN/pg_ctl" -D "$DATA" status >/dev/null 2>&1; then
     as_pg "$BIN/pg_ctl" -D "$DATA" -l "$RUN/postgres.log" -w -t 60 start >/dev/null
   fi

@@ -614,6 +614,14 @@ BEGIN
            undone = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes THEN pe.undone ELSE 0 END;
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM mesh._analyze_if('mesh.pending_export', n);
+    -- An export error goes with its export: withdrawn (nothing to do any more) or its object
+    -- gone, it is no longer the state of anything (and would keep the dashboard at warning).
+    IF EXISTS (SELECT 1 FROM mesh.run_error e WHERE e.mesh_id IS NOT NULL) THEN
+        DELETE FROM mesh.run_error e
+         WHERE e.mesh_id IS NOT NULL AND e.operation IN ('add', 'update', 'disable', 'delete')
+           AND NOT EXISTS (SELECT 1 FROM mesh.pending_export pe
+                            WHERE pe.connector_id = e.connector_id AND pe.mesh_id = e.mesh_id);
+    END IF;
     RETURN n;
 END $$;
 

@@ -34,10 +34,10 @@ pub fn init() {
     GucRegistry::define_string_guc(
         c"idmesh.secret_key_file",
         c"File holding the key that encrypts connector secrets (AES-256-GCM).",
-        c"Outside the database; created with owner-only permissions on first use. Superusers only.",
+        c"An absolute path outside the data directory, one file per database; created with owner-only permissions on first use. Superusers only.",
         &SECRET_KEY_FILE,
         GucContext::Suset,
-        GucFlags::default(),
+        GucFlags::SUPERUSER_ONLY,
     );
     GucRegistry::define_string_guc(
         c"idmesh.database",

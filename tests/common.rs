@@ -61,7 +61,9 @@ pub fn fresh_database_with_own_key(name: &str) -> Client {
         "SET idmesh.secret_key_file = '/tmp/idmesh-run/{name}.key'"
     ))
     .unwrap();
-    let _ = std::fs::remove_file(format!("/tmp/idmesh-run/{name}.key"));
+    for file in ["", ".idmesh-next", ".idmesh-previous"] {
+        let _ = std::fs::remove_file(format!("/tmp/idmesh-run/{name}.key{file}"));
+    }
     c
 }
 

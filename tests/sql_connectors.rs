@@ -315,12 +315,37 @@ fn secrets_are_encrypted_never_shown_and_need_their_key() {
     )
     .unwrap();
 
+    // The stored secret goes only where it was given for: another server needs it again.
+    let mut elsewhere = hr_config();
+    elsewhere["dsn"] = json!(format!("host=localhost port={} dbname=idmesh_it_hr user=hr_app", port()));
+    assert_eq!(
+        sqlstate_of(&mut c, &format!("SELECT mesh.alter_connector('HR Database', config => '{elsewhere}')")),
+        "22023"
+    );
+    // A secret is sealed for its connector: copied to another, it does not open there.
+    connector(&mut c, "Copy", hr_config());
+    c.batch_execute(
+        "UPDATE mesh.connector SET secret = (SELECT secret FROM mesh.connector WHERE name = 'HR Database') WHERE name = 'Copy'",
+    )
+    .unwrap();
+    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('Copy', 'full_import')"), "F0000");
+    c.batch_execute("SELECT mesh.drop_connector('Copy')").unwrap();
+
     // Rotation re-encrypts; the connector still logs in.
+    let key_file = "/tmp/idmesh-run/idmesh_it_secret.key";
+    let before = std::fs::read(key_file).unwrap();
+    // Not inside a savepoint: a rolled-back savepoint could not take back the new key file.
+    c.batch_execute("BEGIN; SAVEPOINT s").unwrap();
+    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.rotate_secret_key()"), "25000");
+    c.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(std::fs::read(key_file).unwrap(), before);
     let rotated: i64 = c
         .query_one("SELECT mesh.rotate_secret_key()", &[])
         .unwrap()
         .get(0);
     assert_eq!(rotated, 1);
+    assert_ne!(std::fs::read(key_file).unwrap(), before);
+    assert_eq!(std::fs::read(format!("{key_file}.idmesh-previous")).unwrap(), before);
     assert_eq!(
         run(&mut c, "HR Database", "delta_import")["status"],
         json!("success")
@@ -334,6 +359,8 @@ fn secrets_are_encrypted_never_shown_and_need_their_key() {
         sqlstate_of(&mut c, "SELECT mesh.run('HR Database', 'delta_import')"),
         "F0000"
     );
+    // A missing key file is not made anew while secrets need the old one.
+    assert!(!std::path::Path::new("/tmp/idmesh-run/idmesh_it_other.key").exists());
     let n: i64 = c
         .query_one("SELECT count(*) FROM mesh.dashboard", &[])
         .unwrap()
@@ -453,6 +480,31 @@ fn sqlserver_import_over_tds() {
     assert_eq!(db.code().code(), "08006");
     assert!(db.message().contains("Login failed"), "{}", db.message());
     assert!(!db.message().contains("not-the-password"));
+
+    // The connection test runs the import query, without a run: a table that is not there
+    // fails that step; a column the settings name that the query does not return, too.
+    let checks = |c: &mut Client| -> Vec<(String, bool)> {
+        c.query("SELECT step, ok FROM mesh.test_connection('Payroll')", &[])
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    c.execute(
+        "SELECT mesh.alter_connector('Payroll', config => $1, secret => $2)",
+        &[&json!({"host": "127.0.0.1", "port": 14330, "user": "reader", "trust_cert": true,
+                  "import_query": "SELECT id FROM no_such_table", "anchor": "id"}), &"Tds-reader-1!"],
+    )
+    .unwrap();
+    assert_eq!(checks(&mut c), vec![("connect".to_string(), true), ("import_query".to_string(), false)]);
+    let mut misnamed = tds_config("people");
+    misnamed["delta_column"] = json!("modified");
+    c.execute("SELECT mesh.alter_connector('Payroll', config => $1)", &[&misnamed])
+        .unwrap();
+    assert_eq!(checks(&mut c), vec![("connect".to_string(), true), ("import_query".to_string(), false)]);
+    c.execute("SELECT mesh.alter_connector('Payroll', config => $1)", &[&tds_config("people")])
+        .unwrap();
+    assert_eq!(checks(&mut c), vec![("connect".to_string(), true), ("import_query".to_string(), true)]);
 }
 
 /// Exports to SQL Server need a real SQL Server (none can run on this machine). Set
@@ -585,6 +637,253 @@ fn export_through_user_statements_with_named_parameters() {
         .unwrap()
         .get(0);
     assert_eq!(holder, "Ada L.");
+
+    // An update whose row is gone from the target changed nothing: an error, not applied.
+    hr.batch_execute("UPDATE employees SET name = 'Alan T.', modified_at = clock_timestamp() WHERE employee_id = 3")
+        .unwrap();
+    run(&mut c, "HR Database", "delta_import");
+    c.batch_execute("SELECT mesh.sync()").unwrap();
+    hr.batch_execute("DELETE FROM badges WHERE badge_for = 3").unwrap();
+    assert_eq!(run(&mut c, "Badges", "export")["errors"], json!(1));
+    let state: (String, Option<String>) = c
+        .query_one(
+            "SELECT pe.status, e.sqlstate FROM mesh.pending_exports pe \
+             LEFT JOIN mesh.errors e ON e.connector = pe.connector AND e.mesh_id = pe.mesh_id \
+             WHERE pe.connector = 'Badges' AND pe.operation = 'update' AND pe.changes->>'holder' = 'Alan T.'",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(state, ("failed".to_string(), Some("02000".to_string())));
+
+    // A parameter no flow writes and the object does not have (a typo): an error per change,
+    // never a silent NULL.
+    c.execute(
+        "SELECT mesh.alter_connector('Badges', config => $1)",
+        &[&json!({"dsn": format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app", port()),
+                  "import_query": "SELECT * FROM badges", "anchor": "badge_for",
+                  "export_statements": {
+                      "add": "INSERT INTO badges (badge_for, holder) VALUES (:badge_for, :holdr)",
+                      "update": "UPDATE badges SET holder = :holdr WHERE badge_for = :badge_for"}})],
+    )
+    .unwrap();
+    c.batch_execute("SELECT mesh.retry('Badges')").unwrap();
+    run(&mut c, "Badges", "export");
+    let codes: Vec<String> = c
+        .query("SELECT DISTINCT sqlstate FROM mesh.errors WHERE connector = 'Badges'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(codes, vec!["42703".to_string()]);
+}
+
+/// The import query is checked against the settings before a row is kept; a row dated in
+/// the future cannot hold the watermark above later changes; integer delta columns of any
+/// width work; a changed delta column reads everything once.
+#[test]
+fn import_settings_are_checked_and_the_watermark_stays_below_the_source_clock() {
+    let mut hr = hr_source();
+    hr.batch_execute(
+        "CREATE TABLE versions (id integer PRIMARY KEY, name text, version integer NOT NULL);
+         INSERT INTO versions VALUES (1, 'one', 10), (2, 'two', 20);
+         GRANT ALL ON versions TO hr_app;
+         UPDATE employees SET modified_at = now() + interval '1 hour' WHERE employee_id = 3;",
+    )
+    .unwrap();
+    let mut c = fresh_database_with_own_key("idmesh_it_checks");
+    connector(&mut c, "HR Database", hr_config());
+    assert_eq!(run(&mut c, "HR Database", "full_import")["added"], json!(3));
+    let live = |c: &mut Client| -> i64 {
+        c.query_one("SELECT count(*) FROM mesh.connector_object WHERE NOT deleted", &[])
+            .unwrap()
+            .get(0)
+    };
+
+    // The high mark is the source's clock, not Alan's row an hour ahead: Ada's change now
+    // is read by the next delta (it would hide below a mark an hour ahead).
+    let high_is_past: bool = c
+        .query_one(
+            "SELECT (watermark_after->>'high')::timestamptz <= now() FROM mesh.run_history \
+             WHERE connector = 'HR Database' ORDER BY run_id DESC LIMIT 1",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(high_is_past);
+    hr.batch_execute("UPDATE employees SET name = 'Ada L.', modified_at = clock_timestamp() WHERE employee_id = 1")
+        .unwrap();
+    let delta = run(&mut c, "HR Database", "delta_import");
+    assert_eq!(delta["updated"], json!(1), "{delta}");
+
+    // A soft-delete column the query does not return: refused before anything is kept
+    // (every row would have read as deleted).
+    let mut without = hr_config();
+    without["import_query"] =
+        json!("SELECT employee_id, name, modified_at FROM employees WHERE modified_at > @watermark");
+    c.execute("SELECT mesh.alter_connector('HR Database', config => $1)", &[&without])
+        .unwrap();
+    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('HR Database', 'full_import')"), "22023");
+    assert_eq!(live(&mut c), 3);
+
+    // A query ending in `;`, with an apostrophe in a comment before @watermark: runs.
+    let mut commented = hr_config();
+    commented["import_query"] =
+        json!("SELECT * FROM employees -- the employee's own rows\nWHERE modified_at > @watermark;");
+    c.execute("SELECT mesh.alter_connector('HR Database', config => $1)", &[&commented])
+        .unwrap();
+    assert_eq!(run(&mut c, "HR Database", "full_import")["status"], json!("success"));
+    assert_eq!(live(&mut c), 3);
+
+    // An integer delta column (int4): full and delta imports.
+    let dsn = format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app", port());
+    connector(
+        &mut c,
+        "Versions",
+        json!({"dsn": dsn, "import_query": "SELECT * FROM versions WHERE version > @watermark",
+               "anchor": "id", "delta_column": "version", "object_type": "group"}),
+    );
+    assert_eq!(run(&mut c, "Versions", "full_import")["added"], json!(2));
+    hr.batch_execute("UPDATE versions SET name = 'two b', version = 21 WHERE id = 2").unwrap();
+    assert_eq!(run(&mut c, "Versions", "delta_import")["updated"], json!(1));
+    // Another delta column: its first delta reads everything (the old mark is of another
+    // column), and says so.
+    c.execute(
+        "SELECT mesh.alter_connector('Versions', config => $1)",
+        &[&json!({"dsn": dsn, "import_query": "SELECT * FROM versions WHERE id > @watermark",
+                  "anchor": "id", "delta_column": "id", "object_type": "group"})],
+    )
+    .unwrap();
+    let changed = run(&mut c, "Versions", "delta_import");
+    assert_eq!(changed["status"], json!("success"), "{changed}");
+    assert_eq!(changed["unchanged"], json!(2), "{changed}");
+
+    // Two columns of one name: refused (one would hide the other in the object).
+    connector(
+        &mut c,
+        "Joined",
+        json!({"dsn": dsn, "anchor": "id", "object_type": "group",
+               "import_query": "SELECT v.id, v.name, e.name FROM versions v JOIN employees e ON e.employee_id = v.id"}),
+    );
+    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('Joined', 'full_import')"), "22023");
+}
+
+/// An add writes the columns it has values for, and no other: an upsert that meets an
+/// existing row leaves its other columns alone, a new row takes the table's defaults. A
+/// target that refuses the login fails the run, and its changes stay pending as they were.
+#[test]
+fn an_add_writes_only_its_own_columns_and_a_refused_login_leaves_exports_pending() {
+    let mut hr = hr_source();
+    hr.batch_execute(
+        "INSERT INTO employees (employee_id, name, note) VALUES (4, 'Edsger', NULL);
+         CREATE TABLE staff (employee_id integer PRIMARY KEY, name text, note text DEFAULT 'none');
+         INSERT INTO staff VALUES (1, 'Ada (old)', 'keep me');
+         GRANT ALL ON staff TO hr_app;",
+    )
+    .unwrap();
+    let mut c = fresh_database_with_own_key("idmesh_it_columns");
+    connector(&mut c, "HR Database", hr_config());
+    let dsn = format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app", port());
+    connector(
+        &mut c,
+        "Staff",
+        json!({"dsn": dsn, "import_query": "SELECT * FROM staff", "anchor": "employee_id",
+               "export_table": "staff", "export_mode": "upsert"}),
+    );
+    c.batch_execute(
+        r#"SELECT mesh.set_projection('HR Database', 'person', true);
+           SELECT mesh.add_import_flow('HR Database', 'person', 'employee_id', 'employee_id', 100);
+           SELECT mesh.add_import_flow('HR Database', 'person', 'name', 'name', 100);
+           SELECT mesh.add_import_flow('HR Database', 'person', 'note', 'note', 100);
+           SELECT mesh.add_export_flow('Staff', 'person', 'employee_id', 'employee_id');
+           SELECT mesh.add_export_flow('Staff', 'person', 'name', 'name');
+           SELECT mesh.add_export_flow('Staff', 'person', 'note', 'note');
+           SELECT mesh.set_provisioning('Staff', 'person', NULL, '{}');"#,
+    )
+    .unwrap();
+    run(&mut c, "HR Database", "full_import");
+    c.batch_execute("SELECT mesh.sync()").unwrap();
+    assert_eq!(run(&mut c, "Staff", "export")["added"], json!(4));
+    let rows: Vec<(i32, String, Option<String>)> = hr
+        .query("SELECT employee_id, name, note FROM staff ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(rows[0], (1, "Ada".to_string(), Some("keep me".to_string())), "Ada has no note to write");
+    assert_eq!(rows[2], (3, "Alan".to_string(), Some("ok".to_string())));
+    assert_eq!(rows[3], (4, "Edsger".to_string(), Some("none".to_string())), "the column's default");
+
+    // A refused login: the run fails with the connection's SQLSTATE; the change stays pending.
+    c.execute("SELECT mesh.alter_connector('Staff', secret => $1)", &[&"Wr0ng-guess"])
+        .unwrap();
+    hr.batch_execute("UPDATE employees SET name = 'Alan T.', modified_at = clock_timestamp() WHERE employee_id = 3")
+        .unwrap();
+    run(&mut c, "HR Database", "delta_import");
+    c.batch_execute("SELECT mesh.sync()").unwrap();
+    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('Staff', 'export')"), "08006");
+    let pending: Vec<(String, i32)> = c
+        .query("SELECT status, attempts FROM mesh.pending_exports WHERE connector = 'Staff' AND status <> 'applied'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(pending, vec![("pending".to_string(), 0)]);
+    let errors: i64 = c.query_one("SELECT count(*) FROM mesh.errors", &[]).unwrap().get(0);
+    assert_eq!(errors, 0);
+}
+
+/// TLS as the dsn's sslmode asks: `verify-full` against the cluster's certificate (the
+/// source itself says the session was encrypted), a certificate from another authority
+/// refused before any password is sent, `disable` plain.
+#[test]
+fn tls_is_used_and_checked_as_the_dsn_asks() {
+    let _hr = hr_source();
+    let other_ca = "/tmp/idmesh-run/idmesh_it_other_ca.crt";
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+               "-keyout", "/tmp/idmesh-run/idmesh_it_other_ca.key", "-out", other_ca])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let mut c = fresh_database_with_own_key("idmesh_it_tls");
+    let config = |tls: &str| {
+        json!({"dsn": format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app {tls}", port()),
+               "import_query": "SELECT employee_id, (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()) AS tls FROM employees",
+               "anchor": "employee_id"})
+    };
+    let tls_seen = |c: &mut Client| -> Vec<bool> {
+        c.query("SELECT DISTINCT (attrs->>'tls')::boolean FROM mesh.connector_object", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect()
+    };
+    connector(&mut c, "Checked", config("sslmode=verify-full sslrootcert=/tmp/idmesh-run/server-ca.crt"));
+    assert_eq!(run(&mut c, "Checked", "full_import")["added"], json!(3));
+    assert_eq!(tls_seen(&mut c), vec![true]);
+
+    c.execute(
+        "SELECT mesh.alter_connector('Checked', config => $1, secret => $2)",
+        &[&config(&format!("sslmode=verify-full sslrootcert={other_ca}")), &PASSWORD],
+    )
+    .unwrap();
+    let err = c.batch_execute("SELECT mesh.run('Checked', 'full_import')").unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "08006");
+    assert!(db.message().contains("certificate"), "{}", db.message());
+
+    c.execute(
+        "SELECT mesh.alter_connector('Checked', config => $1, secret => $2)",
+        &[&config("sslmode=disable"), &PASSWORD],
+    )
+    .unwrap();
+    assert_eq!(run(&mut c, "Checked", "full_import")["updated"], json!(3));
+    assert_eq!(tls_seen(&mut c), vec![false]);
+    assert_eq!(
+        sqlstate_of(&mut c, &format!("SELECT mesh.alter_connector('Checked', config => '{}', secret => 'x')", config("sslmode=sometimes"))),
+        "22023"
+    );
 }
 
 // Issue 8, 3: schema discovery of a PostgreSQL source lists the import query's columns

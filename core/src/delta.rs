@@ -49,9 +49,38 @@ pub fn predicate(column: &str, type_name: &str, kind: DeltaKind) -> String {
     )
 }
 
+/// A time watermark as a source wrote it, `seconds` earlier and in the same form: a date
+/// (`2026-11-03`), a date and time with `T` or a space (with or without a fraction), or one
+/// with an offset (`2026-11-03T10:00:00+02:00`). None when it is none of these.
+pub fn minus_seconds(mark: &str, seconds: i64) -> Option<String> {
+    use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime};
+    let earlier = Duration::seconds(seconds);
+    if let Ok(t) = DateTime::parse_from_rfc3339(mark) {
+        return Some((t - earlier).to_rfc3339());
+    }
+    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(mark, format) {
+            return Some((t - earlier).format(format).to_string());
+        }
+    }
+    let day = NaiveDate::parse_from_str(mark, "%Y-%m-%d").ok()?;
+    Some((day.and_hms_opt(0, 0, 0)? - earlier).date().format("%Y-%m-%d").to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_time_mark_moves_back_by_the_overlap_in_its_own_form() {
+        assert_eq!(minus_seconds("2026-11-03T10:00:00.5", 300).as_deref(), Some("2026-11-03T09:55:00.500"));
+        assert_eq!(minus_seconds("2026-11-03 10:00:00", 300).as_deref(), Some("2026-11-03 09:55:00"));
+        assert_eq!(minus_seconds("2026-11-03T10:00:00+02:00", 3600).as_deref(), Some("2026-11-03T09:00:00+02:00"));
+        // A date goes back to the day the overlap reaches: same-day changes are read again.
+        assert_eq!(minus_seconds("2026-11-03", 300).as_deref(), Some("2026-11-02"));
+        assert_eq!(minus_seconds("2026-11-03", 0).as_deref(), Some("2026-11-03"));
+        assert_eq!(minus_seconds("0x00000000000007d1", 300), None);
+    }
 
     #[test]
     fn kinds() {

@@ -55,7 +55,7 @@ pub struct ReadBack {
 /// change's mesh object, its attributes as `to_jsonb` gives them (as the import reads the
 /// source), and their hash. A row belongs to the change whose key has its anchor, as the
 /// engine matches results; a row whose anchor the change itself moved is not staged (the
-/// change is reported failed, and the next import reads the row). Names are qualified
+/// next import reads it). Names are qualified
 /// throughout: the table's columns are in scope next to them.
 fn staged_read_back(table: &str, read_back: &ReadBack) -> String {
     format!(
@@ -174,14 +174,15 @@ pub fn tsql_ident(name: &str) -> String {
         .join(".")
 }
 
-/// `[col] type '$.attributes.col', ...`: how OPENJSON reads the batch's columns.
+/// `[col] type '$.attributes."col"', ...`: how OPENJSON reads the batch's columns (each key
+/// quoted in the path: a name with a space or a quote is a key like any other).
 fn openjson_with(cols: &[(&str, &str)]) -> String {
     cols.iter()
         .map(|(c, ty)| {
             format!(
-                "{} {ty} '$.attributes.{}'",
+                "{} {ty} '$.attributes.\"{}\"'",
                 tsql_ident(c),
-                c.replace('\'', "''")
+                c.replace('\\', "\\\\").replace('"', "\\\"").replace('\'', "''")
             )
         })
         .collect::<Vec<_>>()
@@ -189,7 +190,8 @@ fn openjson_with(cols: &[(&str, &str)]) -> String {
 }
 
 /// The SQL Server upsert: one MERGE over the batch in `@P1` (the same JSON array), read with
-/// OPENJSON using the given column types; OUTPUT returns the rows as written.
+/// OPENJSON using the given column types (no OUTPUT clause: a table with triggers refuses
+/// one without INTO, and nothing reads it).
 pub fn sqlserver_merge(
     table: &str,
     anchors: &[String],
@@ -224,7 +226,7 @@ pub fn sqlserver_merge(
     };
     Ok(format!(
         "MERGE INTO {} AS t USING (SELECT * FROM OPENJSON(@P1) WITH ({})) AS s ON {}{} \
-         WHEN NOT MATCHED THEN INSERT ({}) VALUES ({}) OUTPUT $action, inserted.*;",
+         WHEN NOT MATCHED THEN INSERT ({}) VALUES ({});",
         tsql_ident(table),
         openjson_with(cols),
         on.join(" AND "),
@@ -439,8 +441,8 @@ mod tests {
             ),
             "{sql}"
         );
-        assert!(sql.contains("[employee_id] int '$.attributes.employee_id'"));
-        assert!(sql.contains("[it's] nvarchar(10) '$.attributes.it''s'"));
+        assert!(sql.contains("[employee_id] int '$.attributes.\"employee_id\"'"));
+        assert!(sql.contains("[it's] nvarchar(10) '$.attributes.\"it''s\"'"));
         assert!(sql.contains("ON t.[employee_id] = s.[employee_id]"));
         assert!(
             sql.contains("WHEN MATCHED THEN UPDATE SET t.[mail] = s.[mail], t.[it's] = s.[it's]")
@@ -450,11 +452,14 @@ mod tests {
             "the anchor is not updated"
         );
         assert!(sql.contains("WHEN NOT MATCHED THEN INSERT ([employee_id], [mail], [it's]) VALUES (s.[employee_id], s.[mail], s.[it's])"));
-        assert!(sql.ends_with("OUTPUT $action, inserted.*;"));
+        assert!(sql.ends_with("VALUES (s.[employee_id], s.[mail], s.[it's]);"));
+        let odd = sqlserver_merge("t", &["first name".to_string()], &[("first name", "int"), ("a\"b", "int")]).unwrap();
+        assert!(odd.contains("[first name] int '$.attributes.\"first name\"'"), "{odd}");
+        assert!(odd.contains("[a\"b] int '$.attributes.\"a\\\"b\"'"), "{odd}");
         assert_eq!(tsql_ident("a]b"), "[a]]b]");
         assert_eq!(
             sqlserver_delete("dbo.accounts", &[("login", "nvarchar(64)")]),
-            "DELETE t FROM [dbo].[accounts] AS t JOIN OPENJSON(@P1) WITH ([login] nvarchar(64) '$.attributes.login') AS k \
+            "DELETE t FROM [dbo].[accounts] AS t JOIN OPENJSON(@P1) WITH ([login] nvarchar(64) '$.attributes.\"login\"') AS k \
              ON t.[login] = k.[login];"
         );
         assert!(sqlserver_merge("t", &anchors(), &[("mail", "nvarchar(10)")]).is_err());

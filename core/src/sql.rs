@@ -251,12 +251,14 @@ pub fn json_rows_select(
         Some(n) => format!("coalesce({}, {anchor_sql})", field(n)),
         None => anchor_sql.clone(),
     };
-    // true / false for a boolean column; any other value set means deleted.
+    // true / false for a boolean column; any other value set means deleted; a row without
+    // the column is not deleted (the connector checks the query has it).
     let deleted = match soft_delete_column {
         Some(c) => {
             let v = format!("r->{}", literal(c));
             format!(
-                "coalesce(CASE jsonb_typeof({v}) WHEN 'boolean' THEN ({v})::boolean WHEN 'null' THEN false ELSE true END, false)"
+                "CASE WHEN {v} IS NULL THEN false WHEN jsonb_typeof({v}) = 'boolean' THEN ({v})::boolean \
+                 WHEN jsonb_typeof({v}) = 'null' THEN false ELSE true END"
             )
         }
         None => "false".to_string(),
@@ -266,6 +268,281 @@ pub fn json_rows_select(
          FROM (SELECT coalesce(u.j, u.t::jsonb) AS r, u.h AS hash \
                FROM unnest($1::jsonb[], $2::text[], $3::text[]) AS u(j, h, t)) j"
     )
+}
+
+/// A libpq connection string (`key=value ...`) without its `sslmode` and `sslrootcert`
+/// settings, and their values: the connector makes the TLS link itself (the client library
+/// knows neither `verify-ca` nor `verify-full`). A URL (`postgresql://...`) passes as it is.
+pub fn split_tls_settings(dsn: &str) -> Result<(String, Option<String>, Option<String>), String> {
+    if dsn.starts_with("postgres://") || dsn.starts_with("postgresql://") {
+        return Ok((dsn.to_string(), None, None));
+    }
+    let chars: Vec<char> = dsn.chars().collect();
+    let (mut rest, mut mode, mut root) = (Vec::new(), None, None);
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i].is_whitespace() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && chars[i] != '=' && !chars[i].is_whitespace() {
+            i += 1;
+        }
+        let key: String = chars[start..i].iter().collect();
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        if chars.get(i) != Some(&'=') {
+            return Err(format!("\"{key}\" has no value"));
+        }
+        i += 1;
+        while i < chars.len() && chars[i].is_whitespace() {
+            i += 1;
+        }
+        let mut value = String::new();
+        if chars.get(i) == Some(&'\'') {
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    None => return Err(format!("the value of \"{key}\" has no closing quote")),
+                    Some('\\') => {
+                        value.extend(chars.get(i + 1));
+                        i += 2;
+                    }
+                    Some('\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(c) => {
+                        value.push(*c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while i < chars.len() && !chars[i].is_whitespace() {
+                value.push(chars[i]);
+                i += 1;
+            }
+        }
+        match key.as_str() {
+            "sslmode" => mode = Some(value),
+            "sslrootcert" => root = Some(value),
+            _ => rest.push(chars[start..i].iter().collect::<String>()),
+        }
+    }
+    Ok((rest.join(" "), mode, root))
+}
+
+/// A decimal from its unscaled digits and scale, as SQL writes it: `-0.5`, `42`, `1.50`.
+pub fn decimal_text(value: i128, scale: u8) -> String {
+    let sign = if value < 0 { "-" } else { "" };
+    let digits = value.unsigned_abs().to_string();
+    if scale == 0 {
+        return format!("{sign}{digits}");
+    }
+    let scale = scale as usize;
+    let padded = format!("{digits:0>width$}", width = scale + 1);
+    let (whole, fraction) = padded.split_at(padded.len() - scale);
+    format!("{sign}{whole}.{fraction}")
+}
+
+/// Which quoting rules a statement follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    Postgres,
+    /// SQL Server: `[quoted]` identifiers, no dollar quotes or E'' strings.
+    TSql,
+}
+
+/// A statement cut at its placeholders: text as written, and the names placeholders give.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Text(String),
+    Placeholder(String),
+}
+
+/// Splits `sql` at placeholders: `sigil` then a name (letters, digits, `_`; or a quoted
+/// `"name"`), found only where SQL code is: never inside string literals, quoted
+/// identifiers, comments or dollar quotes. A sigil right after a letter, digit, `_` or
+/// another sigil is not one (`x::int` is a cast, `a[1:n]` a slice, `@@rowcount` a T-SQL
+/// variable), and a longer name is another placeholder (`@watermark2`).
+pub fn placeholders(sql: &str, dialect: Dialect, sigil: char) -> Vec<Piece> {
+    let chars: Vec<char> = sql.chars().collect();
+    let word = |c: char| c.is_alphanumeric() || c == '_';
+    let mut pieces = Vec::new();
+    let mut text = String::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        let skip_to = match c {
+            '\'' => {
+                let escapes = dialect == Dialect::Postgres
+                    && i > 0
+                    && matches!(chars[i - 1], 'e' | 'E')
+                    && !(i > 1 && word(chars[i - 2]));
+                Some(quoted_end(&chars, i + 1, '\'', escapes))
+            }
+            '"' => Some(quoted_end(&chars, i + 1, '"', false)),
+            '[' if dialect == Dialect::TSql => Some(quoted_end(&chars, i + 1, ']', false)),
+            '-' if next == Some('-') => Some(
+                (i..chars.len())
+                    .find(|&j| chars[j] == '\n')
+                    .unwrap_or(chars.len()),
+            ),
+            '/' if next == Some('*') => Some(block_comment_end(&chars, i)),
+            '$' if dialect == Dialect::Postgres && !(i > 0 && (word(chars[i - 1]) || chars[i - 1] == '$')) => {
+                dollar_quote_end(&chars, i)
+            }
+            _ => None,
+        };
+        if let Some(end) = skip_to {
+            text.extend(&chars[i..end]);
+            i = end;
+            continue;
+        }
+        if c == sigil && !(i > 0 && (word(chars[i - 1]) || chars[i - 1] == sigil)) {
+            if let Some((name, end)) = placeholder_name(&chars, i + 1) {
+                if !text.is_empty() {
+                    pieces.push(Piece::Text(std::mem::take(&mut text)));
+                }
+                pieces.push(Piece::Placeholder(name));
+                i = end;
+                continue;
+            }
+        }
+        text.push(c);
+        i += 1;
+    }
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    pieces
+}
+
+/// The pieces written out again, each placeholder as `with` gives it.
+pub fn render(pieces: &[Piece], mut with: impl FnMut(&str) -> String) -> String {
+    let mut out = String::new();
+    for p in pieces {
+        match p {
+            Piece::Text(t) => out.push_str(t),
+            Piece::Placeholder(n) => out.push_str(&with(n)),
+        }
+    }
+    out
+}
+
+/// `sql` with the placeholder `sigil name` replaced by `with`; other placeholders stay.
+pub fn replace_placeholder(sql: &str, dialect: Dialect, sigil: char, name: &str, with: &str) -> String {
+    render(&placeholders(sql, dialect, sigil), |n| {
+        if n == name {
+            with.to_string()
+        } else {
+            format!("{sigil}{}", quote_if_needed(n))
+        }
+    })
+}
+
+/// Whether `sql` uses the placeholder `sigil name` where SQL code is.
+pub fn has_placeholder(sql: &str, dialect: Dialect, sigil: char, name: &str) -> bool {
+    placeholders(sql, dialect, sigil)
+        .iter()
+        .any(|p| matches!(p, Piece::Placeholder(n) if n == name))
+}
+
+fn quote_if_needed(name: &str) -> String {
+    let plain = name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_alphanumeric() || c == '_');
+    if plain {
+        name.to_string()
+    } else {
+        ident(name)
+    }
+}
+
+/// Where a quoted stretch opened before `from` ends (after its closing quote; a doubled
+/// quote is one quote, and with `escapes` a backslash escapes the next character).
+fn quoted_end(chars: &[char], mut from: usize, quote: char, escapes: bool) -> usize {
+    while from < chars.len() {
+        if escapes && chars[from] == '\\' {
+            from += 2;
+            continue;
+        }
+        if chars[from] == quote {
+            if chars.get(from + 1) == Some(&quote) {
+                from += 2;
+                continue;
+            }
+            return from + 1;
+        }
+        from += 1;
+    }
+    chars.len()
+}
+
+/// The end of a block comment starting at `start` (comments nest).
+fn block_comment_end(chars: &[char], start: usize) -> usize {
+    let (mut depth, mut i) = (0, start);
+    while i + 1 < chars.len() {
+        if chars[i] == '/' && chars[i + 1] == '*' {
+            depth += 1;
+            i += 2;
+        } else if chars[i] == '*' && chars[i + 1] == '/' {
+            depth -= 1;
+            i += 2;
+            if depth == 0 {
+                return i;
+            }
+        } else {
+            i += 1;
+        }
+    }
+    chars.len()
+}
+
+/// The end of a dollar-quoted string (`$$...$$`, `$tag$...$tag$`) opening at `start`; None
+/// when the `$` opens none (a positional parameter `$1`, say).
+fn dollar_quote_end(chars: &[char], start: usize) -> Option<usize> {
+    let mut j = start + 1;
+    while j < chars.len() && (chars[j].is_alphanumeric() || chars[j] == '_') {
+        j += 1;
+    }
+    if chars.get(j) != Some(&'$') || chars.get(start + 1).is_some_and(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    let tag: Vec<char> = chars[start..=j].to_vec();
+    let mut k = j + 1;
+    while k + tag.len() <= chars.len() {
+        if chars[k..k + tag.len()] == tag[..] {
+            return Some(k + tag.len());
+        }
+        k += 1;
+    }
+    Some(chars.len())
+}
+
+/// A placeholder's name starting at `from`, and where it ends.
+fn placeholder_name(chars: &[char], from: usize) -> Option<(String, usize)> {
+    match chars.get(from) {
+        Some('"') => {
+            let end = quoted_end(chars, from + 1, '"', false);
+            if end > chars.len() || chars.get(end - 1) != Some(&'"') || end == from + 2 {
+                return None;
+            }
+            let inner: String = chars[from + 1..end - 1].iter().collect();
+            Some((inner.replace("\"\"", "\""), end))
+        }
+        Some(c) if c.is_alphabetic() || *c == '_' => {
+            let mut end = from;
+            while end < chars.len() && (chars[end].is_alphanumeric() || chars[end] == '_') {
+                end += 1;
+            }
+            Some((chars[from..end].iter().collect(), end))
+        }
+        _ => None,
+    }
 }
 
 /// The anchor in the detail of a primary-key violation of the connector space:
@@ -281,6 +558,65 @@ pub fn repeated_anchor(detail: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn names(sql: &str, dialect: Dialect, sigil: char) -> Vec<String> {
+        placeholders(sql, dialect, sigil)
+            .into_iter()
+            .filter_map(|p| match p {
+                Piece::Placeholder(n) => Some(n),
+                Piece::Text(_) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tls_settings_are_taken_out_of_a_connection_string() {
+        let (rest, mode, root) = split_tls_settings(
+            "host=db.corp port=5432 sslmode=verify-full dbname='h r' sslrootcert = '/etc/a b.crt' user=mesh",
+        )
+        .unwrap();
+        assert_eq!(rest, "host=db.corp port=5432 dbname='h r' user=mesh");
+        assert_eq!(mode.as_deref(), Some("verify-full"));
+        assert_eq!(root.as_deref(), Some("/etc/a b.crt"));
+        assert_eq!(split_tls_settings("host=x").unwrap(), ("host=x".to_string(), None, None));
+        assert!(split_tls_settings("host").is_err());
+        assert!(split_tls_settings("host='x").is_err());
+    }
+
+    #[test]
+    fn decimals_are_written_from_digits_and_scale() {
+        assert_eq!(decimal_text(-15, 1), "-1.5");
+        assert_eq!(decimal_text(-5, 1), "-0.5");
+        assert_eq!(decimal_text(42, 0), "42");
+        assert_eq!(decimal_text(150, 2), "1.50");
+        assert_eq!(decimal_text(7, 3), "0.007");
+        assert_eq!(decimal_text(-7, 3), "-0.007");
+        assert_eq!(decimal_text(i128::MIN, 0), "-170141183460469231731687303715884105728");
+    }
+
+    #[test]
+    fn placeholders_are_found_only_in_code() {
+        let sql = "SELECT ':no', E'it\\'s :no', \"a:no\", $$ :no $$, $t$ :no $t$ -- it's :no\n\
+                   /* :no /* nested :no */ :no */ x::int, a[1:n], :yes, :\"quoted name\", :two_2-1";
+        assert_eq!(names(sql, Dialect::Postgres, ':'), vec!["yes", "quoted name", "two_2"]);
+        // T-SQL: [identifiers], no E'' strings or dollar quotes; @@ is a system variable.
+        let tsql = "SELECT '@no', [a@no], @@rowcount, x FROM t -- employee's @no\n WHERE d > @watermark AND e = @watermark_utc";
+        assert_eq!(names(tsql, Dialect::TSql, '@'), vec!["watermark", "watermark_utc"]);
+    }
+
+    #[test]
+    fn a_placeholder_is_replaced_and_the_rest_kept_as_written() {
+        let sql = "SELECT * FROM emp -- the employee's changes\nWHERE m > @watermark AND n <> '@watermark' AND o = @watermark2";
+        assert_eq!(
+            replace_placeholder(sql, Dialect::Postgres, '@', "watermark", "$1"),
+            "SELECT * FROM emp -- the employee's changes\nWHERE m > $1 AND n <> '@watermark' AND o = @watermark2"
+        );
+        assert!(has_placeholder(sql, Dialect::Postgres, '@', "watermark"));
+        assert!(!has_placeholder("SELECT '@watermark'", Dialect::Postgres, '@', "watermark"));
+        // Text the scanner passes keeps every character, quotes and all.
+        let odd = "SELECT $1, 'a''b', \"c\"\"d\", $q$ x $q$, /* ü */ 'é'";
+        assert_eq!(render(&placeholders(odd, Dialect::Postgres, ':'), |_| unreachable!()), odd);
+    }
 
     fn keys(e: &str) -> Vec<String> {
         used_names(e).into_iter().map(|u| u.key).collect()
@@ -361,7 +697,7 @@ mod tests {
         let two = json_rows_select(&["org".into(), "emp".into()], Some("login"), Some("gone"));
         assert!(two.contains("CASE WHEN r->>'org' IS NULL OR r->>'emp' IS NULL THEN NULL ELSE concat_ws(E'\\x1f', r->>'org', r->>'emp') END AS anchor"));
         assert!(two.contains("coalesce(r->>'login', CASE"));
-        assert!(two.contains("jsonb_typeof(r->'gone') WHEN 'boolean' THEN (r->'gone')::boolean"));
+        assert!(two.contains("CASE WHEN r->'gone' IS NULL THEN false WHEN jsonb_typeof(r->'gone') = 'boolean' THEN (r->'gone')::boolean"));
         // a column name is a literal key, never SQL
         let odd = json_rows_select(&["a'); DROP TABLE x; --".into()], None, None);
         assert!(odd.starts_with("SELECT r->>'a''); DROP TABLE x; --' AS anchor"));

@@ -34,12 +34,19 @@ fn create_connector(
         crate::error::invalid("connector config must be a JSON object", "");
     }
     connectors::validate(kind, &config.0, secret.is_some());
-    let sealed: Option<Vec<u8>> = secret.map(crate::secrets::encrypt);
-    store::one::<i32>(
-        "INSERT INTO mesh.connector (name, kind, config, secret) VALUES ($1, $2, $3, $4) RETURNING id",
-        &[name.into(), kind.into(), config.into(), sealed.into()],
+    let id = store::one::<i32>(
+        "INSERT INTO mesh.connector (name, kind, config) VALUES ($1, $2, $3) RETURNING id",
+        &[name.into(), kind.into(), config.into()],
     )
-    .expect("connector id")
+    .expect("connector id");
+    if let Some(s) = secret {
+        // Sealed for this connector's id: the ciphertext opens for no other.
+        store::exec(
+            "UPDATE mesh.connector SET secret = $2 WHERE id = $1",
+            &[id.into(), crate::secrets::encrypt(id, s).into()],
+        );
+    }
+    id
 }
 
 /// Changes a connector's config, secret or enabled flag (NULL keeps the current one).
@@ -62,6 +69,20 @@ fn alter_connector(
             &[c.id.into()],
         );
         connectors::validate(&c.kind, &cfg.0, secret.is_some() || stored == Some(true));
+        // The stored secret goes only where it was given for: a config that sends it to
+        // another server (or over a weaker link) must come with the secret again.
+        if secret.is_none() && stored == Some(true) {
+            if let Some(key) = connectors::secret_destination(&c.kind)
+                .iter()
+                .find(|k| c.config.get(**k) != cfg.0.get(**k))
+            {
+                raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("changing \"{key}\" of connector \"{name}\" would send its stored secret somewhere else"),
+                    "Give the secret again in the same call: mesh.alter_connector(name, config => ..., secret => ...).",
+                );
+            }
+        }
     } else if secret.is_some() {
         connectors::validate(&c.kind, &c.config, true);
     }
@@ -70,7 +91,7 @@ fn alter_connector(
         // Replaced, never shown.
         store::exec(
             "UPDATE mesh.connector SET secret = $2 WHERE id = $1",
-            &[c.id.into(), crate::secrets::encrypt(s).into()],
+            &[c.id.into(), crate::secrets::encrypt(c.id, s).into()],
         );
     }
     store::exec(

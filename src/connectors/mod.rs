@@ -77,11 +77,15 @@ pub fn validate(kind: &str, config: &Value, has_secret: bool) {
 /// Opens a connector for a run.
 pub fn open(id: i32, kind: &str, name: &str, config: &Value) -> Box<dyn IdentityConnector> {
     match kind {
-        "postgres" => Box::new(postgres::PostgresConnector::new(
-            name,
-            postgres::PostgresConfig::parse(config),
-            crate::secrets::secret_of(id, name),
-        )),
+        "postgres" => {
+            let mut cfg = postgres::PostgresConfig::parse(config);
+            cfg.written = flow_writes(id);
+            Box::new(postgres::PostgresConnector::new(
+                name,
+                cfg,
+                crate::secrets::secret_of(id, name),
+            ))
+        }
         "table" => Box::new(table::TableConnector::new(
             name,
             table::TableConfig::parse(config),
@@ -112,6 +116,40 @@ pub fn open(id: i32, kind: &str, name: &str, config: &Value) -> Box<dyn Identity
             "",
         ),
     }
+}
+
+/// The settings that say where a connector's secret is sent and how it is protected on
+/// the way: changing one needs the secret given again.
+pub fn secret_destination(kind: &str) -> &'static [&'static str] {
+    match kind {
+        "postgres" => &["dsn"],
+        "sqlserver" => &["host", "port", "user", "encrypt", "trust_cert"],
+        "active_directory" => &[
+            "url",
+            "starttls",
+            "tls_verify",
+            "ca_file",
+            "bind",
+            "bind_dn",
+            "server_fqdn",
+            "allow_plain_bind",
+        ],
+        _ => &[],
+    }
+}
+
+/// The attributes a connector's export flows write.
+fn flow_writes(connector_id: i32) -> Vec<String> {
+    let rows = crate::store::json(
+        "SELECT coalesce(jsonb_agg(DISTINCT target), '[]') FROM mesh.flow_rule \
+         WHERE connector_id = $1 AND direction = 'export'",
+        &[connector_id.into()],
+    );
+    rows.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.as_str().map(str::to_string))
+        .collect()
 }
 
 /// The attributes a connector's import flows and join rules read, per object type.

@@ -14,7 +14,7 @@ use super::rows::{forced_full, pg_batch, pg_results, RowShape};
 use crate::error::invalid;
 use idmesh_core::delta::DeltaKind;
 use idmesh_core::export_sql::{Mode, Returning};
-use idmesh_core::sql::ident;
+use idmesh_core::sql::{has_placeholder, ident, placeholders, render, replace_placeholder, Dialect, Piece};
 use idmesh_sdk::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -37,6 +37,9 @@ pub struct PostgresConfig {
     /// The user's own statement per operation (add, update, disable, delete), with named
     /// parameters `:attribute` (the new value, else the current one).
     pub export_statements: std::collections::HashMap<String, String>,
+    /// The attributes the connector's export flows write (set when it is opened for a run):
+    /// the names its export statements may use besides the anchor and the object's own.
+    pub written: Vec<String>,
 }
 
 fn text(config: &Value, key: &str) -> Option<String> {
@@ -65,7 +68,12 @@ impl PostgresConfig {
                 "e.g. {\"dsn\": \"host=hr-db port=5432 dbname=hr user=mesh\"}",
             )
         });
-        match tokio_postgres::Config::from_str(&dsn) {
+        // sslmode and sslrootcert are the connector's to read (checked here, the file too).
+        let tls_free = match tls_of(&dsn) {
+            Ok((rest, _)) => rest,
+            Err(e) => invalid(format!("postgres connector: {e}"), ""),
+        };
+        match tokio_postgres::Config::from_str(&tls_free) {
             Err(e) => invalid(format!("postgres connector: dsn is not valid: {e}"), ""),
             Ok(c) if c.get_password().is_some() => invalid(
                 "postgres connector: the dsn must not hold a password",
@@ -79,9 +87,11 @@ impl PostgresConfig {
                 "e.g. SELECT * FROM employees WHERE modified_at > @watermark",
             )
         });
+        // It runs as a subquery: a closing `;` would end it early.
+        let import_query = import_query.trim_end().trim_end_matches(';').trim_end().to_string();
         let anchor = super::rows::anchor_setting(config, "postgres");
         let delta_column = text(config, "delta_column");
-        if import_query.contains("@watermark") && delta_column.is_none() {
+        if uses_watermark(&import_query) && delta_column.is_none() {
             invalid(
                 "postgres connector: an import_query with @watermark needs a \"delta_column\"",
                 "",
@@ -113,6 +123,7 @@ impl PostgresConfig {
                     .collect(),
                 Some(_) => invalid("postgres connector: \"export_statements\" must be an object", ""),
             },
+            written: Vec::new(),
             export_mode: match text(config, "export_mode").as_deref().unwrap_or("upsert") {
                 "upsert" => Mode::Upsert,
                 "insert" => Mode::Insert,
@@ -126,25 +137,98 @@ impl PostgresConfig {
     }
 }
 
-/// `@watermark` outside string literals, replaced by `with`.
+/// Whether the query has the `@watermark` placeholder where SQL code is (not in a literal,
+/// a quoted name or a comment).
+fn uses_watermark(query: &str) -> bool {
+    has_placeholder(query, Dialect::Postgres, '@', "watermark")
+}
+
+/// `@watermark` where SQL code is, replaced by `with`.
 fn bind_watermark(query: &str, with: &str) -> String {
-    let mut out = String::with_capacity(query.len());
-    let mut in_literal = false;
-    let mut rest = query;
-    while !rest.is_empty() {
-        if !in_literal && rest.starts_with("@watermark") {
-            out.push_str(with);
-            rest = &rest["@watermark".len()..];
-            continue;
-        }
-        let c = rest.chars().next().unwrap();
-        if c == '\'' {
-            in_literal = !in_literal;
-        }
-        out.push(c);
-        rest = &rest[c.len_utf8()..];
+    replace_placeholder(query, Dialect::Postgres, '@', "watermark", with)
+}
+
+/// The import query as a subquery `q` (on lines of its own: it may end in a comment).
+fn subquery(query: &str) -> String {
+    format!("(\n{query}\n) q")
+}
+
+/// The lowest value of a delta column's type: a full import binds it for `@watermark`.
+fn lowest(ty: &str) -> &'static str {
+    match ty {
+        "int2" => "-32768",
+        "int4" => "-2147483648",
+        "int8" => "-9223372036854775808",
+        "float4" | "float8" => "-Infinity",
+        "numeric" | "money" => "-1e1000",
+        _ => "-infinity",
     }
-    out
+}
+
+/// The source's "now" for a delta column of a time type: a high mark never passes it, so a
+/// row dated in the future (or `infinity`) cannot hold the watermark there and hide the
+/// changes that come after it (the future row is read again, unchanged, each time).
+fn now_of(ty: &str) -> Option<&'static str> {
+    match ty {
+        "timestamptz" => Some("now()"),
+        "timestamp" => Some("localtimestamp"),
+        "date" => Some("current_date"),
+        _ => None,
+    }
+}
+
+/// How the connection is protected, from the dsn's `sslmode` and `sslrootcert`, as libpq
+/// reads them.
+enum Tls {
+    Off,
+    On {
+        /// `require` and stricter: no session without TLS.
+        required: bool,
+        connector: native_tls::TlsConnector,
+    },
+}
+
+/// The dsn without its TLS settings, and the link they ask for: `disable`; `allow` and
+/// `prefer` (the default: TLS when the server offers it, its certificate unchecked);
+/// `require` (unchecked, unless an `sslrootcert` is given: then as `verify-ca`);
+/// `verify-ca` (the certificate chains to `sslrootcert`, or the system's roots);
+/// `verify-full` (and names the host).
+fn tls_of(dsn: &str) -> Result<(String, Tls), String> {
+    let (rest, mode, root) =
+        idmesh_core::sql::split_tls_settings(dsn).map_err(|e| format!("dsn: {e}"))?;
+    let mode = mode.unwrap_or_else(|| "prefer".into());
+    let (required, check_chain, check_host) = match mode.as_str() {
+        "disable" => return Ok((rest, Tls::Off)),
+        "allow" | "prefer" => (false, false, false),
+        "require" => (true, root.is_some(), false),
+        "verify-ca" => (true, true, false),
+        "verify-full" => (true, true, true),
+        other => {
+            return Err(format!(
+                "dsn: unknown sslmode \"{other}\" (disable, allow, prefer, require, verify-ca, verify-full)"
+            ))
+        }
+    };
+    let mut builder = native_tls::TlsConnector::builder();
+    builder.danger_accept_invalid_certs(!check_chain);
+    builder.danger_accept_invalid_hostnames(!check_host);
+    if let Some(path) = root.filter(|_| check_chain) {
+        let pem = std::fs::read(&path).map_err(|e| format!("dsn: cannot read sslrootcert {path}: {e}"))?;
+        let cert = native_tls::Certificate::from_pem(&pem)
+            .map_err(|e| format!("dsn: sslrootcert {path} is not a PEM certificate: {e}"))?;
+        builder.add_root_certificate(cert);
+    }
+    let connector = builder.build().map_err(|e| format!("TLS: {e}"))?;
+    Ok((rest, Tls::On { required, connector }))
+}
+
+/// The import query ready to run (see `prepared_query`).
+struct PreparedImport {
+    query: String,
+    /// The type of `@watermark` as the server infers it, when the query has one.
+    param_type: Option<String>,
+    /// The type of the delta column.
+    delta_type: Option<String>,
 }
 
 pub struct PostgresConnector {
@@ -181,12 +265,30 @@ fn refused(what: &str, e: tokio_postgres::Error) -> (Option<String>, String) {
 }
 
 fn connection_error(what: &str, e: tokio_postgres::Error) -> ConnectorError {
-    // tokio-postgres errors never carry the password; the server's message is kept.
-    let detail = match e.as_db_error() {
-        Some(db) => format!("{} ({})", db.message(), db.code().code()),
-        None => e.to_string(),
-    };
-    ConnectorError::connection(format!("{what}: {detail}"))
+    // tokio-postgres errors never carry the password; the server's message is kept, and
+    // its class says whose the fault is: the query's (a setting), the data's, or the link's.
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            let message = format!("{what}: {} ({code})", db.message());
+            match &code[..2] {
+                "42" | "0A" => ConnectorError::config(message),
+                "22" | "23" => ConnectorError::data(message),
+                _ => ConnectorError::connection(message),
+            }
+        }
+        None => {
+            // The cause says what failed (the certificate, the network); the client's own
+            // text only that something did.
+            let mut detail = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                detail.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            ConnectorError::connection(format!("{what}: {detail}"))
+        }
+    }
 }
 
 impl PostgresConnector {
@@ -202,20 +304,39 @@ impl PostgresConnector {
 
     async fn client(&mut self) -> Result<&tokio_postgres::Client, ConnectorError> {
         if self.client.is_none() {
-            let mut cfg = tokio_postgres::Config::from_str(&self.config.dsn)
+            let (dsn, tls) = tls_of(&self.config.dsn).map_err(ConnectorError::config)?;
+            let mut cfg = tokio_postgres::Config::from_str(&dsn)
                 .map_err(|e| ConnectorError::config(format!("dsn: {e}")))?;
             if let Some(p) = &self.password {
                 cfg.password(p);
             }
             cfg.application_name("idmesh");
             cfg.connect_timeout(std::time::Duration::from_secs(30));
-            let (client, connection) = cfg.connect(tokio_postgres::NoTls).await.map_err(|e| {
-                connection_error(
-                    &format!("cannot connect to the database of \"{}\"", self.name),
-                    e,
-                )
-            })?;
-            tokio::spawn(connection);
+            let what = format!("cannot connect to the database of \"{}\"", self.name);
+            let client = match tls {
+                Tls::Off => {
+                    cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                    let (client, connection) = cfg
+                        .connect(tokio_postgres::NoTls)
+                        .await
+                        .map_err(|e| connection_error(&what, e))?;
+                    tokio::spawn(connection);
+                    client
+                }
+                Tls::On { required, connector } => {
+                    cfg.ssl_mode(if required {
+                        tokio_postgres::config::SslMode::Require
+                    } else {
+                        tokio_postgres::config::SslMode::Prefer
+                    });
+                    let (client, connection) = cfg
+                        .connect(postgres_native_tls::MakeTlsConnector::new(connector))
+                        .await
+                        .map_err(|e| connection_error(&what, e))?;
+                    tokio::spawn(connection);
+                    client
+                }
+            };
             self.client = Some(client);
         }
         Ok(self.client.as_ref().unwrap())
@@ -239,27 +360,60 @@ impl PostgresConnector {
         Ok(prepared)
     }
 
-    /// The import query with `@watermark` as a typed parameter, and the text of the type.
-    async fn prepared_query(&mut self) -> Result<(String, Option<String>), ConnectorError> {
+    /// The import query with `@watermark` as a typed parameter (and the text of its type),
+    /// checked against the columns it returns: every column the settings name is there, and
+    /// no name comes twice (a row is one JSON object: the second would hide the first).
+    async fn prepared_query(&mut self) -> Result<PreparedImport, ConnectorError> {
         let query = self.config.import_query.clone();
-        if !query.contains("@watermark") {
-            return Ok((query, None));
-        }
-        let probe = bind_watermark(&query, "$1");
+        let watermark = uses_watermark(&query);
+        let probe = if watermark { bind_watermark(&query, "$1") } else { query.clone() };
         let client = self.client().await?;
         let stmt = client
             .prepare(&probe)
             .await
             .map_err(|e| connection_error("the import_query does not prepare", e))?;
+        let columns: Vec<(String, String)> = stmt
+            .columns()
+            .iter()
+            .map(|c| (c.name().to_string(), c.type_().name().to_string()))
+            .collect();
+        for (i, (name, _)) in columns.iter().enumerate() {
+            if columns[..i].iter().any(|(n, _)| n == name) {
+                return Err(ConnectorError::config(format!(
+                    "the import_query returns two columns named \"{name}\": name them apart (AS ...)"
+                )));
+            }
+        }
+        let named = super::rows::named_columns(
+            &self.config.anchor,
+            &self.config.delta_column,
+            &self.config.name_column,
+            &self.config.soft_delete_column,
+        );
+        for (setting, column) in named {
+            if !columns.iter().any(|(n, _)| n == column) {
+                return Err(ConnectorError::config(format!(
+                    "{setting} \"{column}\" is not a column of the import_query (it returns {})",
+                    columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
+                )));
+            }
+        }
+        let delta_type = self.config.delta_column.as_ref().and_then(|d| {
+            columns.iter().find(|(n, _)| n == d).map(|(_, t)| t.clone())
+        });
+        if !watermark {
+            return Ok(PreparedImport { query, param_type: None, delta_type });
+        }
         let ty = stmt
             .params()
             .first()
             .map(|t| t.name().to_string())
             .unwrap_or_else(|| "text".into());
-        Ok((
-            bind_watermark(&query, &format!("($1::text)::{}", ident(&ty))),
-            Some(ty),
-        ))
+        Ok(PreparedImport {
+            query: bind_watermark(&query, &format!("($1::text)::{}", ident(&ty))),
+            param_type: Some(ty),
+            delta_type,
+        })
     }
 
     async fn import(
@@ -267,7 +421,7 @@ impl PostgresConnector {
         from: Option<&Watermark>,
         sink: &mut dyn ImportSink,
     ) -> Result<ImportEnd, ConnectorError> {
-        let (query, ty) = self.prepared_query().await?;
+        let PreparedImport { query, param_type: ty, delta_type } = self.prepared_query().await?;
         let kind = ty.as_deref().and_then(DeltaKind::of_type);
         // The lowest value reads everything; a delta reads from the watermark minus the overlap.
         let low: Option<String> = match (
@@ -283,7 +437,8 @@ impl PostgresConnector {
                     Some(DeltaKind::Time) => "($2::text)::interval",
                     _ => "($2::text)::numeric",
                 };
-                let sql = format!("SELECT ((($1::text)::{0}) - {sub})::{0}::text", ident(t));
+                // As JSON gives it (ISO 8601, a numeric offset): the same under any DateStyle.
+                let sql = format!("SELECT to_json((($1::text)::{0} - {sub})::{0})#>>'{{}}'", ident(t));
                 let row = self
                     .client()
                     .await?
@@ -293,8 +448,7 @@ impl PostgresConnector {
                 row.get::<_, Option<String>>(0)
             }
             (Some(t), None) => Some(match kind {
-                Some(DeltaKind::Time) => "-infinity".to_string(),
-                Some(DeltaKind::Number) => "-9223372036854775808".to_string(),
+                Some(_) => lowest(t).to_string(),
                 None => {
                     return Err(ConnectorError::config(format!(
                         "@watermark has type {t}: use a timestamp, date or integer"
@@ -309,7 +463,13 @@ impl PostgresConnector {
         // The new high mark, read before the rows: what commits meanwhile is read next time.
         let high: Option<String> = match &self.config.delta_column {
             Some(col) => {
-                let sql = format!("SELECT max(q.{})::text FROM ({query}) q", ident(col));
+                let max = format!("max(q.{})", ident(col));
+                let capped = match delta_type.as_deref().and_then(now_of) {
+                    // (not least(): it would make "no rows" read as "now")
+                    Some(now) => format!("CASE WHEN {max} > {now} THEN {now} ELSE {max} END"),
+                    None => max,
+                };
+                let sql = format!("SELECT to_json({capped})#>>'{{}}' FROM {}", subquery(&query));
                 self.client()
                     .await?
                     .query_one(&sql, &params)
@@ -321,7 +481,7 @@ impl PostgresConnector {
         };
         // Rows travel as JSON texts (to_json renders every type in its own faithful form, at
         // twice the speed of to_jsonb) and are staged as they are, without parsing them here.
-        let sql = format!("SELECT to_json(q)::text FROM ({query}) q");
+        let sql = format!("SELECT to_json(q)::text FROM {}", subquery(&query));
         let client = self.client().await?;
         let stream = client
             .query_raw(&sql, params.iter().copied())
@@ -391,13 +551,9 @@ impl PostgresConnector {
             )),
         }
         match self.prepared_query().await {
-            Ok((q, _)) => {
-                let sql = format!("SELECT count(*) FROM ({q}) q WHERE false");
-                let probe = if q.contains("$1") {
-                    vec!["-infinity".to_string()]
-                } else {
-                    vec![]
-                };
+            Ok(prepared) => {
+                let sql = format!("SELECT count(*) FROM {} WHERE false", subquery(&prepared.query));
+                let probe: Vec<String> = prepared.param_type.iter().map(|t| lowest(t).to_string()).collect();
                 let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = probe
                     .iter()
                     .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
@@ -421,7 +577,7 @@ impl IdentityConnector for PostgresConnector {
     /// The import query's columns and their types, as the server prepares it.
     fn discover_schema<'a>(&'a mut self) -> BoxFuture<'a, Result<Schema, ConnectorError>> {
         Box::pin(async move {
-            let (query, _) = self.prepared_query().await?;
+            let query = self.prepared_query().await?.query;
             let client = self.client().await?;
             let stmt = client
                 .prepare(&query)
@@ -464,7 +620,9 @@ impl IdentityConnector for PostgresConnector {
         sink: &'a mut dyn ImportSink,
     ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
         Box::pin(async move {
-            if self.config.delta_column.is_none() || from.0.get("high").is_none() {
+            // No watermark, or one of another delta column (the setting changed): read all.
+            let same_column = from.0.get("column").and_then(Value::as_str) == self.config.delta_column.as_deref();
+            if self.config.delta_column.is_none() || from.0.get("high").is_none() || !same_column {
                 return self.import(None, sink).await.map(forced_full);
             }
             self.import(Some(from), sink).await
@@ -477,7 +635,7 @@ impl IdentityConnector for PostgresConnector {
     ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
         Box::pin(async move {
             if !self.config.export_statements.is_empty() {
-                return Ok(self.export_by_statements(changes).await);
+                return self.export_by_statements(changes).await;
             }
             let Some(table) = self.config.export_table.clone() else {
                 return Ok(changes
@@ -486,15 +644,20 @@ impl IdentityConnector for PostgresConnector {
                     .collect());
             };
             let table = table.split('.').map(ident).collect::<Vec<_>>().join(".");
+            // Unreachable or refused login: the run fails and every change stays pending.
+            self.client().await?;
             let mut results = Vec::with_capacity(changes.len());
             for (op, group) in super::rows::by_operation(changes) {
-                // The whole group in one statement; if it fails, each change alone.
+                // The whole group in one statement; if it fails, each change alone. A lost
+                // connection fails the run instead: nothing is known of the changes then.
                 match self.apply(&table, op, &group).await {
                     Ok(r) => results.extend(r),
+                    Err((_, msg)) if self.lost() => return Err(ConnectorError::connection(msg)),
                     Err(_) => {
                         for c in &group {
                             match self.apply(&table, op, &[*c]).await {
                                 Ok(r) => results.extend(r),
+                                Err((_, msg)) if self.lost() => return Err(ConnectorError::connection(msg)),
                                 Err((code, msg)) => results.push(match code {
                                     Some(code) => {
                                         ExportResult::failed_with_code(c.mesh_id, code, msg)
@@ -511,82 +674,60 @@ impl IdentityConnector for PostgresConnector {
     }
 }
 
-/// The user's statement with `:name` parameters, as one statement taking the change as a
-/// single jsonb parameter; each `:name` is typed as the server infers it from its place.
-/// Returns (statement, the names in order).
-fn named_parameters(sql: &str) -> (String, Vec<String>) {
+/// The user's statement cut at its `:name` parameters (found where SQL code is: not in
+/// literals, quoted names, comments or dollar quotes; `::` is a cast), and the names in the
+/// order first used. `:"name"` names an attribute that is not a plain word.
+fn named_parameters(sql: &str) -> (Vec<Piece>, Vec<String>) {
+    let pieces = placeholders(sql, Dialect::Postgres, ':');
     let mut names: Vec<String> = Vec::new();
-    let mut out = String::new();
-    let b = sql.as_bytes();
-    let (mut i, mut in_literal) = (0, false);
-    while i < b.len() {
-        let c = b[i];
-        if c == b'\'' {
-            in_literal = !in_literal;
-        }
-        let starts_name = !in_literal
-            && c == b':'
-            && b.get(i + 1)
-                .is_some_and(|n| n.is_ascii_alphabetic() || *n == b'_')
-            && (i == 0 || b[i - 1] != b':');
-        if starts_name {
-            let start = i + 1;
-            let mut j = start;
-            while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'-') {
-                j += 1;
+    for p in &pieces {
+        if let Piece::Placeholder(n) = p {
+            if !names.contains(n) {
+                names.push(n.clone());
             }
-            let name = sql[start..j].to_string();
-            let n = match names.iter().position(|x| *x == name) {
-                Some(p) => p + 1,
-                None => {
-                    names.push(name);
-                    names.len()
-                }
-            };
-            out.push_str(&format!("${n}"));
-            i = j;
-            continue;
         }
-        out.push(c as char);
-        i += 1;
     }
-    (out, names)
+    (pieces, names)
 }
 
-/// `$n` (as numbered by `named_parameters`) → the n-th name read from the one jsonb
-/// parameter, cast to the type the server inferred for it.
-fn typed_parameters(numbered: &str, names: &[String], types: &[String]) -> String {
-    let b = numbered.as_bytes();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'$' && b.get(i + 1).is_some_and(u8::is_ascii_digit) {
-            let mut j = i + 1;
-            while j < b.len() && b[j].is_ascii_digit() {
-                j += 1;
-            }
-            let n: usize = numbered[i + 1..j].parse().unwrap_or(0);
-            if n >= 1 && n <= names.len() {
-                let ty = types.get(n - 1).map(String::as_str).unwrap_or("text");
-                out.push_str(&format!(
-                    "(($1::jsonb)->>{})::{}",
-                    idmesh_core::sql::literal(&names[n - 1]),
-                    ident(ty)
-                ));
-                i = j;
-                continue;
-            }
+/// The statement with `$n` for the n-th name: the server infers each one's type from it.
+fn numbered(pieces: &[Piece], names: &[String]) -> String {
+    render(pieces, |n| {
+        format!("${}", names.iter().position(|x| x == n).unwrap_or(0) + 1)
+    })
+}
+
+/// How one name is read from the change's single jsonb parameter as the type the server
+/// inferred for it (qualified: an enum or domain need not be on the search path).
+fn typed_value(name: &str, ty: &tokio_postgres::types::Type) -> String {
+    use tokio_postgres::types::Kind;
+    let qualified = format!("{}.{}", ident(ty.schema()), ident(ty.name()));
+    let key = idmesh_core::sql::literal(name);
+    match ty.kind() {
+        Kind::Array(_) => format!(
+            "(CASE WHEN jsonb_typeof(($1::jsonb)->{key}) = 'array' \
+             THEN ARRAY(SELECT jsonb_array_elements_text(($1::jsonb)->{key})) END)::{qualified}"
+        ),
+        _ if matches!(ty.name(), "json" | "jsonb") => {
+            format!("nullif(($1::jsonb)->{key}, 'null'::jsonb)::{qualified}")
         }
-        let ch = numbered[i..].chars().next().unwrap();
-        out.push(ch);
-        i += ch.len_utf8();
+        _ => format!("(($1::jsonb)->>{key})::{qualified}"),
     }
-    out
 }
 
 impl PostgresConnector {
+    /// Whether the connection to the target is gone (a failure then says nothing of the
+    /// change: the run fails, and its changes stay pending).
+    fn lost(&self) -> bool {
+        self.client.as_ref().map_or(true, |c| c.is_closed())
+    }
+
     /// Runs the user's statement once per change; each change succeeds or fails alone.
-    async fn export_by_statements(&mut self, changes: &[ExportChange]) -> Vec<ExportResult> {
+    async fn export_by_statements(
+        &mut self,
+        changes: &[ExportChange],
+    ) -> Result<Vec<ExportResult>, ConnectorError> {
+        self.client().await?;
         let mut results = Vec::with_capacity(changes.len());
         for c in changes {
             let Some(user_sql) = self
@@ -605,22 +746,37 @@ impl PostgresConnector {
                 continue;
             };
             let outcome = async {
-                let (numbered, names) = named_parameters(&user_sql);
-                // Learn each parameter's type from the server, then send all values in one
-                // jsonb parameter cast to those types: typed by the target, never spliced.
-                let probe = self
-                    .statement(&numbered, "the export statement does not prepare")
-                    .await?;
-                let types: Vec<String> = probe
-                    .params()
-                    .iter()
-                    .map(|t| t.name().to_string())
-                    .collect();
-                let typed = typed_parameters(&numbered, &names, &types);
+                let (pieces, names) = named_parameters(&user_sql);
                 let mut values = c.current.clone();
                 for (k, v) in &c.attributes {
                     values.insert(k.clone(), v.clone());
                 }
+                // A name that no export flow writes, that is no anchor column and that the
+                // object does not have is a mistake (a typo, another case), not an empty value.
+                if let Some(unknown) = names.iter().find(|n| {
+                    !values.contains_key(*n)
+                        && !self.config.anchor.contains(n)
+                        && !self.config.written.contains(n)
+                }) {
+                    return Err((
+                        Some("42703".to_string()),
+                        format!(
+                            "the export statement for \"{}\" uses :{unknown}, which no export flow of this connector writes and the object does not have",
+                            c.operation.as_str()
+                        ),
+                    ));
+                }
+                // Learn each parameter's type from the server, then send all values in one
+                // jsonb parameter cast to those types: typed by the target, never spliced.
+                let numbered = numbered(&pieces, &names);
+                let probe = self
+                    .statement(&numbered, "the export statement does not prepare")
+                    .await?;
+                let types = probe.params().to_vec();
+                let typed = render(&pieces, |n| {
+                    let i = names.iter().position(|x| x == n).unwrap_or(0);
+                    typed_value(n, &types[i])
+                });
                 let values = Value::Object(values);
                 let failed = "the export statement failed";
                 let statement = self.statement(&typed, failed).await?;
@@ -631,16 +787,25 @@ impl PostgresConnector {
                     self.statements.remove(&typed);
                     self.statements.remove(&numbered);
                 }
-                done.map_err(|e| refused(failed, e))
+                match done {
+                    // An update that found no row wrote nothing: said so, as the table kind does.
+                    Ok(0) if matches!(c.operation, ExportOperation::Update | ExportOperation::Disable) => Err((
+                        Some("02000".to_string()),
+                        format!("the export statement for \"{}\" changed no row", c.operation.as_str()),
+                    )),
+                    Ok(n) => Ok(n),
+                    Err(e) => Err(refused(failed, e)),
+                }
             }
             .await;
             results.push(match outcome {
                 Ok(_) => ExportResult::ok(c.mesh_id, None),
+                Err((_, msg)) if self.lost() => return Err(ConnectorError::connection(msg)),
                 Err((Some(code), msg)) => ExportResult::failed_with_code(c.mesh_id, code, msg),
                 Err((None, msg)) => ExportResult::failed(c.mesh_id, msg),
             });
         }
-        results
+        Ok(results)
     }
 
     async fn apply(
@@ -700,30 +865,17 @@ pub fn validate(config: &Value) {
 
 #[cfg(test)]
 mod tests {
-    use super::named_parameters;
+    use super::{named_parameters, numbered};
 
     #[test]
-    fn typed_parameters_read_one_json_parameter() {
-        let t = super::typed_parameters(
-            "VALUES ($1, $2, $1)",
-            &["login".into(), "n".into()],
-            &["text".into(), "int4".into()],
+    fn named_parameters_number_once_and_skip_literals_casts_and_comments() {
+        let (pieces, names) = named_parameters(
+            "INSERT INTO t (a, b, c, d) VALUES (:login, ':not $1', :display::text || :login, :lvl-1) -- :not",
         );
+        assert_eq!(names, vec!["login", "display", "lvl"]);
         assert_eq!(
-            t,
-            "VALUES ((($1::jsonb)->>'login')::\"text\", (($1::jsonb)->>'n')::\"int4\", (($1::jsonb)->>'login')::\"text\")"
+            numbered(&pieces, &names),
+            "INSERT INTO t (a, b, c, d) VALUES ($1, ':not $1', $2::text || $1, $3-1) -- :not"
         );
-    }
-
-    #[test]
-    fn named_parameters_number_once_and_skip_literals_and_casts() {
-        let (sql, names) = named_parameters(
-            "INSERT INTO t (a, b, c) VALUES (:login, ':not', :display::text || :login)",
-        );
-        assert_eq!(
-            sql,
-            "INSERT INTO t (a, b, c) VALUES ($1, ':not', $2::text || $1)"
-        );
-        assert_eq!(names, vec!["login", "display"]);
     }
 }

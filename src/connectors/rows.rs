@@ -31,6 +31,29 @@ pub fn anchor_setting(config: &Value, kind: &str) -> Vec<String> {
     }
 }
 
+/// The columns a SQL connector's settings name, with the setting that names each: the
+/// import query must return every one of them.
+pub fn named_columns<'a>(
+    anchor: &'a [String],
+    delta_column: &'a Option<String>,
+    name_column: &'a Option<String>,
+    soft_delete_column: &'a Option<String>,
+) -> Vec<(&'static str, &'a String)> {
+    anchor
+        .iter()
+        .map(|a| ("anchor", a))
+        .chain(
+            [
+                ("delta_column", delta_column),
+                ("name_column", name_column),
+                ("soft_delete_column", soft_delete_column),
+            ]
+            .into_iter()
+            .filter_map(|(setting, c)| c.as_ref().map(|c| (setting, c))),
+        )
+        .collect()
+}
+
 /// How a connector's rows map to source objects.
 #[derive(Clone, Debug)]
 pub struct RowShape {
@@ -99,6 +122,22 @@ impl RowShape {
                 .map(|a| (a.clone(), src.get(a).cloned().unwrap_or(Value::Null)))
                 .collect(),
         )
+    }
+}
+
+impl RowShape {
+    /// The anchor columns of the row a change leaves: its key, with the anchor values the
+    /// change itself sets (an update may rename the row).
+    fn written_key(&self, op: ExportOperation, c: &ExportChange) -> Value {
+        let mut key = self.key(op, c);
+        if let Value::Object(k) = &mut key {
+            for a in &self.anchor {
+                if let Some(v) = c.attributes.get(a) {
+                    k.insert(a.clone(), v.clone());
+                }
+            }
+        }
+        key
     }
 }
 
@@ -185,7 +224,10 @@ pub fn pg_results(
     changes
         .iter()
         .map(|c| {
-            let anchor = shape.anchor_of(&shape.key(op, c));
+            let anchor = shape.anchor_of(&shape.written_key(op, c));
+            // A row the change renamed was not staged under its change's key: the next
+            // import confirms it.
+            let renamed = anchor != shape.anchor_of(&shape.key(op, c));
             let row = anchor.as_ref().and_then(|a| by_anchor.remove(a));
             match (op, row) {
                 (ExportOperation::Delete, row) => {
@@ -203,6 +245,7 @@ pub fn pg_results(
                 (_, Some(row)) => match returning {
                     Returning::Anchors => ExportResult::ok(c.mesh_id, None),
                     Returning::Rows => ExportResult::ok(c.mesh_id, shape.object(row)),
+                    Returning::Staged(_) if renamed => ExportResult::ok(c.mesh_id, None),
                     Returning::Staged(_) => ExportResult::staged(c.mesh_id),
                 },
                 (_, None) => ExportResult::failed_with_code(
@@ -227,23 +270,39 @@ pub fn forced_full(mut end: ImportEnd) -> ImportEnd {
 }
 
 /// Changes grouped by operation, in the order exports apply them (adds first, deletes last).
+/// Adds are grouped further by the attributes they carry: an insert names just those
+/// columns, so a column an add has no value for takes the table's default, and an upsert
+/// that meets an existing row leaves that column as it is (a batch-mate's column would
+/// otherwise come as NULL for it).
 pub fn by_operation(changes: &[ExportChange]) -> Vec<(ExportOperation, Vec<&ExportChange>)> {
-    [
+    let mut groups: Vec<(ExportOperation, Vec<&ExportChange>)> = Vec::new();
+    for op in [
         ExportOperation::Add,
         ExportOperation::Update,
         ExportOperation::Disable,
         ExportOperation::Delete,
-    ]
-    .into_iter()
-    .map(|op| {
-        (
-            op,
-            changes
-                .iter()
-                .filter(|c| c.operation == op)
-                .collect::<Vec<_>>(),
-        )
-    })
-    .filter(|(_, group)| !group.is_empty())
-    .collect()
+    ] {
+        let of_op: Vec<&ExportChange> = changes.iter().filter(|c| c.operation == op).collect();
+        if op != ExportOperation::Add {
+            groups.push((op, of_op));
+            continue;
+        }
+        groups.extend(by_columns(of_op).into_iter().map(|group| (op, group)));
+    }
+    groups.retain(|(_, group)| !group.is_empty());
+    groups
+}
+
+/// Changes grouped by the set of attributes they carry, in the order first seen.
+pub fn by_columns(changes: Vec<&ExportChange>) -> Vec<Vec<&ExportChange>> {
+    let mut groups: Vec<(Vec<&str>, Vec<&ExportChange>)> = Vec::new();
+    for c in changes {
+        let mut columns: Vec<&str> = c.attributes.keys().map(String::as_str).collect();
+        columns.sort_unstable();
+        match groups.iter_mut().find(|(k, _)| *k == columns) {
+            Some((_, group)) => group.push(c),
+            None => groups.push((columns, vec![c])),
+        }
+    }
+    groups.into_iter().map(|(_, group)| group).collect()
 }

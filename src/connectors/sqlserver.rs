@@ -11,6 +11,7 @@
 //! `soft_delete_column`.
 
 use super::rows::{forced_full, RowShape};
+use idmesh_core::sql::{has_placeholder, replace_placeholder, Dialect};
 use crate::error::invalid;
 use idmesh_sdk::*;
 use serde_json::{json, Value};
@@ -73,7 +74,7 @@ impl SqlServerConfig {
         let anchor = super::rows::anchor_setting(config, "sqlserver");
         let import_query = need("import_query");
         let delta_column = text(config, "delta_column");
-        if import_query.contains("@watermark") && delta_column.is_none() {
+        if uses_watermark(&import_query) && delta_column.is_none() {
             invalid(
                 "sqlserver connector: an import_query with @watermark needs a \"delta_column\"",
                 "",
@@ -140,8 +141,11 @@ fn cell(data: &ColumnData<'static>) -> Value {
         Bit(v) => v.map_or(Value::Null, |v| json!(v)),
         String(v) => v.as_ref().map_or(Value::Null, |v| json!(v.as_ref())),
         Guid(v) => v.map_or(Value::Null, |v| json!(v.to_string())),
+        // Written from its digits and scale (the library's own text of a negative value
+        // below 1 is not a number).
         Numeric(v) => v.map_or(Value::Null, |v| {
-            serde_json::from_str(&v.to_string()).unwrap_or(json!(v.to_string()))
+            let text = idmesh_core::sql::decimal_text(v.value(), v.scale());
+            serde_json::from_str(&text).unwrap_or(json!(text))
         }),
         Binary(v) => v.as_ref().map_or(Value::Null, |v| {
             json!(v
@@ -152,6 +156,11 @@ fn cell(data: &ColumnData<'static>) -> Value {
         Xml(v) => v.as_ref().map_or(Value::Null, |v| json!(v.to_string())),
         other => chrono_text(other),
     }
+}
+
+/// Whether the query has the `@watermark` placeholder where T-SQL code is.
+fn uses_watermark(query: &str) -> bool {
+    has_placeholder(query, Dialect::TSql, '@', "watermark")
 }
 
 pub struct SqlServerConnector {
@@ -222,40 +231,9 @@ impl SqlServerConnector {
         from: Option<&Watermark>,
         sink: &mut dyn ImportSink,
     ) -> Result<ImportEnd, ConnectorError> {
-        let uses_watermark = self.config.import_query.contains("@watermark");
-        let query = self.config.import_query.replace("@watermark", "@P1");
-        // Lowest value on a full import; on a delta the last high mark minus the overlap, so a
-        // row committed late with an older value is still read (re-reads count as unchanged).
-        let low: String = match from.and_then(|w| w.0.get("high")).and_then(Value::as_str) {
-            Some(h) if self.config.delta_is_integer => {
-                let overlap = self.config.overlap.max(0);
-                h.parse::<i64>()
-                    .map(|n| n.saturating_sub(overlap).to_string())
-                    .unwrap_or_else(|_| h.to_string())
-            }
-            Some(h) => {
-                let overlap = if self.config.overlap < 0 {
-                    300
-                } else {
-                    self.config.overlap
-                };
-                // Written back in the spelling it came in (`T` or a space), so it also
-                // compares right against a text column.
-                let format = if h.contains('T') {
-                    "%Y-%m-%dT%H:%M:%S%.f"
-                } else {
-                    "%Y-%m-%d %H:%M:%S%.f"
-                };
-                match chrono::NaiveDateTime::parse_from_str(h, format) {
-                    Ok(t) => (t - chrono::Duration::seconds(overlap))
-                        .format(format)
-                        .to_string(),
-                    Err(_) => h.to_string(),
-                }
-            }
-            None if self.config.delta_is_integer => i64::MIN.to_string(),
-            None => "0001-01-01T00:00:00".to_string(),
-        };
+        let uses_watermark = uses_watermark(&self.config.import_query);
+        let query = replace_placeholder(&self.config.import_query, Dialect::TSql, '@', "watermark", "@P1");
+        let low = self.low_value(from);
         let delta = self.config.delta_column.clone();
         let delta_is_integer = self.config.delta_is_integer;
         let mut high: Option<Value> = from.and_then(|w| w.0.get("high")).cloned();
@@ -294,20 +272,20 @@ impl SqlServerConnector {
                     .and_then(|col| attrs.get(col))
                     .filter(|v| !v.is_null())
                 {
+                    let v = super::rows::json_text(v).unwrap_or_default();
+                    let h = high.as_ref().and_then(Value::as_str).unwrap_or("");
                     let newer = match (&high, delta_is_integer) {
                         (None, _) => true,
-                        (Some(h), true) => {
-                            v.as_i64().unwrap_or(i64::MIN)
-                                > h.as_str().and_then(|s| s.parse().ok()).unwrap_or(i64::MIN)
-                        }
-                        (Some(h), false) => v.as_str().unwrap_or("") > h.as_str().unwrap_or(""),
+                        // Integers as numbers; what does not parse (a rowversion's hex) by
+                        // length, then text: the same order for digits of one width.
+                        (Some(_), true) => match (v.parse::<i64>(), h.parse::<i64>()) {
+                            (Ok(a), Ok(b)) => a > b,
+                            _ => (v.len(), v.as_str()) > (h.len(), h),
+                        },
+                        (Some(_), false) => v.as_str() > h,
                     };
                     if newer {
-                        high = Some(if delta_is_integer {
-                            json!(v.to_string())
-                        } else {
-                            v.clone()
-                        });
+                        high = Some(json!(v));
                     }
                 }
                 batch.push(shape.source_object(&self.name, Value::Object(attrs))?);
@@ -331,6 +309,32 @@ impl SqlServerConnector {
         })
     }
 
+    /// What `@watermark` is bound to: the lowest value on a full import; on a delta the
+    /// last high mark minus the overlap, so a row committed late with an older value is
+    /// still read (re-reads count as unchanged). Written back in the form the mark came in
+    /// (a date, a date and time with `T` or a space, with or without an offset), so it
+    /// also compares right against a text column.
+    fn low_value(&self, from: Option<&Watermark>) -> String {
+        match from.and_then(|w| w.0.get("high")).and_then(Value::as_str) {
+            Some(h) if self.config.delta_is_integer => {
+                let overlap = self.config.overlap.max(0);
+                h.parse::<i64>()
+                    .map(|n| n.saturating_sub(overlap).to_string())
+                    .unwrap_or_else(|_| h.to_string())
+            }
+            Some(h) => {
+                let overlap = if self.config.overlap < 0 {
+                    300
+                } else {
+                    self.config.overlap
+                };
+                idmesh_core::delta::minus_seconds(h, overlap).unwrap_or_else(|| h.to_string())
+            }
+            None if self.config.delta_is_integer => i64::MIN.to_string(),
+            None => "0001-01-01T00:00:00".to_string(),
+        }
+    }
+
     fn shape(&self) -> RowShape {
         RowShape {
             anchor: self.config.anchor.clone(),
@@ -341,14 +345,48 @@ impl SqlServerConnector {
     }
 
     pub async fn check(&mut self) -> Vec<(String, bool, String)> {
-        match self.client().await {
-            Err(e) => vec![("connect".into(), false, e.message)],
-            Ok(_) => vec![(
-                "connect".into(),
-                true,
-                "reached the server and logged in".into(),
-            )],
+        let mut out = Vec::new();
+        if let Err(e) = self.client().await {
+            out.push(("connect".into(), false, e.message));
+            return out;
         }
+        out.push(("connect".into(), true, "reached the server and logged in".into()));
+        // The query runs as a full import would run it; its columns are read, no row.
+        let query = replace_placeholder(&self.config.import_query, Dialect::TSql, '@', "watermark", "@P1");
+        let low = self.low_value(None);
+        let mut q = tiberius::Query::new(query);
+        if uses_watermark(&self.config.import_query) {
+            q.bind(low);
+        }
+        let client = self.client.as_mut().expect("connected");
+        let columns = match q.query(client).await {
+            Ok(mut stream) => stream.columns().await.map(|c| {
+                c.map(|c| c.iter().map(|c| c.name().to_string()).collect::<Vec<_>>()).unwrap_or_default()
+            }),
+            Err(e) => Err(e),
+        };
+        // The rows were not read: this connection is done.
+        self.client = None;
+        out.push(match columns {
+            Err(e) => ("import_query".into(), false, format!("fails: {e}")),
+            Ok(columns) => match super::rows::named_columns(
+                &self.config.anchor,
+                &self.config.delta_column,
+                &self.config.name_column,
+                &self.config.soft_delete_column,
+            )
+            .into_iter()
+            .find(|(_, c)| !columns.iter().any(|n| n == *c))
+            {
+                Some((setting, column)) => (
+                    "import_query".into(),
+                    false,
+                    format!("{setting} \"{column}\" is not a column it returns ({})", columns.join(", ")),
+                ),
+                None => ("import_query".into(), true, "runs".into()),
+            },
+        });
+        out
     }
 }
 
@@ -370,7 +408,9 @@ impl IdentityConnector for SqlServerConnector {
         sink: &'a mut dyn ImportSink,
     ) -> BoxFuture<'a, Result<ImportEnd, ConnectorError>> {
         Box::pin(async move {
-            if self.config.delta_column.is_none() || from.0.get("high").is_none() {
+            // No watermark, or one of another delta column (the setting changed): read all.
+            let same_column = from.0.get("column").and_then(Value::as_str) == self.config.delta_column.as_deref();
+            if self.config.delta_column.is_none() || from.0.get("high").is_none() || !same_column {
                 return self.import(None, sink).await.map(forced_full);
             }
             self.import(Some(from), sink).await
@@ -390,23 +430,29 @@ impl IdentityConnector for SqlServerConnector {
             };
             let types = self.column_types(&table).await?;
             let mut results = Vec::with_capacity(changes.len());
-            let (writes, deletes): (Vec<&ExportChange>, Vec<&ExportChange>) = changes
-                .iter()
-                .partition(|c| c.operation != ExportOperation::Delete);
-            for (group, delete) in [(writes, false), (deletes, true)] {
-                if group.is_empty() {
-                    continue;
+            // Each statement writes the columns its changes carry and no other: a column a
+            // change does not touch is never written from an older import or as NULL.
+            let mut groups = Vec::new();
+            for (op, group) in super::rows::by_operation(changes) {
+                match op {
+                    ExportOperation::Delete | ExportOperation::Add => groups.push((op == ExportOperation::Delete, group)),
+                    _ => groups.extend(super::rows::by_columns(group).into_iter().map(|g| (false, g))),
                 }
-                // The batch in one statement; if it fails, each change alone.
+            }
+            for (delete, group) in groups {
+                // The batch in one statement; if it fails, each change alone. A lost
+                // connection fails the run instead: nothing is known of the changes then.
                 match self.apply(&table, &types, &group, delete).await {
                     Ok(()) => {
                         results.extend(group.iter().map(|c| ExportResult::ok(c.mesh_id, None)))
                     }
-                    Err(_) => {
+                    Err(Refusal::Connection(e)) => return Err(e),
+                    Err(Refusal::Change(_)) => {
                         for c in &group {
                             results.push(match self.apply(&table, &types, &[*c], delete).await {
                                 Ok(()) => ExportResult::ok(c.mesh_id, None),
-                                Err(message) => ExportResult::failed(c.mesh_id, message),
+                                Err(Refusal::Connection(e)) => return Err(e),
+                                Err(Refusal::Change(message)) => ExportResult::failed(c.mesh_id, message),
                             });
                         }
                     }
@@ -415,6 +461,12 @@ impl IdentityConnector for SqlServerConnector {
             Ok(results)
         })
     }
+}
+
+/// Why a statement did not write: the change (its row fails alone), or the connection.
+enum Refusal {
+    Change(String),
+    Connection(ConnectorError),
 }
 
 impl SqlServerConnector {
@@ -463,14 +515,15 @@ impl SqlServerConnector {
         Ok(types)
     }
 
-    /// One MERGE (adds, updates, disables) or one DELETE for a group of changes.
+    /// One MERGE (adds, updates, disables) or one DELETE for a group of changes that carry
+    /// the same attributes.
     async fn apply(
         &mut self,
         table: &str,
         types: &[(String, String)],
         changes: &[&ExportChange],
         delete: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         let anchors = self.config.anchor.clone();
         let mut cols: Vec<&str> = changes
             .iter()
@@ -486,21 +539,22 @@ impl SqlServerConnector {
                     .iter()
                     .find(|(n, _)| n.eq_ignore_ascii_case(c))
                     .map(|(_, t)| (*c, t.as_str()))
-                    .ok_or_else(|| format!("export table {table} has no column {c}"))
+                    .ok_or_else(|| Refusal::Change(format!("export table {table} has no column {c}")))
             })
             .collect::<Result<_, _>>()?;
-        // Each change with every column of the batch: its new values over its current ones,
-        // so a MERGE never blanks a column the change did not touch.
+        // Each change with the columns it carries; the anchor columns, where the change does
+        // not set them, as the object has them now (the row to match).
         let payload = Value::Array(
             changes
                 .iter()
                 .map(|c| {
                     let mut attrs = serde_json::Map::new();
                     for col in &cols {
+                        let anchor = anchors.iter().any(|a| a == col);
                         let v = c
                             .attributes
                             .get(*col)
-                            .or_else(|| c.current.get(*col))
+                            .or_else(|| anchor.then(|| c.current.get(*col)).flatten())
                             .cloned()
                             .unwrap_or(Value::Null);
                         attrs.insert(col.to_string(), v);
@@ -518,13 +572,16 @@ impl SqlServerConnector {
                 .collect();
             idmesh_core::export_sql::sqlserver_delete(table, &keys)
         } else {
-            idmesh_core::export_sql::sqlserver_merge(table, &anchors, &typed)?
+            idmesh_core::export_sql::sqlserver_merge(table, &anchors, &typed).map_err(Refusal::Change)?
         };
-        let client = self.client().await.map_err(|e| e.message)?;
-        client
-            .execute(sql, &[&payload])
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("the target refused the change: {e}"))
+        let client = self.client().await.map_err(Refusal::Connection)?;
+        match client.execute(sql, &[&payload]).await {
+            Ok(_) => Ok(()),
+            Err(e @ tiberius::error::Error::Io { .. }) => {
+                self.client = None;
+                Err(Refusal::Connection(server_error("the connection to the target was lost", e)))
+            }
+            Err(e) => Err(Refusal::Change(format!("the target refused the change: {e}"))),
+        }
     }
 }

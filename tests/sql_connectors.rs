@@ -366,6 +366,22 @@ fn secrets_are_encrypted_never_shown_and_need_their_key() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
+    // In a cycle, that connector fails alone: the others still import.
+    c.batch_execute(
+        "CREATE TABLE local_people (id integer PRIMARY KEY, name text); INSERT INTO local_people VALUES (1, 'Ada');
+         SELECT mesh.create_connector('Local', 'table', '{\"source\": \"local_people\", \"anchor\": \"id\"}');",
+    )
+    .unwrap();
+    let steps: Vec<(Option<String>, String, String, Option<String>)> = c
+        .query("SELECT connector, profile, status, message FROM mesh.cycle() ORDER BY run_id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    let of = |name: &str| steps.iter().find(|s| s.0.as_deref() == Some(name)).cloned().unwrap();
+    assert_eq!(of("HR Database").2, "failed", "{steps:?}");
+    assert!(of("HR Database").3.unwrap_or_default().contains("key file"), "{steps:?}");
+    assert_eq!((of("Local").1, of("Local").2), ("delta_import".to_string(), "success".to_string()), "{steps:?}");
 }
 
 fn tds_config(table: &str) -> Value {
@@ -564,6 +580,15 @@ fn sqlserver_export_against_a_real_server() {
         .unwrap()
         .get(0);
     assert_eq!(joined, 2);
+    // An update writes the changed column only, by UPDATE (read back by the next import).
+    c.batch_execute("UPDATE hr.people SET name = 'Ada L.' WHERE id = 1; SELECT count(*) FROM mesh.cycle(); SELECT count(*) FROM mesh.cycle();")
+        .unwrap();
+    let display: String = c
+        .query_one("SELECT co.attrs->>'display' FROM mesh.connector_object co JOIN mesh.connector n ON n.id = co.connector_id \
+                    WHERE n.name = 'SQL Server' AND co.anchor = 'u1'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(display, "Ada L.");
     c.batch_execute("DELETE FROM hr.people WHERE id = 2; SELECT count(*) FROM mesh.cycle(); SELECT count(*) FROM mesh.cycle();").unwrap();
     let left: i64 = c.query_one("SELECT count(*) FROM mesh.connector_object co JOIN mesh.connector n ON n.id = co.connector_id WHERE n.name = 'SQL Server'", &[]).unwrap().get(0);
     assert_eq!(left, 1);
@@ -831,6 +856,42 @@ fn an_add_writes_only_its_own_columns_and_a_refused_login_leaves_exports_pending
     assert_eq!(pending, vec![("pending".to_string(), 0)]);
     let errors: i64 = c.query_one("SELECT count(*) FROM mesh.errors", &[]).unwrap().get(0);
     assert_eq!(errors, 0);
+
+    // An upsert meeting a row that has a NOT NULL column the flows do not write: PostgreSQL
+    // refuses the insert before it sees the conflict; the row that is there is updated.
+    hr.batch_execute(
+        "CREATE TABLE desks (employee_id integer PRIMARY KEY, name text, floor integer NOT NULL);
+         INSERT INTO desks VALUES (1, 'Ada (old)', 3);
+         GRANT ALL ON desks TO hr_app;",
+    )
+    .unwrap();
+    connector(
+        &mut c,
+        "Desks",
+        json!({"dsn": dsn, "import_query": "SELECT * FROM desks", "anchor": "employee_id",
+               "export_table": "desks", "export_mode": "upsert"}),
+    );
+    c.batch_execute(
+        r#"SELECT mesh.add_export_flow('Desks', 'person', 'employee_id', 'employee_id');
+           SELECT mesh.add_export_flow('Desks', 'person', 'name', 'name');
+           SELECT mesh.set_provisioning('Desks', 'person', NULL, '{}');
+           SELECT mesh.sync();"#,
+    )
+    .unwrap();
+    let desks = run(&mut c, "Desks", "export");
+    assert_eq!((desks["added"].clone(), desks["errors"].clone()), (json!(1), json!(3)), "{desks}");
+    let ada: (String, i32) = hr
+        .query_one("SELECT name, floor FROM desks WHERE employee_id = 1", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(ada, ("Ada".to_string(), 3));
+    let codes: Vec<String> = c
+        .query("SELECT DISTINCT sqlstate FROM mesh.errors WHERE connector = 'Desks'", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(codes, vec!["23502".to_string()], "the others have no floor: a real refusal");
 }
 
 /// TLS as the dsn's sslmode asks: `verify-full` against the cluster's certificate (the

@@ -316,6 +316,49 @@ fn enqueue_cycle_and_pg_cron_schedule() {
         .unwrap();
 }
 
+/// A connector that fails in a background cycle fails alone: its run is recorded failed with
+/// the reason, the other connectors import and the sync runs; the cycle ends failed.
+#[test]
+fn a_failing_connector_does_not_stop_a_background_cycle() {
+    let mut c = setup(&[("slow-ok", 2, "0")]);
+    let broken = std::path::PathBuf::from(std::env::var("IDMESH_RUN").unwrap_or_else(|_| "/tmp/idmesh-run".into()))
+        .join("connectors")
+        .join("broken-k");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\nread line\necho '{\"type\":\"hello\",\"protocol\":1,\"name\":\"broken\",\"capabilities\":[\"full_import\",\"delta_import\"]}'\nread line\necho 'the HR system is down' >&2\nexit 3\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&broken, std::fs::Permissions::from_mode(0o755)).unwrap();
+    c.execute(
+        "SELECT mesh.create_connector('Broken', 'process', jsonb_build_object('program', 'broken-k', 'timeout_seconds', 30))",
+        &[],
+    )
+    .unwrap();
+    let cycle: i64 = c.query_one("SELECT mesh.enqueue_cycle()", &[]).unwrap().get(0);
+    assert_eq!(ended(&mut c, cycle, 60), "failed");
+    let steps: Vec<(Option<String>, String, String)> = c
+        .query(
+            "SELECT connector_name, profile, status FROM mesh.run WHERE parent_id = $1 ORDER BY id",
+            &[&cycle],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(steps.contains(&(Some("slow-ok".into()), "delta_import".into(), "success".into())), "{steps:?}");
+    assert!(steps.contains(&(Some("Broken".into()), "delta_import".into(), "failed".into())), "{steps:?}");
+    assert!(steps.iter().any(|(_, p, s)| p.ends_with("sync") && s == "success"), "{steps:?}");
+    let message: String = c
+        .query_one("SELECT message FROM mesh.run WHERE parent_id = $1 AND connector_name = 'Broken'", &[&cycle])
+        .unwrap()
+        .get(0);
+    assert!(message.contains("Broken"), "{message}");
+    let people: i64 = c.query_one("SELECT count(*) FROM mesh.mesh_object", &[]).unwrap().get(0);
+    assert_eq!(people, 2);
+}
+
 #[test]
 fn enqueue_refuses_the_wrong_database_clearly() {
     let mut c = fresh_database("idmesh_it_not_workers");

@@ -178,15 +178,55 @@ pub fn tsql_ident(name: &str) -> String {
 /// quoted in the path: a name with a space or a quote is a key like any other).
 fn openjson_with(cols: &[(&str, &str)]) -> String {
     cols.iter()
-        .map(|(c, ty)| {
-            format!(
-                "{} {ty} '$.attributes.\"{}\"'",
-                tsql_ident(c),
-                c.replace('\\', "\\\\").replace('"', "\\\"").replace('\'', "''")
-            )
-        })
+        .map(|(c, ty)| format!("{} {ty} {}", tsql_ident(c), json_path("attributes", c)))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// `'$.object."key"'` as a T-SQL literal.
+fn json_path(object: &str, key: &str) -> String {
+    format!(
+        "'$.{object}.\"{}\"'",
+        key.replace('\\', "\\\\").replace('"', "\\\"").replace('\'', "''")
+    )
+}
+
+/// The SQL Server update of a batch of changes that carry the same columns: each row found
+/// by its anchor columns as the object has them now (`$.key`), set to the change's values;
+/// a row no longer there is not made again (the caller compares the rows it changed).
+pub fn sqlserver_update(
+    table: &str,
+    anchors: &[(&str, &str)],
+    cols: &[(&str, &str)],
+) -> Result<String, String> {
+    if anchors.is_empty() {
+        return Err("a target table needs its anchor column(s)".into());
+    }
+    if cols.is_empty() {
+        return Err("nothing to update".into());
+    }
+    let keys: Vec<String> = anchors
+        .iter()
+        .enumerate()
+        .map(|(i, (a, ty))| format!("[idmesh_key_{i}] {ty} {}", json_path("key", a)))
+        .collect();
+    let on: Vec<String> = anchors
+        .iter()
+        .enumerate()
+        .map(|(i, (a, _))| format!("t.{} = s.[idmesh_key_{i}]", tsql_ident(a)))
+        .collect();
+    let sets: Vec<String> = cols
+        .iter()
+        .map(|(c, _)| format!("t.{0} = s.{0}", tsql_ident(c)))
+        .collect();
+    Ok(format!(
+        "UPDATE t SET {} FROM {} AS t JOIN OPENJSON(@P1) WITH ({}, {}) AS s ON {};",
+        sets.join(", "),
+        tsql_ident(table),
+        keys.join(", "),
+        openjson_with(cols),
+        on.join(" AND ")
+    ))
 }
 
 /// The SQL Server upsert: one MERGE over the batch in `@P1` (the same JSON array), read with
@@ -463,5 +503,12 @@ mod tests {
              ON t.[login] = k.[login];"
         );
         assert!(sqlserver_merge("t", &anchors(), &[("mail", "nvarchar(10)")]).is_err());
+        assert_eq!(
+            sqlserver_update("dbo.accounts", &[("login", "nvarchar(64)")], &[("login", "nvarchar(64)"), ("display", "nvarchar(200)")]).unwrap(),
+            "UPDATE t SET t.[login] = s.[login], t.[display] = s.[display] FROM [dbo].[accounts] AS t JOIN OPENJSON(@P1) \
+             WITH ([idmesh_key_0] nvarchar(64) '$.key.\"login\"', [login] nvarchar(64) '$.attributes.\"login\"', \
+             [display] nvarchar(200) '$.attributes.\"display\"') AS s ON t.[login] = s.[idmesh_key_0];"
+        );
+        assert!(sqlserver_update("t", &[("login", "int")], &[]).is_err());
     }
 }

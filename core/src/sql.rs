@@ -251,13 +251,15 @@ pub fn json_rows_select(
         Some(n) => format!("coalesce({}, {anchor_sql})", field(n)),
         None => anchor_sql.clone(),
     };
-    // true / false for a boolean column; any other value set means deleted; a row without
-    // the column is not deleted (the connector checks the query has it).
+    // true / false for a boolean column, not 0 for a number (0/1 flags); any other value set
+    // means deleted; a row without the column is not deleted (the connector checks the
+    // query has it).
     let deleted = match soft_delete_column {
         Some(c) => {
             let v = format!("r->{}", literal(c));
             format!(
                 "CASE WHEN {v} IS NULL THEN false WHEN jsonb_typeof({v}) = 'boolean' THEN ({v})::boolean \
+                 WHEN jsonb_typeof({v}) = 'number' THEN ({v})::numeric <> 0 \
                  WHEN jsonb_typeof({v}) = 'null' THEN false ELSE true END"
             )
         }
@@ -698,6 +700,7 @@ mod tests {
         assert!(two.contains("CASE WHEN r->>'org' IS NULL OR r->>'emp' IS NULL THEN NULL ELSE concat_ws(E'\\x1f', r->>'org', r->>'emp') END AS anchor"));
         assert!(two.contains("coalesce(r->>'login', CASE"));
         assert!(two.contains("CASE WHEN r->'gone' IS NULL THEN false WHEN jsonb_typeof(r->'gone') = 'boolean' THEN (r->'gone')::boolean"));
+        assert!(two.contains("WHEN jsonb_typeof(r->'gone') = 'number' THEN (r->'gone')::numeric <> 0"));
         // a column name is a literal key, never SQL
         let odd = json_rows_select(&["a'); DROP TABLE x; --".into()], None, None);
         assert!(odd.starts_with("SELECT r->>'a''); DROP TABLE x; --' AS anchor"));

@@ -33,6 +33,7 @@ fn create_connector(
     if !config.0.is_object() {
         crate::error::invalid("connector config must be a JSON object", "");
     }
+    refuse_empty(secret);
     connectors::validate(kind, &config.0, secret.is_some());
     let id = store::one::<i32>(
         "INSERT INTO mesh.connector (name, kind, config) VALUES ($1, $2, $3) RETURNING id",
@@ -49,6 +50,17 @@ fn create_connector(
     id
 }
 
+/// An empty secret is no secret: a directory may take an empty password as an anonymous
+/// bind, and report a login that never happened.
+fn refuse_empty(secret: Option<&str>) {
+    if secret == Some("") {
+        crate::error::invalid(
+            "a connector secret cannot be empty",
+            "Leave it out (NULL) for a connector that needs none.",
+        );
+    }
+}
+
 /// Changes a connector's config, secret or enabled flag (NULL keeps the current one).
 #[pg_extern(volatile)]
 fn alter_connector(
@@ -59,6 +71,7 @@ fn alter_connector(
 ) {
     store::lock();
     let c = engine::connector(name);
+    refuse_empty(secret);
     if let Some(cfg) = &config {
         if !cfg.0.is_object() {
             crate::error::invalid("connector config must be a JSON object", "");

@@ -655,7 +655,19 @@ impl IdentityConnector for PostgresConnector {
                     Err((_, msg)) if self.lost() => return Err(ConnectorError::connection(msg)),
                     Err(_) => {
                         for c in &group {
-                            match self.apply(&table, op, &[*c]).await {
+                            let mut outcome = self.apply(&table, op, &[*c]).await;
+                            if let Err((code, _)) = &outcome {
+                                let upsert = self.config.export_mode == Mode::Upsert;
+                                if super::rows::retry_as_update(op, upsert, code.as_deref()) && !self.lost() {
+                                    let update = super::rows::add_as_update(&self.shape(), c);
+                                    match self.apply(&table, ExportOperation::Update, &[&update]).await {
+                                        Ok(r) if r.iter().all(|r| r.error.is_none()) => outcome = Ok(r),
+                                        // No such row: the add's own refusal is the error.
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            match outcome {
                                 Ok(r) => results.extend(r),
                                 Err((_, msg)) if self.lost() => return Err(ConnectorError::connection(msg)),
                                 Err((code, msg)) => results.push(match code {

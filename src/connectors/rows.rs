@@ -60,7 +60,8 @@ pub struct RowShape {
     pub anchor: Vec<String>,
     pub object_type: String,
     pub name_column: Option<String>,
-    /// A boolean column (true = deleted) or any other column (set = deleted).
+    /// A boolean column (true = deleted), a number (not 0 = deleted) or any other column
+    /// (set = deleted).
     pub soft_delete_column: Option<String>,
 }
 
@@ -81,6 +82,8 @@ impl RowShape {
         let deleted = match self.soft_delete_column.as_ref().and_then(|c| row.get(c)) {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
+            // 0/1 flags: not 0 is deleted
+            Some(Value::Number(n)) => n.as_f64().map_or(true, |f| f != 0.0),
             Some(_) => true,
         };
         let Value::Object(attributes) = row else {
@@ -267,6 +270,25 @@ pub fn forced_full(mut end: ImportEnd) -> ImportEnd {
     end.forced_full = true;
     end.note = Some("no delta column or watermark: read everything".into());
     end
+}
+
+/// An add as the update of the row that already has its anchor: an upsert whose insert a
+/// NOT NULL column the flows do not write refuses (PostgreSQL checks it before it sees the
+/// conflict) can still write the columns it has into the row that is there.
+pub fn add_as_update(shape: &RowShape, c: &ExportChange) -> ExportChange {
+    let mut update = c.clone();
+    update.operation = ExportOperation::Update;
+    for a in &shape.anchor {
+        if let Some(v) = c.attributes.get(a) {
+            update.current.insert(a.clone(), v.clone());
+        }
+    }
+    update
+}
+
+/// Whether a failed add is tried again as an update (see `add_as_update`).
+pub fn retry_as_update(op: ExportOperation, upsert: bool, sqlstate: Option<&str>) -> bool {
+    op == ExportOperation::Add && upsert && sqlstate == Some("23502")
 }
 
 /// Changes grouped by operation, in the order exports apply them (adds first, deletes last).

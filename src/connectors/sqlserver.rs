@@ -435,24 +435,28 @@ impl IdentityConnector for SqlServerConnector {
             let mut groups = Vec::new();
             for (op, group) in super::rows::by_operation(changes) {
                 match op {
-                    ExportOperation::Delete | ExportOperation::Add => groups.push((op == ExportOperation::Delete, group)),
-                    _ => groups.extend(super::rows::by_columns(group).into_iter().map(|g| (false, g))),
+                    ExportOperation::Delete | ExportOperation::Add => groups.push((op, group)),
+                    _ => groups.extend(super::rows::by_columns(group).into_iter().map(|g| (op, g))),
                 }
             }
-            for (delete, group) in groups {
-                // The batch in one statement; if it fails, each change alone. A lost
-                // connection fails the run instead: nothing is known of the changes then.
-                match self.apply(&table, &types, &group, delete).await {
+            for (op, group) in groups {
+                // The batch in one statement; if it fails (or an update missed a row), each
+                // change alone. A lost connection fails the run instead: nothing is known
+                // of the changes then.
+                match self.apply(&table, &types, &group, op).await {
                     Ok(()) => {
                         results.extend(group.iter().map(|c| ExportResult::ok(c.mesh_id, None)))
                     }
                     Err(Refusal::Connection(e)) => return Err(e),
-                    Err(Refusal::Change(_)) => {
+                    Err(_) => {
                         for c in &group {
-                            results.push(match self.apply(&table, &types, &[*c], delete).await {
+                            results.push(match self.apply(&table, &types, &[*c], op).await {
                                 Ok(()) => ExportResult::ok(c.mesh_id, None),
                                 Err(Refusal::Connection(e)) => return Err(e),
                                 Err(Refusal::Change(message)) => ExportResult::failed(c.mesh_id, message),
+                                Err(Refusal::Missing(message)) => {
+                                    ExportResult::failed_with_code(c.mesh_id, "02000", message)
+                                }
                             });
                         }
                     }
@@ -466,6 +470,8 @@ impl IdentityConnector for SqlServerConnector {
 /// Why a statement did not write: the change (its row fails alone), or the connection.
 enum Refusal {
     Change(String),
+    /// An update found no row to change (SQLSTATE 02000, as the other SQL kinds say).
+    Missing(String),
     Connection(ConnectorError),
 }
 
@@ -522,7 +528,7 @@ impl SqlServerConnector {
         table: &str,
         types: &[(String, String)],
         changes: &[&ExportChange],
-        delete: bool,
+        op: ExportOperation,
     ) -> Result<(), Refusal> {
         let anchors = self.config.anchor.clone();
         let mut cols: Vec<&str> = changes
@@ -559,23 +565,43 @@ impl SqlServerConnector {
                             .unwrap_or(Value::Null);
                         attrs.insert(col.to_string(), v);
                     }
-                    json!({"attributes": attrs})
+                    // The row to change, as the object has it now (an update may rename it).
+                    let key: serde_json::Map<String, Value> = anchors
+                        .iter()
+                        .map(|a| (a.clone(), c.current.get(a).or_else(|| c.attributes.get(a)).cloned().unwrap_or(Value::Null)))
+                        .collect();
+                    json!({"attributes": attrs, "key": key})
                 })
                 .collect(),
         )
         .to_string();
-        let sql = if delete {
-            let keys: Vec<(&str, &str)> = typed
-                .iter()
-                .filter(|(c, _)| anchors.iter().any(|a| a == c))
-                .cloned()
-                .collect();
-            idmesh_core::export_sql::sqlserver_delete(table, &keys)
-        } else {
-            idmesh_core::export_sql::sqlserver_merge(table, &anchors, &typed).map_err(Refusal::Change)?
+        let keys: Vec<(&str, &str)> = typed
+            .iter()
+            .filter(|(c, _)| anchors.iter().any(|a| a == c))
+            .cloned()
+            .collect();
+        let sql = match op {
+            ExportOperation::Delete => idmesh_core::export_sql::sqlserver_delete(table, &keys),
+            ExportOperation::Add => {
+                idmesh_core::export_sql::sqlserver_merge(table, &anchors, &typed).map_err(Refusal::Change)?
+            }
+            // Only the columns the changes set (the anchors are in `key`).
+            _ => {
+                let set: Vec<(&str, &str)> = typed
+                    .iter()
+                    .filter(|(c, _)| changes.iter().any(|ch| ch.attributes.contains_key(*c)))
+                    .cloned()
+                    .collect();
+                idmesh_core::export_sql::sqlserver_update(table, &keys, &set).map_err(Refusal::Change)?
+            }
         };
         let client = self.client().await.map_err(Refusal::Connection)?;
         match client.execute(sql, &[&payload]).await {
+            // An update that changed fewer rows than it had changes missed a row that is
+            // gone from the target: each change alone then says which.
+            Ok(ref done) if op != ExportOperation::Add && op != ExportOperation::Delete && (done.rows_affected().iter().sum::<u64>() as usize) < changes.len() => {
+                Err(Refusal::Missing(format!("no row of {table} has the anchor of this change")))
+            }
             Ok(_) => Ok(()),
             Err(e @ tiberius::error::Error::Io { .. }) => {
                 self.client = None;

@@ -28,6 +28,15 @@ pub enum ExportMode {
     Update,
 }
 
+/// How a soft-delete column reads: a boolean (true = deleted), a number (not 0 = deleted, as
+/// the usual 0/1 flags), anything else (set = deleted, as a `deleted_at`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SoftDelete {
+    Flag,
+    Number,
+    Set,
+}
+
 #[derive(Clone, Debug)]
 pub struct TableConfig {
     /// A relation (canonical quoted name) or a function call.
@@ -37,7 +46,7 @@ pub struct TableConfig {
     pub name_column: Option<String>,
     pub delta_column: Option<(String, String, DeltaKind)>,
     pub overlap: String,
-    pub soft_delete_column: Option<(String, bool)>,
+    pub soft_delete_column: Option<(String, SoftDelete)>,
     pub export_table: Option<String>,
     pub export_mode: ExportMode,
     pub export_functions: HashMap<String, String>,
@@ -185,7 +194,14 @@ impl TableConfig {
         }
         if let Some(sd) = opt_str(config, "soft_delete_column") {
             let ty = column_type(sd, "soft-delete");
-            cfg.soft_delete_column = Some((sd.to_string(), ty == "boolean"));
+            let reads = if ty == "boolean" {
+                SoftDelete::Flag
+            } else if DeltaKind::of_type(&ty) == Some(DeltaKind::Number) {
+                SoftDelete::Number
+            } else {
+                SoftDelete::Set
+            };
+            cfg.soft_delete_column = Some((sd.to_string(), reads));
         }
         if let Some(t) = opt_str(config, "export_table") {
             let table = regclass(t).unwrap_or_else(|| {
@@ -298,8 +314,9 @@ impl TableConfig {
             None => self.anchor_sql(alias),
         };
         let deleted = match &self.soft_delete_column {
-            Some((c, true)) => format!("coalesce({alias}.{}, false)", ident(c)),
-            Some((c, false)) => format!("{alias}.{} IS NOT NULL", ident(c)),
+            Some((c, SoftDelete::Flag)) => format!("coalesce({alias}.{}, false)", ident(c)),
+            Some((c, SoftDelete::Number)) => format!("coalesce({alias}.{} <> 0, false)", ident(c)),
+            Some((c, SoftDelete::Set)) => format!("{alias}.{} IS NOT NULL", ident(c)),
             None => "false".to_string(),
         };
         (name, deleted)
@@ -563,7 +580,18 @@ impl IdentityConnector for TableConnector {
                     ),
                     Err(_) => {
                         for c in &group {
-                            match subxact(|| self.apply(op, &[*c])) {
+                            let mut outcome = subxact(|| self.apply(op, &[*c]));
+                            if let Err(e) = &outcome {
+                                let upsert = self.config.export_mode == ExportMode::Upsert;
+                                if super::rows::retry_as_update(op, upsert, Some(e.sqlstate().as_str())) {
+                                    let update = super::rows::add_as_update(&self.config.shape(), c);
+                                    let again = subxact(|| self.apply(ExportOperation::Update, &[&update]));
+                                    if matches!(&again, Ok(Ok(r)) if r.iter().all(|r| r.error.is_none())) {
+                                        outcome = again;
+                                    }
+                                }
+                            }
+                            match outcome {
                                 Ok(Ok(r)) => results.extend(r),
                                 Ok(Err(msg)) => results.push(ExportResult::failed(c.mesh_id, msg)),
                                 Err(e) => results.push(ExportResult::failed_with_code(

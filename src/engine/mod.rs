@@ -167,6 +167,63 @@ pub fn checkpoint(
     Ok(())
 }
 
+/// One connector's run in a cycle. Its failure (unreachable, login refused, a key file that
+/// does not open its secret) is its own: what it did is undone, it is recorded as a failed
+/// run with the error, and the cycle goes on with the other connectors; it ends `failed`.
+/// A cancel stops the whole cycle.
+fn cycle_step(name: &str, profile: &str, cycle_id: i64) {
+    let failure: Option<(PgSqlErrorCode, String)> = if in_worker() {
+        // The worker commits as it goes: a failure aborts the transaction, and the cycle
+        // goes on in a new one (what earlier steps committed stays).
+        let outcome = PgTryBuilder::new(|| {
+            run(name, profile, Some(cycle_id));
+            None
+        })
+        .catch_others(|e| {
+            let r = crate::error::report_of(&e);
+            Some((r.sql_error_code(), r.message().to_string()))
+        })
+        .execute();
+        if outcome.is_some() {
+            // SAFETY: as at the worker's top level: the error is caught, nothing of the
+            // failed transaction is used again; a new one starts with a snapshot.
+            unsafe {
+                pg_sys::AbortCurrentTransaction();
+                pg_sys::StartTransactionCommand();
+                pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            }
+            store::lock();
+        }
+        outcome
+    } else {
+        store::subxact(|| run(name, profile, Some(cycle_id)))
+            .err()
+            .map(|e| (e.code, e.message))
+    };
+    let Some((code, message)) = failure else {
+        return;
+    };
+    if code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED {
+        raise(code, message, "");
+    }
+    pgrx::log!("idmesh: cycle {cycle_id}: {profile} of \"{name}\" failed: {message}");
+    // A worker's run may have committed its row (and staged rows) before it failed.
+    let marked: Option<i64> = store::one(
+        "WITH f AS (UPDATE mesh.run SET status = 'failed', finished_at = clock_timestamp(), phase = NULL, message = $4 \
+                     WHERE parent_id = $1 AND connector_name = $2 AND profile = $3 AND status = 'running' RETURNING id), \
+              s AS (DELETE FROM mesh.staging WHERE run_id IN (SELECT id FROM f)) \
+         SELECT count(*) FROM f",
+        &[cycle_id.into(), name.into(), profile.into(), message.clone().into()],
+    );
+    if marked == Some(0) {
+        store::exec(
+            "INSERT INTO mesh.run (parent_id, connector_id, connector_name, profile, status, finished_at, message) \
+             SELECT $1, id, name, $3, 'failed', clock_timestamp(), $4 FROM mesh.connector WHERE name = $2",
+            &[cycle_id.into(), name.into(), profile.into(), message.into()],
+        );
+    }
+}
+
 /// A whole cycle under an existing cycle run: delta import of every enabled connector,
 /// sync, export to every connector with export flows or provisioning.
 pub fn cycle(cycle_id: i64) {
@@ -192,7 +249,7 @@ pub fn cycle(cycle_id: i64) {
         "SELECT coalesce(jsonb_agg(name ORDER BY id), '[]') FROM mesh.connector WHERE enabled",
     );
     for (i, name) in importers.iter().enumerate() {
-        run(name, "delta_import", Some(cycle_id));
+        cycle_step(name, "delta_import", cycle_id);
         checkpoint(
             cycle_id,
             "importing",
@@ -209,7 +266,7 @@ pub fn cycle(cycle_id: i64) {
               OR EXISTS (SELECT 1 FROM mesh.provisioning p WHERE p.connector_id = cn.id))",
     );
     for (i, name) in exporters.iter().enumerate() {
-        run(name, "export", Some(cycle_id));
+        cycle_step(name, "export", cycle_id);
         checkpoint(
             cycle_id,
             "exporting",
@@ -232,7 +289,7 @@ pub fn cycle(cycle_id: i64) {
              AND EXISTS (SELECT 1 FROM mesh.pending_export pe WHERE pe.connector_id = cn.id AND pe.status IN ('pending', 'approved'))",
         );
         for name in again {
-            run(&name, "export", Some(cycle_id));
+            cycle_step(&name, "export", cycle_id);
             checkpoint(cycle_id, "exporting", 0, None).unwrap_or_else(|e| cancelled(e));
         }
     }

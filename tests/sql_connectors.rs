@@ -497,6 +497,21 @@ fn sqlserver_import_over_tds() {
     assert!(db.message().contains("Login failed"), "{}", db.message());
     assert!(!db.message().contains("not-the-password"));
 
+    // An integer delta column: the mark is bound as a bigint (the lowest one on a full
+    // import), and a delta reads from the last mark minus the overlap.
+    c.execute(
+        "SELECT mesh.create_connector('Payroll ids', 'sqlserver', $1, secret => $2)",
+        &[&json!({"host": "127.0.0.1", "port": 14330, "user": "reader", "trust_cert": true, "object_type": "group",
+                  "import_query": "SELECT id, name FROM people WHERE id > @watermark",
+                  "anchor": "id", "delta_column": "id", "delta_type": "integer", "overlap": 1}), &"Tds-reader-1!"],
+    )
+    .unwrap();
+    let by_id = run(&mut c, "Payroll ids", "full_import");
+    assert_eq!(by_id["status"], json!("success"), "{by_id}");
+    let high = by_id["watermark_after"]["high"].as_str().unwrap().to_string();
+    let again = run(&mut c, "Payroll ids", "delta_import");
+    assert_eq!(again["unchanged"], json!(1), "only the row above the mark minus the overlap of 1: {again} (mark {high})");
+
     // The connection test runs the import query, without a run: a table that is not there
     // fails that step; a column the settings name that the query does not return, too.
     let checks = |c: &mut Client| -> Vec<(String, bool)> {

@@ -58,13 +58,26 @@ pub fn minus_seconds(mark: &str, seconds: i64) -> Option<String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(mark) {
         return Some((t - earlier).to_rfc3339());
     }
-    for format in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f"] {
+    for (format, separator) in [("%Y-%m-%dT%H:%M:%S%.f", 'T'), ("%Y-%m-%d %H:%M:%S%.f", ' ')] {
         if let Ok(t) = NaiveDateTime::parse_from_str(mark, format) {
-            return Some((t - earlier).format(format).to_string());
+            return Some(datetime_text(t - earlier, separator));
         }
     }
     let day = NaiveDate::parse_from_str(mark, "%Y-%m-%d").ok()?;
     Some((day.and_hms_opt(0, 0, 0)? - earlier).date().format("%Y-%m-%d").to_string())
+}
+
+/// A date and time as SQL Server reads it back from text: at most 7 fractional digits (its
+/// `datetime2` precision; a longer fraction is refused), trailing zeros left out.
+pub fn datetime_text(t: chrono::NaiveDateTime, separator: char) -> String {
+    use chrono::Timelike;
+    let whole = t.format(&format!("%Y-%m-%d{separator}%H:%M:%S")).to_string();
+    let ticks = t.nanosecond() % 1_000_000_000 / 100;
+    if ticks == 0 {
+        return whole;
+    }
+    let fraction = format!("{ticks:07}");
+    format!("{whole}.{}", fraction.trim_end_matches('0'))
 }
 
 #[cfg(test)]
@@ -73,7 +86,9 @@ mod tests {
 
     #[test]
     fn a_time_mark_moves_back_by_the_overlap_in_its_own_form() {
-        assert_eq!(minus_seconds("2026-11-03T10:00:00.5", 300).as_deref(), Some("2026-11-03T09:55:00.500"));
+        assert_eq!(minus_seconds("2026-11-03T10:00:00.5", 300).as_deref(), Some("2026-11-03T09:55:00.5"));
+        // datetime2's seven digits stay seven (chrono would write nine, which SQL Server refuses)
+        assert_eq!(minus_seconds("2026-11-03T10:00:00.1234567", 0).as_deref(), Some("2026-11-03T10:00:00.1234567"));
         assert_eq!(minus_seconds("2026-11-03 10:00:00", 300).as_deref(), Some("2026-11-03 09:55:00"));
         assert_eq!(minus_seconds("2026-11-03T10:00:00+02:00", 3600).as_deref(), Some("2026-11-03T09:00:00+02:00"));
         // A date goes back to the day the overlap reaches: same-day changes are read again.

@@ -118,7 +118,13 @@ fn cell(data: &ColumnData<'static>) -> Value {
     use ColumnData::*;
     let chrono_text = |d: &ColumnData<'static>| -> Value {
         if let Ok(Some(v)) = chrono::NaiveDateTime::from_sql(d) {
-            return json!(v.format("%Y-%m-%dT%H:%M:%S%.f").to_string());
+            // A legacy datetime counts 1/300 s: kept to the millisecond, as SQL Server
+            // writes it and reads it back (a longer fraction would not convert).
+            let v = match d {
+                DateTime(_) | SmallDateTime(_) => chrono::SubsecRound::trunc_subsecs(v, 3),
+                _ => v,
+            };
+            return json!(idmesh_core::delta::datetime_text(v, 'T'));
         }
         if let Ok(Some(v)) = chrono::DateTime::<chrono::FixedOffset>::from_sql(d) {
             return json!(v.to_rfc3339());
@@ -155,6 +161,15 @@ fn cell(data: &ColumnData<'static>) -> Value {
         }),
         Xml(v) => v.as_ref().map_or(Value::Null, |v| json!(v.to_string())),
         other => chrono_text(other),
+    }
+}
+
+/// `@watermark`'s value: an integer mark as a bigint (as text it would have to convert to
+/// the column's type, and the lowest bigint fits no int column), a time as text.
+fn bind_low(q: &mut tiberius::Query<'_>, low: &str, integer: bool) {
+    match low.parse::<i64>() {
+        Ok(n) if integer => q.bind(n),
+        _ => q.bind(low.to_string()),
     }
 }
 
@@ -245,7 +260,7 @@ impl SqlServerConnector {
         let read = async {
             let mut q = tiberius::Query::new(query);
             if uses_watermark {
-                q.bind(low.clone());
+                bind_low(&mut q, &low, delta_is_integer);
             }
             let mut stream = q
                 .query(&mut client)
@@ -331,7 +346,8 @@ impl SqlServerConnector {
                 idmesh_core::delta::minus_seconds(h, overlap).unwrap_or_else(|| h.to_string())
             }
             None if self.config.delta_is_integer => i64::MIN.to_string(),
-            None => "0001-01-01T00:00:00".to_string(),
+            // Within every date and time type's range (smalldatetime starts in 1900).
+            None => "1900-01-01T00:00:00".to_string(),
         }
     }
 
@@ -356,7 +372,7 @@ impl SqlServerConnector {
         let low = self.low_value(None);
         let mut q = tiberius::Query::new(query);
         if uses_watermark(&self.config.import_query) {
-            q.bind(low);
+            bind_low(&mut q, &low, self.config.delta_is_integer);
         }
         let client = self.client.as_mut().expect("connected");
         let columns = match q.query(client).await {

@@ -276,6 +276,19 @@ pub fn sqlserver_merge(
     ))
 }
 
+/// The SQL Server insert of a batch (export_mode `insert`): a row that is there already is
+/// the target's refusal (its key), never an update.
+pub fn sqlserver_insert(table: &str, cols: &[(&str, &str)]) -> String {
+    let names: Vec<String> = cols.iter().map(|(c, _)| tsql_ident(c)).collect();
+    format!(
+        "INSERT INTO {} ({}) SELECT {} FROM OPENJSON(@P1) WITH ({}) AS s;",
+        tsql_ident(table),
+        names.join(", "),
+        names.join(", "),
+        openjson_with(cols)
+    )
+}
+
 /// The SQL Server delete of a batch: rows whose anchor columns match a change's.
 pub fn sqlserver_delete(table: &str, anchors: &[(&str, &str)]) -> String {
     let on: Vec<String> = anchors
@@ -510,5 +523,9 @@ mod tests {
              [display] nvarchar(200) '$.attributes.\"display\"') AS s ON t.[login] = s.[idmesh_key_0];"
         );
         assert!(sqlserver_update("t", &[("login", "int")], &[]).is_err());
+        assert_eq!(
+            sqlserver_insert("dbo.accounts", &[("login", "nvarchar(64)")]),
+            "INSERT INTO [dbo].[accounts] ([login]) SELECT [login] FROM OPENJSON(@P1) WITH ([login] nvarchar(64) '$.attributes.\"login\"') AS s;"
+        );
     }
 }

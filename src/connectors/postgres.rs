@@ -124,15 +124,7 @@ impl PostgresConfig {
                 Some(_) => invalid("postgres connector: \"export_statements\" must be an object", ""),
             },
             written: Vec::new(),
-            export_mode: match text(config, "export_mode").as_deref().unwrap_or("upsert") {
-                "upsert" => Mode::Upsert,
-                "insert" => Mode::Insert,
-                "update" => Mode::Update,
-                other => invalid(
-                    format!("postgres connector: unknown export_mode \"{other}\""),
-                    "Use upsert, insert or update.",
-                ),
-            },
+            export_mode: super::rows::export_mode(config, "postgres"),
         }
     }
 }

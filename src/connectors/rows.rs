@@ -54,6 +54,19 @@ pub fn named_columns<'a>(
         .collect()
 }
 
+/// The `export_mode` setting: `upsert` (the default), `insert` or `update` (never adds rows).
+pub fn export_mode(config: &Value, kind: &str) -> Mode {
+    match config.get("export_mode").and_then(Value::as_str).unwrap_or("upsert") {
+        "upsert" => Mode::Upsert,
+        "insert" => Mode::Insert,
+        "update" => Mode::Update,
+        other => invalid(
+            format!("{kind} connector: unknown export_mode \"{other}\""),
+            "Use upsert, insert or update.",
+        ),
+    }
+}
+
 /// How a connector's rows map to source objects.
 #[derive(Clone, Debug)]
 pub struct RowShape {

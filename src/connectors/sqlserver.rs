@@ -11,6 +11,7 @@
 //! `soft_delete_column`.
 
 use super::rows::{forced_full, RowShape};
+use idmesh_core::export_sql::Mode;
 use idmesh_core::sql::{has_placeholder, replace_placeholder, Dialect};
 use crate::error::invalid;
 use idmesh_sdk::*;
@@ -39,8 +40,10 @@ pub struct SqlServerConfig {
     /// column (default 300), units for an integer one (default 0).
     pub overlap: i64,
     pub soft_delete_column: Option<String>,
-    /// `schema.table` exports upsert into (MERGE on the anchor) and delete from.
+    /// `schema.table` exports write to and delete from.
     pub export_table: Option<String>,
+    /// How adds are written: MERGE on the anchor (upsert), INSERT, or not at all (update).
+    pub export_mode: Mode,
 }
 
 fn text(config: &Value, key: &str) -> Option<String> {
@@ -65,6 +68,7 @@ impl SqlServerConfig {
             "overlap",
             "soft_delete_column",
             "export_table",
+            "export_mode",
         ];
         super::known_settings(config, "sqlserver", KNOWN);
         let need = |k: &str| {
@@ -109,6 +113,7 @@ impl SqlServerConfig {
             },
             soft_delete_column: text(config, "soft_delete_column"),
             export_table: text(config, "export_table"),
+            export_mode: super::rows::export_mode(config, "sqlserver"),
         }
     }
 }
@@ -598,9 +603,13 @@ impl SqlServerConnector {
             .collect();
         let sql = match op {
             ExportOperation::Delete => idmesh_core::export_sql::sqlserver_delete(table, &keys),
-            ExportOperation::Add => {
-                idmesh_core::export_sql::sqlserver_merge(table, &anchors, &typed).map_err(Refusal::Change)?
-            }
+            ExportOperation::Add => match self.config.export_mode {
+                Mode::Upsert => idmesh_core::export_sql::sqlserver_merge(table, &anchors, &typed).map_err(Refusal::Change)?,
+                Mode::Insert => idmesh_core::export_sql::sqlserver_insert(table, &typed),
+                Mode::Update => {
+                    return Err(Refusal::Change("this connector exports in update mode and does not add rows".into()))
+                }
+            },
             // Only the columns the changes set (the anchors are in `key`).
             _ => {
                 let set: Vec<(&str, &str)> = typed

@@ -50,7 +50,18 @@ fn key_path() -> PathBuf {
     }
     // SAFETY: DataDir is set before any backend runs SQL and never changes.
     let data_dir = unsafe { std::ffi::CStr::from_ptr(pg_sys::DataDir) };
-    if path.starts_with(Path::new(&*data_dir.to_string_lossy())) {
+    let data_dir = PathBuf::from(&*data_dir.to_string_lossy());
+    // Compared as the file system resolves them (`..`, symbolic links); the file itself
+    // may not exist yet, its directory must.
+    let resolved = |p: &Path| -> PathBuf {
+        std::fs::canonicalize(p)
+            .or_else(|_| match (p.parent(), p.file_name()) {
+                (Some(dir), Some(name)) => std::fs::canonicalize(dir).map(|d| d.join(name)),
+                _ => Ok(p.to_path_buf()),
+            })
+            .unwrap_or_else(|_| p.to_path_buf())
+    };
+    if resolved(&path).starts_with(resolved(&data_dir)) {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("idmesh.secret_key_file ({}) is inside the data directory", path.display()),
@@ -127,15 +138,38 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Writes a new key file (owner-only, on disk before this returns).
+/// Writes a key file whole or not at all (owner-only, written beside it and moved in
+/// place, on disk before this returns): a crash never leaves a short key file.
 fn write_key(path: &Path, key: &KeyBytes) -> std::io::Result<()> {
+    let tmp = beside(path, ".idmesh-tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)?;
+        .open(&tmp)?;
     f.write_all(key)?;
-    f.sync_all()
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    sync_directory(path)
+}
+
+fn sync_directory(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) => std::fs::File::open(dir)?.sync_all(),
+        None => Ok(()),
+    }
+}
+
+/// A companion key file (`.idmesh-next`, `.idmesh-previous`), or None when it is missing
+/// or unusable: a damaged companion never stands in the way of the current key.
+fn companion_key(path: &Path) -> Option<KeyBytes> {
+    let bytes = std::fs::read(path).ok()?;
+    let key: Option<KeyBytes> = bytes.try_into().ok();
+    if key.is_none() {
+        pgrx::warning!("idmesh: {} is not a key (32 bytes); it is not used", path.display());
+    }
+    key
 }
 
 fn connectors_with_secrets() -> i64 {
@@ -226,12 +260,15 @@ fn open(blob: &[u8], connector_id: i32) -> Result<String, Unreadable> {
         // The current key, the next one of a rotation that committed without moving its
         // file (a crash), the previous one (a rotation in another database using this file).
         let current = key();
-        let candidates = [Some(current), read_key(&next_path(&path)), read_key(&previous_path(&path))];
-        let k = candidates
-            .into_iter()
-            .flatten()
-            .find(|k| key_id(k) == id)
-            .ok_or_else(|| Unreadable::KeyMissing(hex(id)))?;
+        let k = if key_id(&current) == id {
+            current
+        } else {
+            [next_path(&path), previous_path(&path)]
+                .iter()
+                .filter_map(|p| companion_key(p))
+                .find(|k| key_id(k) == id)
+                .ok_or_else(|| Unreadable::KeyMissing(hex(id)))?
+        };
         return decrypt(&k, &blob[12..24], &blob[24..], &aad(connector_id)).ok_or(Unreadable::NotThisConnector);
     }
     if blob.len() < 12 + 16 {
@@ -283,17 +320,23 @@ pub fn rotate() -> i64 {
     let staged = next_path(&path);
     key(); // the current key exists (created if no secret is stored yet): it becomes the previous one
     // A rotation that committed but did not move its file (a crash) is finished first.
-    if let Some(pending) = read_key(&staged) {
+    if let Some(pending) = companion_key(&staged) {
         let used = store::one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM mesh.connector WHERE substr(secret, 5, 8) = $1)",
             &[key_id(&pending).to_vec().into()],
         );
         if used == Some(true) {
-            promote(&path, &staged);
+            if let Err(e) = promote(&path, &staged) {
+                raise(
+                    PgSqlErrorCode::ERRCODE_CONFIG_FILE_ERROR,
+                    format!("an earlier rotation's key {} cannot be moved into place: {e}", staged.display()),
+                    "Secrets are read with it meanwhile; fix the directory's permissions or space and rotate again.",
+                );
+            }
             return rotate();
         }
-        let _ = std::fs::remove_file(&staged);
     }
+    let _ = std::fs::remove_file(&staged);
     let new: KeyBytes = Aes256Gcm::generate_key(OsRng).into();
     let rows: Vec<(i32, String, Vec<u8>)> = store::json(
         "SELECT coalesce(jsonb_agg(jsonb_build_array(id, name, encode(secret, 'hex'))), '[]') \
@@ -330,7 +373,22 @@ pub fn rotate() -> i64 {
     }
     let (commit_path, commit_staged) = (path.clone(), staged.clone());
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
-        promote(&commit_path, &commit_staged);
+        if let Err(e) = promote(&commit_path, &commit_staged) {
+            pgrx::warning!(
+                "idmesh: the new secret key could not be moved into place ({e}); secrets are read from {} until \
+                 the next rotation finishes it",
+                commit_staged.display()
+            );
+        }
+    });
+    // A prepared transaction would keep the new key's fate open past this session's
+    // callbacks: refused.
+    pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::PrePrepare, || {
+        raise(
+            PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+            "a transaction that rotated the secret key cannot be prepared (PREPARE TRANSACTION)",
+            "Commit it directly.",
+        )
     });
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
         let _ = std::fs::remove_file(&staged);
@@ -341,30 +399,13 @@ pub fn rotate() -> i64 {
 /// Puts the staged key in place: the current key becomes `.idmesh-previous` (written whole
 /// before the move), then the staged file takes the key file's name. Each step leaves every
 /// key a secret may name in one of the three files.
-fn promote(path: &Path, staged: &Path) {
-    let previous = previous_path(path);
-    let step = || -> std::io::Result<()> {
-        let current = std::fs::read(path)?;
-        let tmp = beside(path, ".idmesh-previous.tmp");
-        let _ = std::fs::remove_file(&tmp);
-        let key: KeyBytes = current
-            .try_into()
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not a key"))?;
-        write_key(&tmp, &key)?;
-        std::fs::rename(&tmp, &previous)?;
-        std::fs::rename(staged, path)?;
-        if let Some(dir) = path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    };
-    if let Err(e) = step() {
-        pgrx::warning!(
-            "idmesh: the new secret key could not be moved into place ({e}); secrets are read from {} until a \
-             rotation finishes it",
-            staged.display()
-        );
-    }
+fn promote(path: &Path, staged: &Path) -> std::io::Result<()> {
+    let current: KeyBytes = std::fs::read(path)?
+        .try_into()
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not a key"))?;
+    write_key(&previous_path(path), &current)?;
+    std::fs::rename(staged, path)?;
+    sync_directory(path)
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {

@@ -350,6 +350,12 @@ fn secrets_are_encrypted_never_shown_and_need_their_key() {
         run(&mut c, "HR Database", "delta_import")["status"],
         json!("success")
     );
+    // A damaged companion key file never stands in the way of the current key.
+    std::fs::write(format!("{key_file}.idmesh-previous"), b"short").unwrap();
+    assert_eq!(
+        run(&mut c, "HR Database", "delta_import")["status"],
+        json!("success")
+    );
 
     // The wrong key file: a clear error; everything else still works.
     c.batch_execute("SET idmesh.secret_key_file = '/tmp/idmesh-run/idmesh_it_other.key'")
@@ -907,6 +913,62 @@ fn an_add_writes_only_its_own_columns_and_a_refused_login_leaves_exports_pending
         .map(|r| r.get(0))
         .collect();
     assert_eq!(codes, vec!["23502".to_string()], "the others have no floor: a real refusal");
+
+    // The connection lost in the middle of an export: what was written before is recorded
+    // as written, the changes not answered fail with the connection's error (and are tried
+    // again later); none is forgotten, none recorded as written that was not.
+    hr.batch_execute(
+        "CREATE TABLE lockers (employee_id integer PRIMARY KEY, name text, note text);
+         CREATE FUNCTION lockers_drop_line() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN IF NEW.name = 'Grace' THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN NEW; END $$;
+         CREATE TRIGGER drop_line BEFORE INSERT ON lockers FOR EACH ROW EXECUTE FUNCTION lockers_drop_line();
+         GRANT ALL ON lockers TO hr_app;",
+    )
+    .unwrap();
+    connector(
+        &mut c,
+        "Lockers",
+        json!({"dsn": dsn, "import_query": "SELECT * FROM lockers", "anchor": "employee_id",
+               "export_table": "lockers", "export_mode": "insert"}),
+    );
+    c.batch_execute(
+        r#"SELECT mesh.add_export_flow('Lockers', 'person', 'employee_id', 'employee_id');
+           SELECT mesh.add_export_flow('Lockers', 'person', 'name', 'name');
+           SELECT mesh.add_export_flow('Lockers', 'person', 'note', 'note');
+           SELECT mesh.set_provisioning('Lockers', 'person', NULL, '{}');
+           SELECT mesh.sync();"#,
+    )
+    .unwrap();
+    // Ada and Edsger (no note) go first, in one statement; Grace's drops the line.
+    let lockers = run(&mut c, "Lockers", "export");
+    assert_eq!((lockers["added"].clone(), lockers["errors"].clone()), (json!(2), json!(2)), "{lockers}");
+    let written: Vec<i32> = hr
+        .query("SELECT employee_id FROM lockers ORDER BY 1", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(written, vec![1, 4]);
+    let statuses: Vec<(String, Option<String>)> = c
+        .query(
+            "SELECT pe.status, e.sqlstate FROM mesh.pending_exports pe \
+             LEFT JOIN mesh.errors e ON e.connector = pe.connector AND e.mesh_id = pe.mesh_id \
+             WHERE pe.connector = 'Lockers' ORDER BY pe.mesh_id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            ("applied".to_string(), None),
+            ("failed".to_string(), Some("08006".to_string())),
+            ("failed".to_string(), Some("08006".to_string())),
+            ("applied".to_string(), None),
+        ]
+    );
 }
 
 /// TLS as the dsn's sslmode asks: `verify-full` against the cluster's certificate (the

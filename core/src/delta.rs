@@ -56,7 +56,7 @@ pub fn minus_seconds(mark: &str, seconds: i64) -> Option<String> {
     use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime};
     let earlier = Duration::seconds(seconds);
     if let Ok(t) = DateTime::parse_from_rfc3339(mark) {
-        return Some((t - earlier).to_rfc3339());
+        return Some(datetimeoffset_text(t - earlier));
     }
     for (format, separator) in [("%Y-%m-%dT%H:%M:%S%.f", 'T'), ("%Y-%m-%d %H:%M:%S%.f", ' ')] {
         if let Ok(t) = NaiveDateTime::parse_from_str(mark, format) {
@@ -80,6 +80,11 @@ pub fn datetime_text(t: chrono::NaiveDateTime, separator: char) -> String {
     format!("{whole}.{}", fraction.trim_end_matches('0'))
 }
 
+/// A date, time and offset as SQL Server reads it back (see `datetime_text`).
+pub fn datetimeoffset_text(t: chrono::DateTime<chrono::FixedOffset>) -> String {
+    format!("{}{}", datetime_text(t.naive_local(), 'T'), t.format("%:z"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +96,10 @@ mod tests {
         assert_eq!(minus_seconds("2026-11-03T10:00:00.1234567", 0).as_deref(), Some("2026-11-03T10:00:00.1234567"));
         assert_eq!(minus_seconds("2026-11-03 10:00:00", 300).as_deref(), Some("2026-11-03 09:55:00"));
         assert_eq!(minus_seconds("2026-11-03T10:00:00+02:00", 3600).as_deref(), Some("2026-11-03T09:00:00+02:00"));
+        assert_eq!(
+            minus_seconds("2026-11-03T10:00:00.1234567-05:00", 0).as_deref(),
+            Some("2026-11-03T10:00:00.1234567-05:00")
+        );
         // A date goes back to the day the overlap reaches: same-day changes are read again.
         assert_eq!(minus_seconds("2026-11-03", 300).as_deref(), Some("2026-11-02"));
         assert_eq!(minus_seconds("2026-11-03", 0).as_deref(), Some("2026-11-03"));

@@ -362,7 +362,8 @@ pub enum Dialect {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {
     Text(String),
-    Placeholder(String),
+    /// The name, and the placeholder as written (`@"Balance"`).
+    Placeholder(String, String),
 }
 
 /// Splits `sql` at placeholders: `sigil` then a name (letters, digits, `_`; or a quoted
@@ -410,7 +411,7 @@ pub fn placeholders(sql: &str, dialect: Dialect, sigil: char) -> Vec<Piece> {
                 if !text.is_empty() {
                     pieces.push(Piece::Text(std::mem::take(&mut text)));
                 }
-                pieces.push(Piece::Placeholder(name));
+                pieces.push(Piece::Placeholder(name, chars[i..end].iter().collect()));
                 i = end;
                 continue;
             }
@@ -430,38 +431,30 @@ pub fn render(pieces: &[Piece], mut with: impl FnMut(&str) -> String) -> String 
     for p in pieces {
         match p {
             Piece::Text(t) => out.push_str(t),
-            Piece::Placeholder(n) => out.push_str(&with(n)),
+            Piece::Placeholder(n, _) => out.push_str(&with(n)),
         }
     }
     out
 }
 
-/// `sql` with the placeholder `sigil name` replaced by `with`; other placeholders stay.
+/// `sql` with the placeholder `sigil name` replaced by `with`; other placeholders stay as
+/// they were written.
 pub fn replace_placeholder(sql: &str, dialect: Dialect, sigil: char, name: &str, with: &str) -> String {
-    render(&placeholders(sql, dialect, sigil), |n| {
-        if n == name {
-            with.to_string()
-        } else {
-            format!("{sigil}{}", quote_if_needed(n))
+    let mut out = String::new();
+    for p in placeholders(sql, dialect, sigil) {
+        match p {
+            Piece::Placeholder(n, _) if n == name => out.push_str(with),
+            Piece::Text(t) | Piece::Placeholder(_, t) => out.push_str(&t),
         }
-    })
+    }
+    out
 }
 
 /// Whether `sql` uses the placeholder `sigil name` where SQL code is.
 pub fn has_placeholder(sql: &str, dialect: Dialect, sigil: char, name: &str) -> bool {
     placeholders(sql, dialect, sigil)
         .iter()
-        .any(|p| matches!(p, Piece::Placeholder(n) if n == name))
-}
-
-fn quote_if_needed(name: &str) -> String {
-    let plain = name.chars().next().is_some_and(|c| c.is_alphabetic() || c == '_')
-        && name.chars().all(|c| c.is_alphanumeric() || c == '_');
-    if plain {
-        name.to_string()
-    } else {
-        ident(name)
-    }
+        .any(|p| matches!(p, Piece::Placeholder(n, _) if n == name))
 }
 
 /// Where a quoted stretch opened before `from` ends (after its closing quote; a doubled
@@ -565,7 +558,7 @@ mod tests {
         placeholders(sql, dialect, sigil)
             .into_iter()
             .filter_map(|p| match p {
-                Piece::Placeholder(n) => Some(n),
+                Piece::Placeholder(n, _) => Some(n),
                 Piece::Text(_) => None,
             })
             .collect()
@@ -615,6 +608,11 @@ mod tests {
         );
         assert!(has_placeholder(sql, Dialect::Postgres, '@', "watermark"));
         assert!(!has_placeholder("SELECT '@watermark'", Dialect::Postgres, '@', "watermark"));
+        // `@"Balance"` (PostgreSQL's absolute value of a quoted column) stays as written.
+        assert_eq!(
+            replace_placeholder("SELECT @\"Balance\" FROM t WHERE m > @watermark", Dialect::Postgres, '@', "watermark", "$1"),
+            "SELECT @\"Balance\" FROM t WHERE m > $1"
+        );
         // Text the scanner passes keeps every character, quotes and all.
         let odd = "SELECT $1, 'a''b', \"c\"\"d\", $q$ x $q$, /* ü */ 'é'";
         assert_eq!(render(&placeholders(odd, Dialect::Postgres, ':'), |_| unreachable!()), odd);

@@ -10,7 +10,7 @@
 //! own faithful form (numerics exact, timestamps with their offset, uuids, NULLs), and they
 //! stream in batches. Exports send one JSON array per batch; the target types each value.
 
-use super::rows::{forced_full, pg_batch, pg_results, RowShape};
+use super::rows::{connection_lost, forced_full, pg_batch, pg_results, RowShape};
 use crate::error::invalid;
 use idmesh_core::delta::DeltaKind;
 use idmesh_core::export_sql::{Mode, Returning};
@@ -188,7 +188,17 @@ enum Tls {
 fn tls_of(dsn: &str) -> Result<(String, Tls), String> {
     let (rest, mode, root) =
         idmesh_core::sql::split_tls_settings(dsn).map_err(|e| format!("dsn: {e}"))?;
-    let mode = mode.unwrap_or_else(|| "prefer".into());
+    // A URL keeps its sslmode in its query (disable, prefer, require: what the client
+    // library reads there); a key=value dsn's was taken out above.
+    let from_url = || {
+        use tokio_postgres::config::SslMode;
+        tokio_postgres::Config::from_str(&rest).ok().map(|c| match c.get_ssl_mode() {
+            SslMode::Disable => "disable".to_string(),
+            SslMode::Require => "require".to_string(),
+            _ => "prefer".to_string(),
+        })
+    };
+    let mode = mode.or_else(from_url).unwrap_or_else(|| "prefer".into());
     let (required, check_chain, check_host) = match mode.as_str() {
         "disable" => return Ok((rest, Tls::Off)),
         "allow" | "prefer" => (false, false, false),
@@ -205,10 +215,18 @@ fn tls_of(dsn: &str) -> Result<(String, Tls), String> {
     builder.danger_accept_invalid_certs(!check_chain);
     builder.danger_accept_invalid_hostnames(!check_host);
     if let Some(path) = root.filter(|_| check_chain) {
+        // These authorities and no other (the system's would let any certificate a public
+        // authority signed pass for this server).
         let pem = std::fs::read(&path).map_err(|e| format!("dsn: cannot read sslrootcert {path}: {e}"))?;
-        let cert = native_tls::Certificate::from_pem(&pem)
+        let certs = native_tls::Certificate::stack_from_pem(&pem)
             .map_err(|e| format!("dsn: sslrootcert {path} is not a PEM certificate: {e}"))?;
-        builder.add_root_certificate(cert);
+        if certs.is_empty() {
+            return Err(format!("dsn: sslrootcert {path} holds no certificate"));
+        }
+        builder.disable_built_in_roots(true);
+        for cert in certs {
+            builder.add_root_certificate(cert);
+        }
     }
     let connector = builder.build().map_err(|e| format!("TLS: {e}"))?;
     Ok((rest, Tls::On { required, connector }))
@@ -231,6 +249,8 @@ pub struct PostgresConnector {
     /// Statements prepared on this connection, by text: a batch's statement is parsed by
     /// the target once a run, and each later batch takes one round trip instead of two.
     statements: HashMap<String, tokio_postgres::Statement>,
+    /// Whether a write of this run reached the target (see `rows::connection_lost`).
+    wrote: bool,
 }
 
 /// Whether a statement failed because it no longer fits the table it was prepared for
@@ -291,6 +311,7 @@ impl PostgresConnector {
             password,
             client: None,
             statements: HashMap::new(),
+            wrote: false,
         }
     }
 
@@ -637,14 +658,18 @@ impl IdentityConnector for PostgresConnector {
             };
             let table = table.split('.').map(ident).collect::<Vec<_>>().join(".");
             // Unreachable or refused login: the run fails and every change stays pending.
-            self.client().await?;
+            if let Err(e) = self.client().await {
+                return connection_lost(self.wrote, changes, Vec::new(), e);
+            }
             let mut results = Vec::with_capacity(changes.len());
             for (op, group) in super::rows::by_operation(changes) {
                 // The whole group in one statement; if it fails, each change alone. A lost
                 // connection fails the run instead: nothing is known of the changes then.
                 match self.apply(&table, op, &group).await {
                     Ok(r) => results.extend(r),
-                    Err((_, msg)) if self.lost() => return Err(ConnectorError::connection(msg)),
+                    Err((_, msg)) if self.lost() => {
+                        return connection_lost(self.wrote, changes, results, ConnectorError::connection(msg))
+                    }
                     Err(_) => {
                         for c in &group {
                             let mut outcome = self.apply(&table, op, &[*c]).await;
@@ -661,7 +686,9 @@ impl IdentityConnector for PostgresConnector {
                             }
                             match outcome {
                                 Ok(r) => results.extend(r),
-                                Err((_, msg)) if self.lost() => return Err(ConnectorError::connection(msg)),
+                                Err((_, msg)) if self.lost() => {
+                                    return connection_lost(self.wrote, changes, results, ConnectorError::connection(msg))
+                                }
                                 Err((code, msg)) => results.push(match code {
                                     Some(code) => {
                                         ExportResult::failed_with_code(c.mesh_id, code, msg)
@@ -685,13 +712,24 @@ fn named_parameters(sql: &str) -> (Vec<Piece>, Vec<String>) {
     let pieces = placeholders(sql, Dialect::Postgres, ':');
     let mut names: Vec<String> = Vec::new();
     for p in &pieces {
-        if let Piece::Placeholder(n) = p {
+        if let Piece::Placeholder(n, _) = p {
             if !names.contains(n) {
                 names.push(n.clone());
             }
         }
     }
     (pieces, names)
+}
+
+/// Whether a statement's result says how many rows it changed (a `CALL` or `DO` says 0).
+fn counts_rows(sql: &str) -> bool {
+    let first: String = sql
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(first.as_str(), "update" | "insert" | "delete" | "merge" | "with")
 }
 
 /// The statement with `$n` for the n-th name: the server infers each one's type from it.
@@ -731,7 +769,9 @@ impl PostgresConnector {
         &mut self,
         changes: &[ExportChange],
     ) -> Result<Vec<ExportResult>, ConnectorError> {
-        self.client().await?;
+        if let Err(e) = self.client().await {
+            return connection_lost(self.wrote, changes, Vec::new(), e);
+        }
         let mut results = Vec::with_capacity(changes.len());
         for c in changes {
             let Some(user_sql) = self
@@ -793,7 +833,8 @@ impl PostgresConnector {
                 }
                 match done {
                     // An update that found no row wrote nothing: said so, as the table kind does.
-                    Ok(0) if matches!(c.operation, ExportOperation::Update | ExportOperation::Disable) => Err((
+                    Ok(0) if matches!(c.operation, ExportOperation::Update | ExportOperation::Disable)
+                        && counts_rows(&user_sql) => Err((
                         Some("02000".to_string()),
                         format!("the export statement for \"{}\" changed no row", c.operation.as_str()),
                     )),
@@ -803,8 +844,13 @@ impl PostgresConnector {
             }
             .await;
             results.push(match outcome {
-                Ok(_) => ExportResult::ok(c.mesh_id, None),
-                Err((_, msg)) if self.lost() => return Err(ConnectorError::connection(msg)),
+                Ok(_) => {
+                    self.wrote = true;
+                    ExportResult::ok(c.mesh_id, None)
+                }
+                Err((_, msg)) if self.lost() => {
+                    return connection_lost(self.wrote, changes, results, ConnectorError::connection(msg))
+                }
                 Err((Some(code), msg)) => ExportResult::failed_with_code(c.mesh_id, code, msg),
                 Err((None, msg)) => ExportResult::failed(c.mesh_id, msg),
             });
@@ -850,6 +896,7 @@ impl PostgresConnector {
             Value::Array(rows) => rows,
             _ => Vec::new(),
         };
+        self.wrote = true;
         // The import is a query, not the table: confirmation comes with the next import.
         Ok(pg_results(
             table,

@@ -285,6 +285,30 @@ pub fn forced_full(mut end: ImportEnd) -> ImportEnd {
     end
 }
 
+/// What an export returns when the connection to the target is lost (or the login is
+/// refused): before anything was written in the run, the run fails and its changes stay
+/// pending as they were; after, what was written is recorded and every change not yet
+/// answered fails with the connection's error (SQLSTATE 08006, retried with the usual
+/// backoff), so no write the target kept is forgotten.
+pub fn connection_lost(
+    wrote: bool,
+    changes: &[ExportChange],
+    mut results: Vec<ExportResult>,
+    error: ConnectorError,
+) -> Result<Vec<ExportResult>, ConnectorError> {
+    if !wrote {
+        return Err(error);
+    }
+    let answered: std::collections::HashSet<i64> = results.iter().map(|r| r.mesh_id).collect();
+    let rest: Vec<ExportResult> = changes
+        .iter()
+        .filter(|c| !answered.contains(&c.mesh_id))
+        .map(|c| ExportResult::failed_with_code(c.mesh_id, "08006", error.message.clone()))
+        .collect();
+    results.extend(rest);
+    Ok(results)
+}
+
 /// An add as the update of the row that already has its anchor: an upsert whose insert a
 /// NOT NULL column the flows do not write refuses (PostgreSQL checks it before it sees the
 /// conflict) can still write the columns it has into the row that is there.

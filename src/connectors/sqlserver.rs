@@ -132,7 +132,7 @@ fn cell(data: &ColumnData<'static>) -> Value {
             return json!(idmesh_core::delta::datetime_text(v, 'T'));
         }
         if let Ok(Some(v)) = chrono::DateTime::<chrono::FixedOffset>::from_sql(d) {
-            return json!(v.to_rfc3339());
+            return json!(idmesh_core::delta::datetimeoffset_text(v));
         }
         if let Ok(Some(v)) = chrono::NaiveDate::from_sql(d) {
             return json!(v.to_string());
@@ -188,6 +188,8 @@ pub struct SqlServerConnector {
     config: SqlServerConfig,
     password: Option<String>,
     client: Option<Client<Compat<TcpStream>>>,
+    /// Whether a write of this run reached the target (see `rows::connection_lost`).
+    wrote: bool,
 }
 
 fn server_error(what: &str, e: tiberius::error::Error) -> ConnectorError {
@@ -202,6 +204,7 @@ impl SqlServerConnector {
             config,
             password,
             client: None,
+            wrote: false,
         }
     }
 
@@ -449,7 +452,13 @@ impl IdentityConnector for SqlServerConnector {
                     .map(|c| ExportResult::failed(c.mesh_id, "this connector has no export_table"))
                     .collect());
             };
-            let types = self.column_types(&table).await?;
+            let types = match self.column_types(&table).await {
+                Ok(t) => t,
+                Err(e) if e.kind == ErrorKind::Connection => {
+                    return super::rows::connection_lost(self.wrote, changes, Vec::new(), e)
+                }
+                Err(e) => return Err(e),
+            };
             let mut results = Vec::with_capacity(changes.len());
             // Each statement writes the columns its changes carry and no other: a column a
             // change does not touch is never written from an older import or as NULL.
@@ -468,12 +477,16 @@ impl IdentityConnector for SqlServerConnector {
                     Ok(()) => {
                         results.extend(group.iter().map(|c| ExportResult::ok(c.mesh_id, None)))
                     }
-                    Err(Refusal::Connection(e)) => return Err(e),
+                    Err(Refusal::Connection(e)) => {
+                        return super::rows::connection_lost(self.wrote, changes, results, e)
+                    }
                     Err(_) => {
                         for c in &group {
                             results.push(match self.apply(&table, &types, &[*c], op).await {
                                 Ok(()) => ExportResult::ok(c.mesh_id, None),
-                                Err(Refusal::Connection(e)) => return Err(e),
+                                Err(Refusal::Connection(e)) => {
+                                    return super::rows::connection_lost(self.wrote, changes, results, e)
+                                }
                                 Err(Refusal::Change(message)) => ExportResult::failed(c.mesh_id, message),
                                 Err(Refusal::Missing(message)) => {
                                     ExportResult::failed_with_code(c.mesh_id, "02000", message)
@@ -620,15 +633,29 @@ impl SqlServerConnector {
                 idmesh_core::export_sql::sqlserver_update(table, &keys, &set).map_err(Refusal::Change)?
             }
         };
+        let update = op != ExportOperation::Add && op != ExportOperation::Delete;
         let client = self.client().await.map_err(Refusal::Connection)?;
-        match client.execute(sql, &[&payload]).await {
+        // An update reports the rows it changed itself (@@ROWCOUNT: neither a trigger's
+        // statements nor NOCOUNT change it), so a row gone from the target is seen.
+        let done: Result<Option<i64>, tiberius::error::Error> = if update {
+            match client.query(format!("{sql} SELECT CAST(@@ROWCOUNT AS bigint);"), &[&payload]).await {
+                Ok(stream) => stream.into_row().await.map(|r| r.and_then(|r| r.get::<i64, _>(0))),
+                Err(e) => Err(e),
+            }
+        } else {
+            client.execute(sql, &[&payload]).await.map(|_| None)
+        };
+        if done.is_ok() {
+            self.wrote = true;
+        }
+        match done {
             // An update that changed fewer rows than it had changes missed a row that is
             // gone from the target: each change alone then says which.
-            Ok(ref done) if op != ExportOperation::Add && op != ExportOperation::Delete && (done.rows_affected().iter().sum::<u64>() as usize) < changes.len() => {
+            Ok(Some(n)) if (n as usize) < changes.len() => {
                 Err(Refusal::Missing(format!("no row of {table} has the anchor of this change")))
             }
             Ok(_) => Ok(()),
-            Err(e @ tiberius::error::Error::Io { .. }) => {
+            Err(e @ (tiberius::error::Error::Io { .. } | tiberius::error::Error::Tls(_) | tiberius::error::Error::Protocol(_))) => {
                 self.client = None;
                 Err(Refusal::Connection(server_error("the connection to the target was lost", e)))
             }

@@ -196,7 +196,7 @@ impl TableConfig {
             let ty = column_type(sd, "soft-delete");
             let reads = if ty == "boolean" {
                 SoftDelete::Flag
-            } else if DeltaKind::of_type(&ty) == Some(DeltaKind::Number) {
+            } else if DeltaKind::of_type(&ty) == Some(DeltaKind::Number) || ty == "real" || ty == "double precision" {
                 SoftDelete::Number
             } else {
                 SoftDelete::Set

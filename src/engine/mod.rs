@@ -284,6 +284,8 @@ pub fn cycle(cycle_id: i64) {
     );
     if created.unwrap_or(0) > 0 {
         store::exec("SELECT mesh._sync(false, $1)", &[cycle_id.into()]);
+        // Committed in a worker before the exports: one that fails must not take it back.
+        checkpoint(cycle_id, "synced", 0, None).unwrap_or_else(|e| cancelled(e));
         let again = names(
             "SELECT coalesce(jsonb_agg(cn.name ORDER BY cn.id), '[]') FROM mesh.connector cn WHERE cn.enabled \
              AND EXISTS (SELECT 1 FROM mesh.pending_export pe WHERE pe.connector_id = cn.id AND pe.status IN ('pending', 'approved'))",

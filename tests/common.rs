@@ -87,3 +87,16 @@ pub fn sqlstate_of(c: &mut Client, sql: &str) -> String {
             .unwrap_or_else(|| panic!("no SQLSTATE: {e}")),
     }
 }
+
+/// Every row of `sql` as the pair of its first two columns.
+pub fn pairs<A, B>(c: &mut Client, sql: &str) -> Vec<(A, B)>
+where
+    A: for<'a> postgres::types::FromSql<'a>,
+    B: for<'a> postgres::types::FromSql<'a>,
+{
+    c.query(sql, &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}

@@ -44,15 +44,7 @@ fn typed_import_delta_late_rows_deletes_and_export() {
     let mut hr = hr_source();
     let mut c = fresh_database_with_own_key("idmesh_it_pg");
     connector(&mut c, "HR Database", hr_config());
-    let checks: Vec<(String, bool)> = c
-        .query(
-            "SELECT step, ok FROM mesh.test_connection('HR Database')",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let checks: Vec<(String, bool)> = pairs(&mut c, "SELECT step, ok FROM mesh.test_connection('HR Database')");
     assert_eq!(
         checks,
         vec![
@@ -209,12 +201,7 @@ fn typed_import_delta_late_rows_deletes_and_export() {
         steps.contains(&("Accounts".into(), "export".into(), 2)),
         "{steps:?}"
     );
-    let accounts: Vec<(String, String)> = hr
-        .query("SELECT login, display FROM accounts ORDER BY login", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let accounts: Vec<(String, String)> = pairs(&mut hr, "SELECT login, display FROM accounts ORDER BY login");
     assert_eq!(
         accounts,
         vec![
@@ -521,11 +508,7 @@ fn sqlserver_import_over_tds() {
     // The connection test runs the import query, without a run: a table that is not there
     // fails that step; a column the settings name that the query does not return, too.
     let checks = |c: &mut Client| -> Vec<(String, bool)> {
-        c.query("SELECT step, ok FROM mesh.test_connection('Payroll')", &[])
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
+        pairs(c, "SELECT step, ok FROM mesh.test_connection('Payroll')")
     };
     c.execute(
         "SELECT mesh.alter_connector('Payroll', config => $1, secret => $2)",
@@ -657,12 +640,7 @@ fn export_through_user_statements_with_named_parameters() {
         .unwrap()
         .get(0);
     assert_eq!(added, 2, "Ada and Alan; Grace is refused by the target");
-    let rows: Vec<(i32, String)> = hr
-        .query("SELECT badge_for, holder FROM badges ORDER BY 1", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let rows: Vec<(i32, String)> = pairs(&mut hr, "SELECT badge_for, holder FROM badges ORDER BY 1");
     assert_eq!(rows, vec![(1, "Ada".to_string()), (3, "Alan".to_string())]);
     let e: Value = c
         .query_one(
@@ -814,42 +792,55 @@ fn import_settings_are_checked_and_the_watermark_stays_below_the_source_clock() 
     assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('Joined', 'full_import')"), "22023");
 }
 
+/// A table in the HR database (`create` makes it, and grants it to the login) exported to
+/// by a postgres connector of the same name in `mode`, each column an export flow of the
+/// person attribute of its name, every person provisioned; then a sync plans the adds.
+fn export_target(c: &mut Client, hr: &mut Client, table: &str, create: &str, columns: &[&str], mode: &str) {
+    hr.batch_execute(&format!("{create}; GRANT ALL ON {table} TO hr_app;")).unwrap();
+    connector(
+        c,
+        table,
+        json!({"dsn": format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app", port()),
+               "import_query": format!("SELECT * FROM {table}"), "anchor": "employee_id",
+               "export_table": table, "export_mode": mode}),
+    );
+    for column in columns {
+        c.execute("SELECT mesh.add_export_flow($1, 'person', $2, $2)", &[&table, column])
+            .unwrap();
+    }
+    c.execute("SELECT mesh.set_provisioning($1, 'person', NULL, '{}')", &[&table])
+        .unwrap();
+    c.batch_execute("SELECT mesh.sync()").unwrap();
+}
+
 /// An add writes the columns it has values for, and no other: an upsert that meets an
 /// existing row leaves its other columns alone, a new row takes the table's defaults. A
 /// target that refuses the login fails the run, and its changes stay pending as they were.
 #[test]
 fn an_add_writes_only_its_own_columns_and_a_refused_login_leaves_exports_pending() {
     let mut hr = hr_source();
-    hr.batch_execute(
-        "INSERT INTO employees (employee_id, name, note) VALUES (4, 'Edsger', NULL);
-         CREATE TABLE staff (employee_id integer PRIMARY KEY, name text, note text DEFAULT 'none');
-         INSERT INTO staff VALUES (1, 'Ada (old)', 'keep me');
-         GRANT ALL ON staff TO hr_app;",
-    )
-    .unwrap();
+    hr.batch_execute("INSERT INTO employees (employee_id, name, note) VALUES (4, 'Edsger', NULL)")
+        .unwrap();
     let mut c = fresh_database_with_own_key("idmesh_it_columns");
     connector(&mut c, "HR Database", hr_config());
-    let dsn = format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app", port());
-    connector(
-        &mut c,
-        "Staff",
-        json!({"dsn": dsn, "import_query": "SELECT * FROM staff", "anchor": "employee_id",
-               "export_table": "staff", "export_mode": "upsert"}),
-    );
     c.batch_execute(
         r#"SELECT mesh.set_projection('HR Database', 'person', true);
            SELECT mesh.add_import_flow('HR Database', 'person', 'employee_id', 'employee_id', 100);
            SELECT mesh.add_import_flow('HR Database', 'person', 'name', 'name', 100);
-           SELECT mesh.add_import_flow('HR Database', 'person', 'note', 'note', 100);
-           SELECT mesh.add_export_flow('Staff', 'person', 'employee_id', 'employee_id');
-           SELECT mesh.add_export_flow('Staff', 'person', 'name', 'name');
-           SELECT mesh.add_export_flow('Staff', 'person', 'note', 'note');
-           SELECT mesh.set_provisioning('Staff', 'person', NULL, '{}');"#,
+           SELECT mesh.add_import_flow('HR Database', 'person', 'note', 'note', 100);"#,
     )
     .unwrap();
     run(&mut c, "HR Database", "full_import");
-    c.batch_execute("SELECT mesh.sync()").unwrap();
-    assert_eq!(run(&mut c, "Staff", "export")["added"], json!(4));
+    export_target(
+        &mut c,
+        &mut hr,
+        "staff",
+        "CREATE TABLE staff (employee_id integer PRIMARY KEY, name text, note text DEFAULT 'none');
+         INSERT INTO staff VALUES (1, 'Ada (old)', 'keep me')",
+        &["employee_id", "name", "note"],
+        "upsert",
+    );
+    assert_eq!(run(&mut c, "staff", "export")["added"], json!(4));
     let rows: Vec<(i32, String, Option<String>)> = hr
         .query("SELECT employee_id, name, note FROM staff ORDER BY 1", &[])
         .unwrap()
@@ -861,45 +852,30 @@ fn an_add_writes_only_its_own_columns_and_a_refused_login_leaves_exports_pending
     assert_eq!(rows[3], (4, "Edsger".to_string(), Some("none".to_string())), "the column's default");
 
     // A refused login: the run fails with the connection's SQLSTATE; the change stays pending.
-    c.execute("SELECT mesh.alter_connector('Staff', secret => $1)", &[&"Wr0ng-guess"])
+    c.execute("SELECT mesh.alter_connector('staff', secret => $1)", &[&"Wr0ng-guess"])
         .unwrap();
     hr.batch_execute("UPDATE employees SET name = 'Alan T.', modified_at = clock_timestamp() WHERE employee_id = 3")
         .unwrap();
     run(&mut c, "HR Database", "delta_import");
     c.batch_execute("SELECT mesh.sync()").unwrap();
-    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('Staff', 'export')"), "08006");
-    let pending: Vec<(String, i32)> = c
-        .query("SELECT status, attempts FROM mesh.pending_exports WHERE connector = 'Staff' AND status <> 'applied'", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('staff', 'export')"), "08006");
+    let pending: Vec<(String, i32)> = pairs(&mut c, "SELECT status, attempts FROM mesh.pending_exports WHERE connector = 'staff' AND status <> 'applied'");
     assert_eq!(pending, vec![("pending".to_string(), 0)]);
     let errors: i64 = c.query_one("SELECT count(*) FROM mesh.errors", &[]).unwrap().get(0);
     assert_eq!(errors, 0);
 
     // An upsert meeting a row that has a NOT NULL column the flows do not write: PostgreSQL
     // refuses the insert before it sees the conflict; the row that is there is updated.
-    hr.batch_execute(
-        "CREATE TABLE desks (employee_id integer PRIMARY KEY, name text, floor integer NOT NULL);
-         INSERT INTO desks VALUES (1, 'Ada (old)', 3);
-         GRANT ALL ON desks TO hr_app;",
-    )
-    .unwrap();
-    connector(
+    export_target(
         &mut c,
-        "Desks",
-        json!({"dsn": dsn, "import_query": "SELECT * FROM desks", "anchor": "employee_id",
-               "export_table": "desks", "export_mode": "upsert"}),
+        &mut hr,
+        "desks",
+        "CREATE TABLE desks (employee_id integer PRIMARY KEY, name text, floor integer NOT NULL);
+         INSERT INTO desks VALUES (1, 'Ada (old)', 3)",
+        &["employee_id", "name"],
+        "upsert",
     );
-    c.batch_execute(
-        r#"SELECT mesh.add_export_flow('Desks', 'person', 'employee_id', 'employee_id');
-           SELECT mesh.add_export_flow('Desks', 'person', 'name', 'name');
-           SELECT mesh.set_provisioning('Desks', 'person', NULL, '{}');
-           SELECT mesh.sync();"#,
-    )
-    .unwrap();
-    let desks = run(&mut c, "Desks", "export");
+    let desks = run(&mut c, "desks", "export");
     assert_eq!((desks["added"].clone(), desks["errors"].clone()), (json!(1), json!(3)), "{desks}");
     let ada: (String, i32) = hr
         .query_one("SELECT name, floor FROM desks WHERE employee_id = 1", &[])
@@ -907,7 +883,7 @@ fn an_add_writes_only_its_own_columns_and_a_refused_login_leaves_exports_pending
         .unwrap();
     assert_eq!(ada, ("Ada".to_string(), 3));
     let codes: Vec<String> = c
-        .query("SELECT DISTINCT sqlstate FROM mesh.errors WHERE connector = 'Desks'", &[])
+        .query("SELECT DISTINCT sqlstate FROM mesh.errors WHERE connector = 'desks'", &[])
         .unwrap()
         .iter()
         .map(|r| r.get(0))
@@ -917,30 +893,19 @@ fn an_add_writes_only_its_own_columns_and_a_refused_login_leaves_exports_pending
     // The connection lost in the middle of an export: what was written before is recorded
     // as written, the changes not answered fail with the connection's error (and are tried
     // again later); none is forgotten, none recorded as written that was not.
-    hr.batch_execute(
+    export_target(
+        &mut c,
+        &mut hr,
+        "lockers",
         "CREATE TABLE lockers (employee_id integer PRIMARY KEY, name text, note text);
          CREATE FUNCTION lockers_drop_line() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN IF NEW.name = 'Grace' THEN PERFORM pg_terminate_backend(pg_backend_pid()); END IF; RETURN NEW; END $$;
-         CREATE TRIGGER drop_line BEFORE INSERT ON lockers FOR EACH ROW EXECUTE FUNCTION lockers_drop_line();
-         GRANT ALL ON lockers TO hr_app;",
-    )
-    .unwrap();
-    connector(
-        &mut c,
-        "Lockers",
-        json!({"dsn": dsn, "import_query": "SELECT * FROM lockers", "anchor": "employee_id",
-               "export_table": "lockers", "export_mode": "insert"}),
+         CREATE TRIGGER drop_line BEFORE INSERT ON lockers FOR EACH ROW EXECUTE FUNCTION lockers_drop_line()",
+        &["employee_id", "name", "note"],
+        "insert",
     );
-    c.batch_execute(
-        r#"SELECT mesh.add_export_flow('Lockers', 'person', 'employee_id', 'employee_id');
-           SELECT mesh.add_export_flow('Lockers', 'person', 'name', 'name');
-           SELECT mesh.add_export_flow('Lockers', 'person', 'note', 'note');
-           SELECT mesh.set_provisioning('Lockers', 'person', NULL, '{}');
-           SELECT mesh.sync();"#,
-    )
-    .unwrap();
     // Ada and Edsger (no note) go first, in one statement; Grace's drops the line.
-    let lockers = run(&mut c, "Lockers", "export");
+    let lockers = run(&mut c, "lockers", "export");
     assert_eq!((lockers["added"].clone(), lockers["errors"].clone()), (json!(2), json!(2)), "{lockers}");
     let written: Vec<i32> = hr
         .query("SELECT employee_id FROM lockers ORDER BY 1", &[])
@@ -949,17 +914,9 @@ fn an_add_writes_only_its_own_columns_and_a_refused_login_leaves_exports_pending
         .map(|r| r.get(0))
         .collect();
     assert_eq!(written, vec![1, 4]);
-    let statuses: Vec<(String, Option<String>)> = c
-        .query(
-            "SELECT pe.status, e.sqlstate FROM mesh.pending_exports pe \
+    let statuses: Vec<(String, Option<String>)> = pairs(&mut c, "SELECT pe.status, e.sqlstate FROM mesh.pending_exports pe \
              LEFT JOIN mesh.errors e ON e.connector = pe.connector AND e.mesh_id = pe.mesh_id \
-             WHERE pe.connector = 'Lockers' ORDER BY pe.mesh_id",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+             WHERE pe.connector = 'lockers' ORDER BY pe.mesh_id");
     assert_eq!(
         statuses,
         vec![
@@ -1031,15 +988,7 @@ fn postgres_schema_discovery_and_checked_flows() {
     let _hr = hr_source();
     let mut c = fresh_database_with_own_key("idmesh_it_pg_schema");
     connector(&mut c, "HR Database", hr_config());
-    let cols: Vec<(String, String)> = c
-        .query(
-            "SELECT attribute, syntax FROM mesh.discover_schema('HR Database') ORDER BY attribute",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let cols: Vec<(String, String)> = pairs(&mut c, "SELECT attribute, syntax FROM mesh.discover_schema('HR Database') ORDER BY attribute");
     for (name, ty) in [
         ("employee_id", "int4"),
         ("salary", "numeric"),

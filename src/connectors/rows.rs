@@ -240,10 +240,17 @@ pub fn pg_results(
     changes
         .iter()
         .map(|c| {
-            let anchor = shape.anchor_of(&shape.written_key(op, c));
-            // A row the change renamed was not staged under its change's key: the next
-            // import confirms it.
-            let renamed = anchor != shape.anchor_of(&shape.key(op, c));
+            let anchor = shape.anchor_of(&shape.key(op, c));
+            // An update that sets an anchor column renames the row: it is found under its
+            // new anchor, and was not staged under its change's key (the next import
+            // confirms it).
+            let sets_anchor = matches!(op, ExportOperation::Update | ExportOperation::Disable)
+                && shape.anchor.iter().any(|a| c.attributes.contains_key(a));
+            let moved_to = sets_anchor
+                .then(|| shape.anchor_of(&shape.written_key(op, c)))
+                .filter(|w| *w != anchor);
+            let renamed = moved_to.is_some();
+            let anchor = moved_to.unwrap_or(anchor);
             let row = anchor.as_ref().and_then(|a| by_anchor.remove(a));
             match (op, row) {
                 (ExportOperation::Delete, row) => {
@@ -352,16 +359,18 @@ pub fn by_operation(changes: &[ExportChange]) -> Vec<(ExportOperation, Vec<&Expo
     groups
 }
 
-/// Changes grouped by the set of attributes they carry, in the order first seen.
+/// Changes grouped by the attributes they carry, in the order first seen (the keys of an
+/// object come in one order for one set: compared as they come, nothing is allocated).
 pub fn by_columns(changes: Vec<&ExportChange>) -> Vec<Vec<&ExportChange>> {
-    let mut groups: Vec<(Vec<&str>, Vec<&ExportChange>)> = Vec::new();
+    let mut groups: Vec<Vec<&ExportChange>> = Vec::new();
     for c in changes {
-        let mut columns: Vec<&str> = c.attributes.keys().map(String::as_str).collect();
-        columns.sort_unstable();
-        match groups.iter_mut().find(|(k, _)| *k == columns) {
-            Some((_, group)) => group.push(c),
-            None => groups.push((columns, vec![c])),
+        match groups
+            .iter_mut()
+            .find(|g| g[0].attributes.keys().eq(c.attributes.keys()))
+        {
+            Some(group) => group.push(c),
+            None => groups.push(vec![c]),
         }
     }
-    groups.into_iter().map(|(_, group)| group).collect()
+    groups
 }

@@ -782,6 +782,30 @@ fn import_settings_are_checked_and_the_watermark_stays_below_the_source_clock() 
     assert_eq!(changed["status"], json!("success"), "{changed}");
     assert_eq!(changed["unchanged"], json!(2), "{changed}");
 
+    // Wide rows (1 MB each) go in batches by size too: all of them arrive, whole.
+    hr.batch_execute(
+        "CREATE TABLE photos (id integer PRIMARY KEY, photo text);
+         INSERT INTO photos SELECT i, repeat(chr(64 + i), 1000000) FROM generate_series(1, 20) i;
+         GRANT ALL ON photos TO hr_app;",
+    )
+    .unwrap();
+    connector(
+        &mut c,
+        "Photos",
+        json!({"dsn": dsn, "import_query": "SELECT * FROM photos", "anchor": "id", "object_type": "group"}),
+    );
+    assert_eq!(run(&mut c, "Photos", "full_import")["added"], json!(20));
+    let whole: i64 = c
+        .query_one(
+            "SELECT count(*) FROM mesh.connector_object co JOIN mesh.connector n ON n.id = co.connector_id \
+             WHERE n.name = 'Photos' AND length(co.attrs->>'photo') = 1000000 \
+               AND co.attrs->>'photo' = repeat(chr(64 + co.anchor::int), 1000000)",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(whole, 20);
+
     // Two columns of one name: refused (one would hide the other in the object).
     connector(
         &mut c,

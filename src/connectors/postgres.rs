@@ -21,6 +21,9 @@ use std::collections::HashMap;
 use std::str::FromStr;
 
 const BATCH: usize = 5000;
+/// A batch also goes once its rows' text reaches this size: wide rows (a photo, a long
+/// description) keep the memory a batch takes bounded, not just its row count.
+const BATCH_BYTES: usize = 16 << 20;
 
 #[derive(Clone, Debug)]
 pub struct PostgresConfig {
@@ -520,11 +523,15 @@ impl PostgresConnector {
             }
         };
         use futures_util::StreamExt;
+        let mut bytes = 0;
         while let Some(row) = stream.next().await {
             let row = row.map_err(|e| connection_error("reading rows failed", e))?;
-            batch.push(row.get(0));
-            if batch.len() == BATCH {
+            let text: String = row.get(0);
+            bytes += text.len();
+            batch.push(text);
+            if batch.len() == BATCH || bytes >= BATCH_BYTES {
                 stage(std::mem::take(&mut batch))?;
+                bytes = 0;
             }
         }
         stage(batch)?;

@@ -31,6 +31,10 @@ const AAD_V1: &[u8] = b"idmesh connector secret v1";
 
 type KeyBytes = [u8; 32];
 
+/// Whether this backend's transaction has rotated the key already (its new key is staged,
+/// not yet in place): a second rotation would take it for a crashed one and move it early.
+static ROTATED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn key_path() -> PathBuf {
     let path = match guc::SECRET_KEY_FILE.get().and_then(|p| p.into_string().ok()).filter(|p| !p.is_empty()) {
         Some(p) => PathBuf::from(p),
@@ -316,6 +320,13 @@ pub fn rotate() -> i64 {
              undo: call it at the top level of a transaction.",
         );
     }
+    if ROTATED.load(std::sync::atomic::Ordering::Relaxed) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            "the secret key was rotated in this transaction already",
+            "Commit it, then rotate again.",
+        );
+    }
     let path = key_path();
     let staged = next_path(&path);
     key(); // the current key exists (created if no secret is stored yet): it becomes the previous one
@@ -371,8 +382,10 @@ pub fn rotate() -> i64 {
             "",
         );
     }
+    ROTATED.store(true, std::sync::atomic::Ordering::Relaxed);
     let (commit_path, commit_staged) = (path.clone(), staged.clone());
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
+        ROTATED.store(false, std::sync::atomic::Ordering::Relaxed);
         if let Err(e) = promote(&commit_path, &commit_staged) {
             pgrx::warning!(
                 "idmesh: the new secret key could not be moved into place ({e}); secrets are read from {} until \
@@ -391,6 +404,7 @@ pub fn rotate() -> i64 {
         )
     });
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Abort, move || {
+        ROTATED.store(false, std::sync::atomic::Ordering::Relaxed);
         let _ = std::fs::remove_file(&staged);
     });
     n

@@ -407,7 +407,7 @@ pub fn placeholders(sql: &str, dialect: Dialect, sigil: char) -> Vec<Piece> {
             continue;
         }
         if c == sigil && !(i > 0 && (word(chars[i - 1]) || chars[i - 1] == sigil)) {
-            if let Some((name, end)) = placeholder_name(&chars, i + 1) {
+            if let Some((name, end)) = placeholder_name(&chars, i + 1, sigil == ':') {
                 if !text.is_empty() {
                     pieces.push(Piece::Text(std::mem::take(&mut text)));
                 }
@@ -518,10 +518,11 @@ fn dollar_quote_end(chars: &[char], start: usize) -> Option<usize> {
     Some(chars.len())
 }
 
-/// A placeholder's name starting at `from`, and where it ends.
-fn placeholder_name(chars: &[char], from: usize) -> Option<(String, usize)> {
+/// A placeholder's name starting at `from`, and where it ends; `quoted`: a `"name"` is one
+/// (`:"odd name"`; after `@` it is PostgreSQL's absolute value of a quoted column).
+fn placeholder_name(chars: &[char], from: usize, quoted: bool) -> Option<(String, usize)> {
     match chars.get(from) {
-        Some('"') => {
+        Some('"') if quoted => {
             let end = quoted_end(chars, from + 1, '"', false);
             if end > chars.len() || chars.get(end - 1) != Some(&'"') || end == from + 2 {
                 return None;
@@ -608,6 +609,7 @@ mod tests {
         );
         assert!(has_placeholder(sql, Dialect::Postgres, '@', "watermark"));
         assert!(!has_placeholder("SELECT '@watermark'", Dialect::Postgres, '@', "watermark"));
+        assert!(!has_placeholder("SELECT @\"watermark\" FROM t", Dialect::Postgres, '@', "watermark"));
         // `@"Balance"` (PostgreSQL's absolute value of a quoted column) stays as written.
         assert_eq!(
             replace_placeholder("SELECT @\"Balance\" FROM t WHERE m > @watermark", Dialect::Postgres, '@', "watermark", "$1"),

@@ -294,9 +294,9 @@ pub fn forced_full(mut end: ImportEnd) -> ImportEnd {
 
 /// What an export returns when the connection to the target is lost (or the login is
 /// refused): before anything was written in the run, the run fails and its changes stay
-/// pending as they were; after, what was written is recorded and every change not yet
-/// answered fails with the connection's error (SQLSTATE 08006, retried with the usual
-/// backoff), so no write the target kept is forgotten.
+/// pending as they were; after, what was written is reported, and every change not yet
+/// answered with SQLSTATE 08006: the engine keeps those pending, sends no further batch
+/// and ends the run failed, so no write the target kept is forgotten.
 pub fn connection_lost(
     wrote: bool,
     changes: &[ExportChange],

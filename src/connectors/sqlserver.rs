@@ -169,6 +169,13 @@ fn cell(data: &ColumnData<'static>) -> Value {
     }
 }
 
+/// The full import's `@watermark` for a time column: `datetime`'s first day, within the
+/// range of `datetime`, `datetime2`, `date` and `datetimeoffset` (a `smalldatetime` column
+/// compares with `CAST(@watermark AS datetime2)`), and before 1900-01-01, the zero of
+/// `datetime` that legacy rows hold as a value. Bound as text: a typed datetime2 would
+/// suit every type, but the project's TDS test server cannot take one.
+const LOWEST_TIME: &str = "1753-01-01T00:00:00";
+
 /// `@watermark`'s value: an integer mark as a bigint (as text it would have to convert to
 /// the column's type, and the lowest bigint fits no int column), a time as text.
 fn bind_low(q: &mut tiberius::Query<'_>, low: &str, integer: bool) {
@@ -229,7 +236,11 @@ impl SqlServerConnector {
                 cfg.trust_cert();
             }
             cfg.application_name("idmesh");
-            let tcp = TcpStream::connect(cfg.get_addr()).await.map_err(|e| {
+            // As the postgres kind: 30 seconds to reach the server, not the system's minutes.
+            let reached = tokio::time::timeout(std::time::Duration::from_secs(30), TcpStream::connect(cfg.get_addr()))
+                .await
+                .unwrap_or_else(|_| Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in 30 seconds")));
+            let tcp = reached.map_err(|e| {
                 ConnectorError::connection(format!(
                     "cannot reach the SQL Server of \"{}\" at {}:{}: {e}",
                     self.name, self.config.host, self.config.port
@@ -354,8 +365,7 @@ impl SqlServerConnector {
                 idmesh_core::delta::minus_seconds(h, overlap).unwrap_or_else(|| h.to_string())
             }
             None if self.config.delta_is_integer => i64::MIN.to_string(),
-            // Within every date and time type's range (smalldatetime starts in 1900).
-            None => "1900-01-01T00:00:00".to_string(),
+            None => LOWEST_TIME.to_string(),
         }
     }
 
@@ -637,23 +647,31 @@ impl SqlServerConnector {
         let client = self.client().await.map_err(Refusal::Connection)?;
         // An update reports the rows it changed itself (@@ROWCOUNT: neither a trigger's
         // statements nor NOCOUNT change it), so a row gone from the target is seen.
+        // An update that would change fewer rows than it has changes (a row gone from the
+        // target) is taken back whole, so each change alone then says which, from the same
+        // state (a change that renames its row would not find it again).
         let done: Result<Option<i64>, tiberius::error::Error> = if update {
-            match client.query(format!("{sql} SELECT CAST(@@ROWCOUNT AS bigint);"), &[&payload]).await {
-                Ok(stream) => stream.into_row().await.map(|r| r.and_then(|r| r.get::<i64, _>(0))),
+            let counted = format!(
+                "SET XACT_ABORT ON; BEGIN TRANSACTION; {sql} DECLARE @idmesh_n bigint = @@ROWCOUNT; \
+                 IF @idmesh_n < @P2 ROLLBACK TRANSACTION ELSE COMMIT TRANSACTION; SELECT @idmesh_n;"
+            );
+            let expected = changes.len() as i64;
+            match client.query(counted, &[&payload, &expected]).await {
+                Ok(stream) => stream
+                    .into_row()
+                    .await
+                    .map(|r| r.and_then(|r| r.try_get::<i64, _>(0).ok().flatten())),
                 Err(e) => Err(e),
             }
         } else {
             client.execute(sql, &[&payload]).await.map(|_| None)
         };
-        if done.is_ok() {
+        let missed = matches!(done, Ok(Some(n)) if (n as usize) < changes.len());
+        if done.is_ok() && !missed {
             self.wrote = true;
         }
         match done {
-            // An update that changed fewer rows than it had changes missed a row that is
-            // gone from the target: each change alone then says which.
-            Ok(Some(n)) if (n as usize) < changes.len() => {
-                Err(Refusal::Missing(format!("no row of {table} has the anchor of this change")))
-            }
+            Ok(_) if missed => Err(Refusal::Missing(format!("no row of {table} has the anchor of this change"))),
             Ok(_) => Ok(()),
             Err(e @ (tiberius::error::Error::Io { .. } | tiberius::error::Error::Tls(_) | tiberius::error::Error::Protocol(_))) => {
                 self.client = None;

@@ -60,6 +60,10 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
     // records the outcomes of the batch before and reads the batch after (two servers at
     // work, not one waiting for the other).
     let mut written: Option<(Batch, Vec<ExportResult>)> = None;
+    // The connection to the target lost after writes (a result of SQLSTATE class 08): no
+    // further batch is sent, and the run ends failed with the reason; its changes stay
+    // pending. What was written before is recorded (the run is not rolled back).
+    let lost: std::cell::RefCell<Option<String>> = Default::default();
     let mut finish = |(batch, results): (Batch, Vec<ExportResult>)| {
         store::in_batch_context(|| {
             record(
@@ -69,6 +73,7 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
                 results,
                 &mut counters,
                 &mut read_back,
+                &lost,
             )
         });
         let done = counters.added + counters.updated + counters.deleted + counters.errors;
@@ -78,9 +83,9 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
     loop {
         // Told to stop: nothing more is sent; the batch in flight is recorded below.
         let stopping = super::told_to_stop();
-        let next = match stopping {
-            Some(_) => None,
-            None => read_ahead.take(),
+        let next = match (&stopping, lost.borrow().is_some()) {
+            (None, false) => read_ahead.take(),
+            _ => None,
         };
         // What a connector allocates in the server while it works on a batch lives in the
         // batch's own context, for every poll of its export, and goes with it.
@@ -122,12 +127,16 @@ pub fn run(connector: &Connector, parent: Option<i64>, existing: Option<i64>) ->
             &[run_id.into(), connector.id.into()],
         );
     }
-    let status = if counters.errors > 0 {
+    let lost = lost.into_inner();
+    let status = if lost.is_some() {
+        "failed"
+    } else if counters.errors > 0 {
         "warning"
     } else {
         "success"
     };
-    finish_run(run_id, &counters, status, json!({}), None, None);
+    let message = lost.map(|m| format!("{m}; the changes not written stay pending"));
+    finish_run(run_id, &counters, status, json!({}), None, message);
     run_id
 }
 
@@ -224,6 +233,7 @@ fn record(
     results: Vec<ExportResult>,
     counters: &mut Counters,
     read_back: &mut StagingSink,
+    lost: &std::cell::RefCell<Option<String>>,
 ) {
     let by_mesh_id: std::collections::HashMap<i64, (&ExportChange, Option<i64>)> = batch
         .changes
@@ -261,6 +271,10 @@ fn record(
                     None => "applied",
                 };
                 outcomes.push(res.mesh_id, status, None, None, change, planned_by);
+            }
+            // Not written for want of the connection: still pending, as it was.
+            Some(msg) if res.code.as_deref().is_some_and(|c| c.starts_with("08")) => {
+                lost.borrow_mut().get_or_insert(msg);
             }
             Some(msg) => {
                 counters.errors += 1;

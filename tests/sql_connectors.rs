@@ -528,6 +528,16 @@ fn sqlserver_import_over_tds() {
     c.execute("SELECT mesh.alter_connector('Payroll', config => $1)", &[&misnamed])
         .unwrap();
     assert_eq!(checks(&mut c), vec![("connect".to_string(), true), ("import_query".to_string(), false)]);
+    // A run checks the same on the first row: a delta column named in another case would
+    // silently leave every delta reading everything.
+    let mut cased = tds_config("people");
+    cased["delta_column"] = json!("MODIFIED_AT");
+    c.execute("SELECT mesh.alter_connector('Payroll', config => $1)", &[&cased])
+        .unwrap();
+    let err = c.batch_execute("SELECT mesh.run('Payroll', 'full_import')").unwrap_err();
+    let db = err.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "22023");
+    assert!(db.message().contains("names are matched exactly"), "{}", db.message());
     c.execute("SELECT mesh.alter_connector('Payroll', config => $1)", &[&tds_config("people")])
         .unwrap();
     assert_eq!(checks(&mut c), vec![("connect".to_string(), true), ("import_query".to_string(), true)]);

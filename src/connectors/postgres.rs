@@ -50,6 +50,11 @@ fn text(config: &Value, key: &str) -> Option<String> {
 }
 
 impl PostgresConfig {
+    /// The settings besides the anchor that name a column of the import query.
+    fn named_columns(&self) -> [(&'static str, &Option<String>); 3] {
+        super::rows::column_settings(&self.delta_column, &self.name_column, &self.soft_delete_column)
+    }
+
     pub fn parse(config: &Value) -> PostgresConfig {
         const KNOWN: &[&str] = &[
             "dsn",
@@ -400,19 +405,9 @@ impl PostgresConnector {
                 )));
             }
         }
-        let named = super::rows::named_columns(
-            &self.config.anchor,
-            &self.config.delta_column,
-            &self.config.name_column,
-            &self.config.soft_delete_column,
-        );
-        for (setting, column) in named {
-            if !columns.iter().any(|(n, _)| n == column) {
-                return Err(ConnectorError::config(format!(
-                    "{setting} \"{column}\" is not a column of the import_query (it returns {})",
-                    columns.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", ")
-                )));
-            }
+        let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+        if let Some(why) = super::rows::missing_column(&self.config.anchor, self.config.named_columns(), &names) {
+            return Err(ConnectorError::config(why));
         }
         let delta_type = self.config.delta_column.as_ref().and_then(|d| {
             columns.iter().find(|(n, _)| n == d).map(|(_, t)| t.clone())

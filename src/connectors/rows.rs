@@ -31,27 +31,47 @@ pub fn anchor_setting(config: &Value, kind: &str) -> Vec<String> {
     }
 }
 
-/// The columns a SQL connector's settings name, with the setting that names each: the
-/// import query must return every one of them.
-pub fn named_columns<'a>(
-    anchor: &'a [String],
+/// The delta, name and soft-delete settings, each with the column it names (if any).
+pub fn column_settings<'a>(
     delta_column: &'a Option<String>,
     name_column: &'a Option<String>,
     soft_delete_column: &'a Option<String>,
-) -> Vec<(&'static str, &'a String)> {
-    anchor
-        .iter()
-        .map(|a| ("anchor", a))
-        .chain(
-            [
-                ("delta_column", delta_column),
-                ("name_column", name_column),
-                ("soft_delete_column", soft_delete_column),
-            ]
+) -> [(&'static str, &'a Option<String>); 3] {
+    [
+        ("delta_column", delta_column),
+        ("name_column", name_column),
+        ("soft_delete_column", soft_delete_column),
+    ]
+}
+
+/// Why the import query's columns do not fit the settings, if they do not: every column
+/// the anchor, delta, name and soft-delete settings name must be among them, as written
+/// (a row is one JSON object, its keys matched exactly).
+pub fn missing_column(
+    anchor: &[String],
+    others: [(&'static str, &Option<String>); 3],
+    columns: &[&str],
+) -> Option<String> {
+    let named = anchor.iter().map(|a| ("anchor", a)).chain(
+        others
             .into_iter()
             .filter_map(|(setting, c)| c.as_ref().map(|c| (setting, c))),
-        )
-        .collect()
+    );
+    for (setting, column) in named {
+        if columns.contains(&column.as_str()) {
+            continue;
+        }
+        let near = columns
+            .iter()
+            .find(|c| c.eq_ignore_ascii_case(column))
+            .map(|c| format!("; it returns \"{c}\": names are matched exactly"))
+            .unwrap_or_default();
+        return Some(format!(
+            "{setting} \"{column}\" is not a column of the import_query (it returns {}){near}",
+            columns.join(", ")
+        ));
+    }
+    None
 }
 
 /// The `export_mode` setting: `upsert` (the default), `insert` or `update` (never adds rows).

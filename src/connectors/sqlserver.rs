@@ -185,6 +185,13 @@ fn bind_low(q: &mut tiberius::Query<'_>, low: &str, integer: bool) {
     }
 }
 
+impl SqlServerConfig {
+    /// The settings besides the anchor that name a column of the import query.
+    fn named_columns(&self) -> [(&'static str, &Option<String>); 3] {
+        super::rows::column_settings(&self.delta_column, &self.name_column, &self.soft_delete_column)
+    }
+}
+
 /// Whether the query has the `@watermark` placeholder where T-SQL code is.
 fn uses_watermark(query: &str) -> bool {
     has_placeholder(query, Dialect::TSql, '@', "watermark")
@@ -276,6 +283,7 @@ impl SqlServerConnector {
         self.client().await?;
         let mut client = self.client.take().expect("connected");
         let shape = self.shape();
+        let named = self.config.named_columns();
         let read = async {
             let mut q = tiberius::Query::new(query);
             if uses_watermark {
@@ -286,6 +294,7 @@ impl SqlServerConnector {
                 .await
                 .map_err(|e| server_error("the import_query failed", e))?;
             let mut batch = Vec::with_capacity(BATCH);
+            let mut first = true;
             use futures_util::TryStreamExt;
             while let Some(item) = stream
                 .try_next()
@@ -297,6 +306,21 @@ impl SqlServerConnector {
                 };
                 let names: Vec<std::string::String> =
                     row.columns().iter().map(|c| c.name().to_string()).collect();
+                // The first row shows the query's columns: they must fit the settings (a
+                // misspelt delta column would silently read everything every time).
+                if first {
+                    first = false;
+                    let columns: Vec<&str> = names.iter().map(std::string::String::as_str).collect();
+                    if let Some(why) = super::rows::missing_column(&shape.anchor, named, &columns) {
+                        return Err(ConnectorError::config(why));
+                    }
+                    if let Some(twice) = columns.iter().enumerate().find(|(i, c)| columns[..*i].contains(c)) {
+                        return Err(ConnectorError::config(format!(
+                            "the import_query returns two columns named \"{}\": name them apart (AS ...)",
+                            twice.1
+                        )));
+                    }
+                }
                 let mut attrs = serde_json::Map::new();
                 for (name, data) in names.into_iter().zip(row.into_iter()) {
                     attrs.insert(name, cell(&data));
@@ -403,22 +427,13 @@ impl SqlServerConnector {
         self.client = None;
         out.push(match columns {
             Err(e) => ("import_query".into(), false, format!("fails: {e}")),
-            Ok(columns) => match super::rows::named_columns(
-                &self.config.anchor,
-                &self.config.delta_column,
-                &self.config.name_column,
-                &self.config.soft_delete_column,
-            )
-            .into_iter()
-            .find(|(_, c)| !columns.iter().any(|n| n == *c))
-            {
-                Some((setting, column)) => (
-                    "import_query".into(),
-                    false,
-                    format!("{setting} \"{column}\" is not a column it returns ({})", columns.join(", ")),
-                ),
-                None => ("import_query".into(), true, "runs".into()),
-            },
+            Ok(columns) => {
+                let names: Vec<&str> = columns.iter().map(String::as_str).collect();
+                match super::rows::missing_column(&self.config.anchor, self.config.named_columns(), &names) {
+                    Some(why) => ("import_query".into(), false, why),
+                    None => ("import_query".into(), true, "runs".into()),
+                }
+            }
         });
         out
     }

@@ -240,6 +240,21 @@ fn tls_of(dsn: &str) -> Result<(String, Tls), String> {
     Ok((rest, Tls::On { required, connector }))
 }
 
+/// A client over `tls`, its connection driven by the runtime.
+async fn connect<T>(
+    cfg: &tokio_postgres::Config,
+    tls: T,
+    what: &str,
+) -> Result<tokio_postgres::Client, ConnectorError>
+where
+    T: tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = cfg.connect(tls).await.map_err(|e| connection_error(what, e))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
 /// The import query ready to run (see `prepared_query`).
 struct PreparedImport {
     query: String,
@@ -337,12 +352,7 @@ impl PostgresConnector {
             let client = match tls {
                 Tls::Off => {
                     cfg.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                    let (client, connection) = cfg
-                        .connect(tokio_postgres::NoTls)
-                        .await
-                        .map_err(|e| connection_error(&what, e))?;
-                    tokio::spawn(connection);
-                    client
+                    connect(&cfg, tokio_postgres::NoTls, &what).await?
                 }
                 Tls::On { required, connector } => {
                     cfg.ssl_mode(if required {
@@ -350,12 +360,7 @@ impl PostgresConnector {
                     } else {
                         tokio_postgres::config::SslMode::Prefer
                     });
-                    let (client, connection) = cfg
-                        .connect(postgres_native_tls::MakeTlsConnector::new(connector))
-                        .await
-                        .map_err(|e| connection_error(&what, e))?;
-                    tokio::spawn(connection);
-                    client
+                    connect(&cfg, postgres_native_tls::MakeTlsConnector::new(connector), &what).await?
                 }
             };
             self.client = Some(client);
@@ -398,15 +403,8 @@ impl PostgresConnector {
             .iter()
             .map(|c| (c.name().to_string(), c.type_().name().to_string()))
             .collect();
-        for (i, (name, _)) in columns.iter().enumerate() {
-            if columns[..i].iter().any(|(n, _)| n == name) {
-                return Err(ConnectorError::config(format!(
-                    "the import_query returns two columns named \"{name}\": name them apart (AS ...)"
-                )));
-            }
-        }
         let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
-        if let Some(why) = super::rows::missing_column(&self.config.anchor, self.config.named_columns(), &names) {
+        if let Some(why) = super::rows::column_problem(&self.config.anchor, self.config.named_columns(), &names) {
             return Err(ConnectorError::config(why));
         }
         let delta_type = self.config.delta_column.as_ref().and_then(|d| {
@@ -659,14 +657,14 @@ impl IdentityConnector for PostgresConnector {
                     .collect());
             };
             let table = table.split('.').map(ident).collect::<Vec<_>>().join(".");
-            // Unreachable or refused login: the run fails and every change stays pending.
+            // Unreachable or refused login: see `rows::connection_lost`.
             if let Err(e) = self.client().await {
                 return connection_lost(self.wrote, changes, Vec::new(), e);
             }
             let mut results = Vec::with_capacity(changes.len());
             for (op, group) in super::rows::by_operation(changes) {
                 // The whole group in one statement; if it fails, each change alone. A lost
-                // connection fails the run instead: nothing is known of the changes then.
+                // connection ends the export (`rows::connection_lost`).
                 match self.apply(&table, op, &group).await {
                     Ok(r) => results.extend(r),
                     Err((_, msg)) if self.lost() => {
@@ -761,7 +759,7 @@ fn typed_value(name: &str, ty: &tokio_postgres::types::Type) -> String {
 
 impl PostgresConnector {
     /// Whether the connection to the target is gone (a failure then says nothing of the
-    /// change: the run fails, and its changes stay pending).
+    /// change: see `rows::connection_lost`).
     fn lost(&self) -> bool {
         self.client.as_ref().map_or(true, |c| c.is_closed())
     }
@@ -774,6 +772,13 @@ impl PostgresConnector {
         if let Err(e) = self.client().await {
             return connection_lost(self.wrote, changes, Vec::new(), e);
         }
+        // Each operation's statement cut at its parameters once, not once per change.
+        let parsed: HashMap<String, (Vec<Piece>, Vec<String>)> = self
+            .config
+            .export_statements
+            .iter()
+            .map(|(op, sql)| (op.clone(), named_parameters(sql)))
+            .collect();
         let mut results = Vec::with_capacity(changes.len());
         for c in changes {
             let Some(user_sql) = self
@@ -792,7 +797,7 @@ impl PostgresConnector {
                 continue;
             };
             let outcome = async {
-                let (pieces, names) = named_parameters(&user_sql);
+                let (pieces, names) = &parsed[c.operation.as_str()];
                 let mut values = c.current.clone();
                 for (k, v) in &c.attributes {
                     values.insert(k.clone(), v.clone());
@@ -814,12 +819,12 @@ impl PostgresConnector {
                 }
                 // Learn each parameter's type from the server, then send all values in one
                 // jsonb parameter cast to those types: typed by the target, never spliced.
-                let numbered = numbered(&pieces, &names);
+                let numbered = numbered(pieces, names);
                 let probe = self
                     .statement(&numbered, "the export statement does not prepare")
                     .await?;
                 let types = probe.params().to_vec();
-                let typed = render(&pieces, |n| {
+                let typed = render(pieces, |n| {
                     let i = names.iter().position(|x| x == n).unwrap_or(0);
                     typed_value(n, &types[i])
                 });

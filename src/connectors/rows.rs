@@ -44,14 +44,20 @@ pub fn column_settings<'a>(
     ]
 }
 
-/// Why the import query's columns do not fit the settings, if they do not: every column
-/// the anchor, delta, name and soft-delete settings name must be among them, as written
-/// (a row is one JSON object, its keys matched exactly).
-pub fn missing_column(
+/// Why the import query's columns do not fit the settings, if they do not: no name may
+/// come twice (a row is one JSON object: the second would hide the first), and every
+/// column the anchor, delta, name and soft-delete settings name must be among them, as
+/// written (its keys are matched exactly).
+pub fn column_problem(
     anchor: &[String],
     others: [(&'static str, &Option<String>); 3],
     columns: &[&str],
 ) -> Option<String> {
+    if let Some((_, twice)) = columns.iter().enumerate().find(|(i, c)| columns[..*i].contains(c)) {
+        return Some(format!(
+            "the import_query returns two columns named \"{twice}\": name them apart (AS ...)"
+        ));
+    }
     let named = anchor.iter().map(|a| ("anchor", a)).chain(
         others
             .into_iter()

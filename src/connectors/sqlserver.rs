@@ -311,14 +311,8 @@ impl SqlServerConnector {
                 if first {
                     first = false;
                     let columns: Vec<&str> = names.iter().map(std::string::String::as_str).collect();
-                    if let Some(why) = super::rows::missing_column(&shape.anchor, named, &columns) {
+                    if let Some(why) = super::rows::column_problem(&shape.anchor, named, &columns) {
                         return Err(ConnectorError::config(why));
-                    }
-                    if let Some(twice) = columns.iter().enumerate().find(|(i, c)| columns[..*i].contains(c)) {
-                        return Err(ConnectorError::config(format!(
-                            "the import_query returns two columns named \"{}\": name them apart (AS ...)",
-                            twice.1
-                        )));
                     }
                 }
                 let mut attrs = serde_json::Map::new();
@@ -429,7 +423,7 @@ impl SqlServerConnector {
             Err(e) => ("import_query".into(), false, format!("fails: {e}")),
             Ok(columns) => {
                 let names: Vec<&str> = columns.iter().map(String::as_str).collect();
-                match super::rows::missing_column(&self.config.anchor, self.config.named_columns(), &names) {
+                match super::rows::column_problem(&self.config.anchor, self.config.named_columns(), &names) {
                     Some(why) => ("import_query".into(), false, why),
                     None => ("import_query".into(), true, "runs".into()),
                 }
@@ -496,8 +490,7 @@ impl IdentityConnector for SqlServerConnector {
             }
             for (op, group) in groups {
                 // The batch in one statement; if it fails (or an update missed a row), each
-                // change alone. A lost connection fails the run instead: nothing is known
-                // of the changes then.
+                // change alone. A lost connection ends the export (`rows::connection_lost`).
                 match self.apply(&table, &types, &group, op).await {
                     Ok(()) => {
                         results.extend(group.iter().map(|c| ExportResult::ok(c.mesh_id, None)))

@@ -609,6 +609,20 @@ fn sqlserver_export_against_a_real_server() {
         .unwrap()
         .get(0);
     assert_eq!(display, "Ada L.");
+    // The same through the user's own statement, its `:names` bound as @P1, @P2.
+    let mut by_statement = config.clone();
+    by_statement["export_statements"] =
+        json!({"update": "UPDATE dbo.idmesh_test_accounts SET display = :display WHERE login = :login"});
+    c.execute("SELECT mesh.alter_connector('SQL Server', config => $1)", &[&by_statement]).unwrap();
+    c.batch_execute("UPDATE hr.people SET name = 'Ada Lovelace' WHERE id = 1; SELECT count(*) FROM mesh.cycle(); SELECT count(*) FROM mesh.cycle();")
+        .unwrap();
+    let display: String = c
+        .query_one("SELECT co.attrs->>'display' FROM mesh.connector_object co JOIN mesh.connector n ON n.id = co.connector_id \
+                    WHERE n.name = 'SQL Server' AND co.anchor = 'u1'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(display, "Ada Lovelace");
+    c.execute("SELECT mesh.alter_connector('SQL Server', config => $1)", &[&config]).unwrap();
     c.batch_execute("DELETE FROM hr.people WHERE id = 2; SELECT count(*) FROM mesh.cycle(); SELECT count(*) FROM mesh.cycle();").unwrap();
     let left: i64 = c.query_one("SELECT count(*) FROM mesh.connector_object co JOIN mesh.connector n ON n.id = co.connector_id WHERE n.name = 'SQL Server'", &[]).unwrap().get(0);
     assert_eq!(left, 1);
@@ -1122,4 +1136,188 @@ fn typed_values_survive_import_and_export() {
         differ.is_empty(),
         "rows that differ between source and target: {differ:?}"
     );
+}
+
+/// A batch of adds travels as one text array per column, each value read by its column's
+/// input function: what it stores must be what the JSON statement would have stored, for
+/// every type and awkward value (compared with `jsonb_populate_record` of each change, on
+/// the target itself). A row a trigger skips is reported, not taken as written.
+#[test]
+fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
+    let mut hr = hr_source();
+    hr.batch_execute(
+        r#"CREATE TYPE mood AS ENUM ('calm', 'very "odd", mood');
+           CREATE DOMAIN short_code AS text CHECK (length(VALUE) <= 12);
+           CREATE TABLE wide_src (id integer PRIMARY KEY, note text, amount numeric(14,3), big bigint, flag boolean,
+               day date, stamp timestamptz, badge uuid, doc jsonb, tags text[], nums integer[], feel mood,
+               code short_code, blob bytea, span interval);
+           -- No NULL or empty columns: a change leaves them out, and adds go in batches by the columns they carry.
+           INSERT INTO wide_src VALUES
+             (1, E'tab\there, new\nline, cr\rhere, back\\slash, "quotes", é, 😀', -12.345, 9223372036854775807, true,
+              '2026-02-28', '2026-02-28 23:59:59.123456-11', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+              '{"k": "v\\w", "nested": {"a": [1, "two", null]}, "t": "tab\there"}',
+              ARRAY['x,y', 'q"uote', NULL, 'NULL', '', '{brace}', E'back\\slash'], ARRAY[1, NULL, -3],
+              'very "odd", mood', 'ok-code', '\x00ff10', '1 day 02:03:04.5'),
+             (2, ' lead and trail ', 0.000, -1, false, '0001-01-01', 'infinity', '00000000-0000-0000-0000-000000000000',
+              '"just a string"', ARRAY['', ' '], '{0}', 'calm', '\', '\x', '-3 months'),
+             (3, 'NULL', 123456789.5, 0, false, '2000-02-29', '2000-01-01 00:00:00+00', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a12',
+              '[[]]', ARRAY['solo'], ARRAY[7], 'calm', 'x', '\x5c', '0'),
+             (4, 'skip me', 1, 1, true, '2026-01-01', '2026-01-01 00:00:00+00', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a13',
+              '1', ARRAY['a'], ARRAY[1], 'calm', 'y', '\x01', '1 second');
+           CREATE TABLE wide_dst (LIKE wide_src INCLUDING ALL);
+           -- What each statement writing the table was: the text path must be the one taken.
+           CREATE TABLE wide_statements (query text);
+           CREATE FUNCTION wide_seen() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN INSERT INTO wide_statements VALUES (current_query()); RETURN NULL; END $$;
+           CREATE TRIGGER wide_seen AFTER INSERT ON wide_dst FOR EACH STATEMENT EXECUTE FUNCTION wide_seen();
+           -- A row a trigger skips is not written, though its batch succeeds.
+           CREATE FUNCTION wide_skip() RETURNS trigger LANGUAGE plpgsql AS
+             $$ BEGIN RETURN CASE WHEN NEW.note = 'skip me' THEN NULL ELSE NEW END; END $$;
+           CREATE TRIGGER wide_skip BEFORE INSERT ON wide_dst FOR EACH ROW EXECUTE FUNCTION wide_skip();
+           GRANT ALL ON wide_src, wide_dst, wide_statements TO hr_app;"#,
+    )
+    .unwrap();
+    let mut c = fresh_database_with_own_key("idmesh_it_wide");
+    let dsn = format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app", port());
+    let columns = [
+        "id", "note", "amount", "big", "flag", "day", "stamp", "badge", "doc", "tags", "nums", "feel", "code", "blob",
+        "span",
+    ];
+    connector(&mut c, "Wide", json!({"dsn": dsn, "import_query": "SELECT * FROM wide_src", "anchor": "id"}));
+    connector(
+        &mut c,
+        "WideCopy",
+        json!({"dsn": dsn, "import_query": "SELECT * FROM wide_dst", "anchor": "id", "export_table": "wide_dst"}),
+    );
+    c.execute("SELECT mesh.set_projection('Wide', 'person', true)", &[]).unwrap();
+    for col in columns {
+        c.execute("SELECT mesh.add_import_flow('Wide', 'person', $1, $1, 90)", &[&col]).unwrap();
+        c.execute("SELECT mesh.add_export_flow('WideCopy', 'person', $1, $1)", &[&col]).unwrap();
+    }
+    c.batch_execute(
+        "SELECT mesh.set_provisioning('WideCopy', 'person', NULL, '{}');
+         SELECT mesh.run('Wide', 'full_import'); SELECT mesh.sync(); SELECT mesh.run('WideCopy', 'export');",
+    )
+    .unwrap();
+    // The rows the adds carried (every attribute, NULLs as JSON nulls: one column set).
+    let changes: Vec<Value> = c
+        .query(
+            "SELECT pe.changes FROM mesh.pending_export pe JOIN mesh.connector k ON k.id = pe.connector_id
+              WHERE k.name = 'WideCopy' AND pe.operation = 'add' ORDER BY (pe.changes->>'id')::int",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(changes.len(), 4, "{changes:?}");
+    assert!(changes.iter().all(|ch| ch.as_object().unwrap().len() == columns.len()), "{changes:?}");
+    let statements: Vec<String> = hr
+        .query("SELECT query FROM wide_statements", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(statements.len(), 1, "one statement for the batch: {statements:?}");
+    assert!(statements[0].contains("unnest($1::text[]"), "{}", statements[0]);
+    // Each stored row, in its text form, is the JSON statement's reading of its change.
+    let differ: Vec<String> = hr
+        .query(
+            "SELECT x->>'id' FROM jsonb_array_elements($1::jsonb) x
+              WHERE x->>'note' <> 'skip me'
+                AND (SELECT d::text FROM wide_dst d WHERE d.id = (x->>'id')::int)
+                    IS DISTINCT FROM jsonb_populate_record(NULL::wide_dst, x)::text",
+            &[&Value::Array(changes)],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert!(differ.is_empty(), "rows stored otherwise than the JSON statement would: {differ:?}");
+    let not_copied: Vec<i32> = hr
+        .query(
+            "SELECT id FROM ((TABLE wide_src EXCEPT TABLE wide_dst) UNION ALL (TABLE wide_dst EXCEPT TABLE wide_src)) x ORDER BY id",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(not_copied, vec![4], "every row but the skipped one stored as the source has it");
+    // The skipped row is an error of its own (no such row), the others are written.
+    let errors: Vec<(String, String)> = pairs(&mut c, "SELECT sqlstate, message FROM mesh.errors");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].0, "02000");
+    assert!(errors[0].1.ends_with("has anchor 4"), "{errors:?}");
+    let applied: i64 = c
+        .query_one("SELECT count(*) FROM mesh.pending_export WHERE status = 'applied'", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(applied, 3);
+}
+
+/// The sqlserver kind's own export statements, over the real wire protocol: each change's
+/// `:name` parameters bound as `@P1`, `@P2`, ... and never spliced, each change alone. The
+/// TDS server here only reads, so the statements are reads of the rows the changes name,
+/// and a write shows the per-change failure.
+#[test]
+fn sqlserver_export_statements_over_tds() {
+    let mut c = fresh_database_with_own_key("idmesh_it_tds_statements");
+    c.execute(
+        "SELECT mesh.create_connector('Payroll', 'sqlserver', $1, secret => $2)",
+        &[&tds_config("people"), &"Tds-reader-1!"],
+    )
+    .unwrap();
+    let mut out = tds_config("people");
+    out["export_statements"] = json!({
+        "add": "SELECT id FROM people WHERE name = :name AND id = :id -- :not_a_parameter",
+        "update": "UPDATE people SET name = :name WHERE id = :id"});
+    c.execute(
+        "SELECT mesh.create_connector('Payroll out', 'sqlserver', $1, secret => $2)",
+        &[&out, &"Tds-reader-1!"],
+    )
+    .unwrap();
+    c.batch_execute(
+        "SELECT mesh.set_projection('Payroll', 'person', true);
+         SELECT mesh.add_import_flow('Payroll', 'person', a, a, 90) FROM unnest(ARRAY['id', 'name', 'score']) a;
+         SELECT mesh.add_export_flow('Payroll out', 'person', a, a) FROM unnest(ARRAY['id', 'name']) a;
+         SELECT mesh.set_provisioning('Payroll out', 'person', NULL, '{}');
+         SELECT mesh.run('Payroll', 'full_import'); SELECT mesh.sync();",
+    )
+    .unwrap();
+    let log_before = std::fs::read_to_string("/tmp/idmesh-run/tds/log").unwrap_or_default().len();
+    let export = run(&mut c, "Payroll out", "export");
+    assert_eq!((export["status"].clone(), export["added"].clone()), (json!("success"), json!(3)), "{export}");
+    let log = std::fs::read_to_string("/tmp/idmesh-run/tds/log").unwrap_or_default()[log_before..].to_string();
+    assert!(log.contains("WHERE name = @P1 AND id = @P2 -- :not_a_parameter"), "bound, not spliced: {log}");
+    assert!(!log.contains("Ada Lovelace"), "no value in the statement text: {log}");
+
+    // A name no flow writes and the object does not have: 42703 for each change, and
+    // nothing sent. A statement the server refuses (this one only reads): each change
+    // fails alone with the server's words, and the run goes on.
+    out["export_statements"] = json!({"add": "SELECT id FROM people WHERE name = :nickname",
+                                      "update": "UPDATE people SET name = :name WHERE id = :id"});
+    c.execute("SELECT mesh.alter_connector('Payroll out', config => $1)", &[&out]).unwrap();
+    c.batch_execute("UPDATE mesh.pending_export SET status = 'pending'").unwrap();
+    let export = run(&mut c, "Payroll out", "export");
+    assert_eq!((export["status"].clone(), export["errors"].clone()), (json!("warning"), json!(3)), "{export}");
+    let codes: Vec<(String, String)> = pairs(&mut c, "SELECT DISTINCT sqlstate, message FROM mesh.errors");
+    assert_eq!(codes.len(), 1, "{codes:?}");
+    assert_eq!(codes[0].0, "42703");
+    assert!(codes[0].1.contains(":nickname"), "{codes:?}");
+    c.batch_execute(
+        "UPDATE mesh.pending_export SET status = 'pending', operation = 'update', retry_at = NULL;
+         DELETE FROM mesh.run_error;",
+    )
+    .unwrap();
+    let export = run(&mut c, "Payroll out", "export");
+    assert_eq!((export["status"].clone(), export["errors"].clone()), (json!("warning"), json!(3)), "{export}");
+    let messages: Vec<String> = c
+        .query("SELECT message FROM mesh.errors", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(messages.len(), 3, "{messages:?}");
+    assert!(messages.iter().all(|m| m.starts_with("the export statement failed: ")), "{messages:?}");
 }

@@ -3,7 +3,8 @@
 //! MERGE for SQL Server targets. The batch travels as ONE bound JSON parameter (`$1`: an
 //! array of `{"attributes": {...}, "key": {...}}`); the target server types every value
 //! itself (`jsonb_populate_record`), so nothing is ever spliced into the text but quoted
-//! identifiers.
+//! identifiers. A PostgreSQL batch of adds may instead travel as one text array per column
+//! (`postgres_text_add`), each value cast to its column's type.
 
 use crate::sql::{ident, literal};
 
@@ -107,21 +108,10 @@ pub fn postgres_statement(
             if mode == Mode::Update {
                 return Err("this connector exports in update mode and does not add rows".into());
             }
-            let col_list: Vec<String> = cols.iter().map(|c| ident(c)).collect();
-            let values: Vec<String> = cols.iter().map(|c| format!("r.{}", ident(c))).collect();
-            let conflict = if mode == Mode::Upsert {
-                let sets: Vec<String> = cols.iter().map(|c| format!("{0} = EXCLUDED.{0}", ident(c))).collect();
-                let keys: Vec<String> = anchors.iter().map(|a| ident(a)).collect();
-                format!(" ON CONFLICT ({}) DO UPDATE SET {}", keys.join(", "), sets.join(", "))
-            } else {
-                String::new()
-            };
-            format!(
-                "INSERT INTO {table} AS t ({}) SELECT {} FROM jsonb_array_elements($1::jsonb) x \
-                 CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, x->'attributes') r{conflict} RETURNING {returned}",
-                col_list.join(", "),
-                values.join(", ")
-            )
+            let from = format!(
+                "jsonb_array_elements($1::jsonb) x CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, x->'attributes') r"
+            );
+            insert(table, &from, anchors, cols, mode, &returned)
         }
         Op::Update => {
             if cols.is_empty() {
@@ -159,11 +149,68 @@ pub fn postgres_statement(
                 keys.join(", ")
             )
         }
-        // `alias.*`: a bare alias would name a column first, were the table to have one so called.
-        _ => format!(
-            "WITH done AS ({sql}) SELECT coalesce(jsonb_agg(to_jsonb(idmesh_written.*)), '[]'::jsonb) FROM done idmesh_written"
-        ),
+        _ => written_as_json(&sql),
     })
+}
+
+/// A data-modifying statement's RETURNING rows as one JSON array (one value per batch).
+/// `alias.*`: a bare alias would name a column first, were the table to have one so called.
+fn written_as_json(sql: &str) -> String {
+    format!("WITH done AS ({sql}) SELECT coalesce(jsonb_agg(to_jsonb(idmesh_written.*)), '[]'::jsonb) FROM done idmesh_written")
+}
+
+/// The insert (or upsert, by `mode`) of the rows `from` gives under the alias `r`.
+fn insert(table: &str, from: &str, anchors: &[String], cols: &[&str], mode: Mode, returned: &str) -> String {
+    let col_list: Vec<String> = cols.iter().map(|c| ident(c)).collect();
+    let values: Vec<String> = cols.iter().map(|c| format!("r.{}", ident(c))).collect();
+    let conflict = if mode == Mode::Upsert {
+        let sets: Vec<String> = cols.iter().map(|c| format!("{0} = EXCLUDED.{0}", ident(c))).collect();
+        let keys: Vec<String> = anchors.iter().map(|a| ident(a)).collect();
+        format!(" ON CONFLICT ({}) DO UPDATE SET {}", keys.join(", "), sets.join(", "))
+    } else {
+        String::new()
+    };
+    format!(
+        "INSERT INTO {table} AS t ({}) SELECT {} FROM {from}{conflict} RETURNING {returned}",
+        col_list.join(", "),
+        values.join(", ")
+    )
+}
+
+/// A batch of adds bound as one text array per column (`$1` for the first of `cols`, and
+/// so on), each value cast to its column's type (`cols`: name and quoted, qualified type):
+/// the insert or upsert, returning NULL when it wrote every row given, else the anchors of
+/// the rows it wrote as `postgres_statement` does. The target reads each value once with its type's input function, as COPY would,
+/// instead of taking it out of a JSON document first (see `value_text`).
+pub fn postgres_text_add(table: &str, anchors: &[String], cols: &[(&str, &str)], mode: Mode) -> Result<String, String> {
+    if anchors.is_empty() {
+        return Err("a target table needs its anchor column(s)".into());
+    }
+    if mode == Mode::Update {
+        return Err("this connector exports in update mode and does not add rows".into());
+    }
+    let arrays: Vec<String> = (1..=cols.len()).map(|i| format!("${i}::text[]")).collect();
+    let positions: Vec<String> = (1..=cols.len()).map(|i| format!("v{i}")).collect();
+    let typed: Vec<String> = cols
+        .iter()
+        .enumerate()
+        .map(|(i, (name, ty))| format!("u.v{}::{ty} AS {}", i + 1, ident(name)))
+        .collect();
+    let from = format!(
+        "(SELECT {} FROM unnest({}) AS u({})) r",
+        typed.join(", "),
+        arrays.join(", "),
+        positions.join(", ")
+    );
+    let names: Vec<&str> = cols.iter().map(|(name, _)| *name).collect();
+    let returned: Vec<String> = anchors.iter().map(|a| format!("t.{}", ident(a))).collect();
+    let sql = insert(table, &from, anchors, &names, mode, &returned.join(", "));
+    // An insert writes one row per row given or fails: the anchors are only needed when
+    // fewer came back (a trigger skipped some), and building them was a third of the work.
+    Ok(format!(
+        "WITH done AS ({sql}) SELECT CASE WHEN (SELECT count(*) FROM done) = cardinality($1::text[]) THEN NULL \
+         ELSE (SELECT coalesce(jsonb_agg(to_jsonb(idmesh_written.*)), '[]'::jsonb) FROM done idmesh_written) END"
+    ))
 }
 
 /// `[name]` quoting for SQL Server identifiers (`]` doubled); dotted names quote each part.
@@ -416,6 +463,27 @@ mod tests {
         )
         .unwrap();
         assert!(del.contains("RETURNING t.*)"), "{del}");
+    }
+
+    #[test]
+    fn a_batch_of_text_arrays_is_inserted_as_the_json_batch_would_be() {
+        let keys = vec!["id".to_string()];
+        let cols = [("id", "\"pg_catalog\".\"int4\""), ("na\"me", "\"hr\".\"title\"")];
+        let text = postgres_text_add("\"hr\".\"t\"", &keys, &cols, Mode::Upsert).unwrap();
+        let json = postgres_statement("\"hr\".\"t\"", &keys, &["id", "na\"me"], Op::Add, Mode::Upsert, Returning::Anchors).unwrap();
+        let from_json = "jsonb_array_elements($1::jsonb) x CROSS JOIN LATERAL jsonb_populate_record(NULL::\"hr\".\"t\", x->'attributes') r";
+        let from_text = "(SELECT u.v1::\"pg_catalog\".\"int4\" AS \"id\", u.v2::\"hr\".\"title\" AS \"na\"\"me\" \
+                         FROM unnest($1::text[], $2::text[]) AS u(v1, v2)) r";
+        // The same statement but for where the rows come from and when the anchors come back.
+        let all_written = "SELECT CASE WHEN (SELECT count(*) FROM done) = cardinality($1::text[]) THEN NULL \
+                           ELSE (SELECT coalesce(jsonb_agg(to_jsonb(idmesh_written.*)), '[]'::jsonb) FROM done idmesh_written) END";
+        let json_result = "SELECT coalesce(jsonb_agg(to_jsonb(idmesh_written.*)), '[]'::jsonb) FROM done idmesh_written";
+        assert_eq!(text.replace(from_text, from_json).replace(all_written, json_result), json, "{text}");
+        assert!(text.contains(from_text), "{text}");
+        let insert = postgres_text_add("t", &keys, &cols[..1], Mode::Insert).unwrap();
+        assert!(!insert.contains("ON CONFLICT") && insert.contains("unnest($1::text[]) AS u(v1)"), "{insert}");
+        assert!(postgres_text_add("t", &keys, &cols, Mode::Update).is_err());
+        assert!(postgres_text_add("t", &[], &cols, Mode::Upsert).is_err());
     }
 
     #[test]

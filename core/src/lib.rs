@@ -6,6 +6,7 @@
 //! - [`compile`]: flow, join and provisioning rules compiled into set-based SQL.
 //! - [`delta`]: delta-column predicates and overlap windows for SQL sources.
 //! - [`export_sql`]: the statements that apply export batches to SQL tables (PostgreSQL, SQL Server MERGE).
+//! - [`value_text`]: export values as a column's input text, as the JSON batch would store them.
 
 pub mod ad;
 pub mod compile;
@@ -17,3 +18,4 @@ pub mod jsonb_build;
 pub mod resolve;
 pub mod source;
 pub mod sql;
+pub mod value_text;

@@ -425,6 +425,45 @@ pub fn placeholders(sql: &str, dialect: Dialect, sigil: char) -> Vec<Piece> {
     pieces
 }
 
+/// A user's export statement cut at its `:name` parameters (see `placeholders`), and the
+/// names in the order first used. `:"name"` names an attribute that is not a plain word.
+pub fn named_parameters(sql: &str, dialect: Dialect) -> (Vec<Piece>, Vec<String>) {
+    let pieces = placeholders(sql, dialect, ':');
+    let mut names: Vec<String> = Vec::new();
+    for p in &pieces {
+        if let Piece::Placeholder(n, _) = p {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+    }
+    (pieces, names)
+}
+
+/// The pieces with each named parameter numbered by its first use: `$1` (PostgreSQL) or
+/// `@P1` (SQL Server).
+pub fn numbered(pieces: &[Piece], names: &[String], dialect: Dialect) -> String {
+    render(pieces, |n| {
+        let i = names.iter().position(|x| x == n).unwrap_or(0) + 1;
+        match dialect {
+            Dialect::Postgres => format!("${i}"),
+            Dialect::TSql => format!("@P{i}"),
+        }
+    })
+}
+
+/// Whether a statement's result says how many rows it changed (a `CALL`, `DO` or `EXEC`
+/// says nothing of them).
+pub fn counts_rows(sql: &str) -> bool {
+    let first: String = sql
+        .trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphabetic())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    matches!(first.as_str(), "update" | "insert" | "delete" | "merge" | "with")
+}
+
 /// The pieces written out again, each placeholder as `with` gives it.
 pub fn render(pieces: &[Piece], mut with: impl FnMut(&str) -> String) -> String {
     let mut out = String::new();
@@ -704,5 +743,38 @@ mod tests {
         // a column name is a literal key, never SQL
         let odd = json_rows_select(&["a'); DROP TABLE x; --".into()], None, None);
         assert!(odd.starts_with("SELECT r->>'a''); DROP TABLE x; --' AS anchor"));
+    }
+
+    #[test]
+    fn named_parameters_number_once_and_skip_literals_casts_and_comments() {
+        let (pieces, names) = named_parameters(
+            "INSERT INTO t (a, b, c, d) VALUES (:login, ':not $1', :display::text || :login, :lvl-1) -- :not",
+            Dialect::Postgres,
+        );
+        assert_eq!(names, vec!["login", "display", "lvl"]);
+        assert_eq!(
+            numbered(&pieces, &names, Dialect::Postgres),
+            "INSERT INTO t (a, b, c, d) VALUES ($1, ':not $1', $2::text || $1, $3-1) -- :not"
+        );
+        // SQL Server: `[quoted :names]` and `@@ROWCOUNT` are left alone, `@P1` numbers.
+        let (pieces, names) = named_parameters(
+            "UPDATE [dbo].[a :b] SET [Display Name] = :display, n = @@ROWCOUNT WHERE id = :\"Employee Id\" AND x = ':no'",
+            Dialect::TSql,
+        );
+        assert_eq!(names, vec!["display", "Employee Id"]);
+        assert_eq!(
+            numbered(&pieces, &names, Dialect::TSql),
+            "UPDATE [dbo].[a :b] SET [Display Name] = @P1, n = @@ROWCOUNT WHERE id = @P2 AND x = ':no'"
+        );
+    }
+
+    #[test]
+    fn only_data_changing_statements_count_rows() {
+        assert!(counts_rows("  update t set a = 1"));
+        assert!(counts_rows("WITH x AS (SELECT 1) UPDATE t SET a = 1"));
+        assert!(counts_rows("MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE"));
+        assert!(!counts_rows("CALL set_badge(:id)"));
+        assert!(!counts_rows("EXEC dbo.set_badge @id = :id"));
+        assert!(!counts_rows("SELECT 1"));
     }
 }

@@ -233,6 +233,14 @@ impl ExportResult {
             staged: false,
         }
     }
+    /// A failure with the target's SQLSTATE where it gave one.
+    pub fn refused(mesh_id: i64, code: Option<String>, message: impl Into<String>) -> Self {
+        ExportResult {
+            code,
+            ..ExportResult::failed(mesh_id, message)
+        }
+    }
+
     pub fn failed_with_code(
         mesh_id: i64,
         code: impl Into<String>,

@@ -90,11 +90,15 @@ pub fn open(id: i32, kind: &str, name: &str, config: &Value) -> Box<dyn Identity
             name,
             table::TableConfig::parse(config),
         )),
-        "sqlserver" => Box::new(sqlserver::SqlServerConnector::new(
-            name,
-            sqlserver::SqlServerConfig::parse(config),
-            crate::secrets::secret_of(id, name),
-        )),
+        "sqlserver" => {
+            let mut cfg = sqlserver::SqlServerConfig::parse(config);
+            cfg.written = flow_writes(id);
+            Box::new(sqlserver::SqlServerConnector::new(
+                name,
+                cfg,
+                crate::secrets::secret_of(id, name),
+            ))
+        }
         "active_directory" => {
             let mut cfg = active_directory::AdConfig::parse(config);
             for (object_type, names) in flow_reads(id) {

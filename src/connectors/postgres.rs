@@ -8,13 +8,16 @@
 //!
 //! Rows are read as the server renders them in JSON (`to_jsonb`), so every type keeps its
 //! own faithful form (numerics exact, timestamps with their offset, uuids, NULLs), and they
-//! stream in batches. Exports send one JSON array per batch; the target types each value.
+//! stream in batches. Exports send a batch of adds as one text array per column, each
+//! value cast to its column's type (`add_as_text`), and anything else as one JSON array the
+//! target types.
 
-use super::rows::{connection_lost, forced_full, pg_batch, pg_results, RowShape};
+use super::rows::{changed_rows, connection_lost, forced_full, no_statement, pg_batch, pg_results, statement_values, RowShape};
 use crate::error::invalid;
 use idmesh_core::delta::DeltaKind;
-use idmesh_core::export_sql::{Mode, Returning};
-use idmesh_core::sql::{has_placeholder, ident, placeholders, render, replace_placeholder, Dialect, Piece};
+use idmesh_core::export_sql::{postgres_text_add, Mode, Returning};
+use idmesh_core::value_text::{text_of, TextColumn};
+use idmesh_core::sql::{has_placeholder, ident, named_parameters, numbered, render, replace_placeholder, Dialect, Piece};
 use idmesh_sdk::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -115,22 +118,7 @@ impl PostgresConfig {
             overlap: text(config, "overlap"),
             soft_delete_column: text(config, "soft_delete_column"),
             export_table: text(config, "export_table"),
-            export_statements: match config.get("export_statements") {
-                None | Some(Value::Null) => Default::default(),
-                Some(Value::Object(o)) => o
-                    .iter()
-                    .map(|(op, sql)| {
-                        if !["add", "update", "disable", "delete"].contains(&op.as_str()) {
-                            invalid(format!("postgres connector: export_statements has unknown operation \"{op}\""), "");
-                        }
-                        match sql.as_str() {
-                            Some(t) if !t.trim().is_empty() => (op.clone(), t.to_string()),
-                            _ => invalid(format!("postgres connector: export_statements.{op} must be an SQL statement"), ""),
-                        }
-                    })
-                    .collect(),
-                Some(_) => invalid("postgres connector: \"export_statements\" must be an object", ""),
-            },
+            export_statements: super::rows::export_statements(config, "postgres"),
             written: Vec::new(),
             export_mode: super::rows::export_mode(config, "postgres"),
         }
@@ -274,6 +262,34 @@ pub struct PostgresConnector {
     statements: HashMap<String, tokio_postgres::Statement>,
     /// Whether a write of this run reached the target (see `rows::connection_lost`).
     wrote: bool,
+    /// Adds by text arrays, by column set: the statement and how each column takes its
+    /// values; None where that set goes as JSON (see `add_as_text`).
+    text_adds: HashMap<Vec<String>, Option<TextAdd>>,
+}
+
+/// A column set's adds bound as text arrays (`export_sql::postgres_text_add`).
+#[derive(Clone)]
+struct TextAdd {
+    sql: String,
+    columns: Vec<TextColumn>,
+}
+
+/// How a target column of type `ty` takes values as text as the JSON batch would store
+/// them; None where the two could differ (json keeps its spelling, composites are built
+/// from objects), and that column set then goes as JSON.
+fn text_column(ty: &tokio_postgres::types::Type) -> Option<TextColumn> {
+    use tokio_postgres::types::{Kind, Type};
+    match ty.kind() {
+        Kind::Domain(base) => text_column(base),
+        Kind::Array(element) => match text_column(element) {
+            Some(TextColumn::Scalar) => Some(TextColumn::ScalarArray),
+            _ => None,
+        },
+        Kind::Simple if *ty == Type::JSONB => Some(TextColumn::Jsonb),
+        Kind::Simple if *ty == Type::JSON => None,
+        Kind::Simple | Kind::Enum(_) | Kind::Range(_) => Some(TextColumn::Scalar),
+        _ => None,
+    }
 }
 
 /// Whether a statement failed because it no longer fits the table it was prepared for
@@ -286,6 +302,9 @@ fn stale(e: &tokio_postgres::Error) -> bool {
         )
     })
 }
+
+/// What a change refused by the target reads as, before the target's own words.
+const REFUSAL: &str = "the target refused the change";
 
 /// Statements a connection keeps prepared at most: one per column set in use; the
 /// row-by-row retries of a failed batch bring more; past this many it starts over.
@@ -335,6 +354,7 @@ impl PostgresConnector {
             client: None,
             statements: HashMap::new(),
             wrote: false,
+            text_adds: HashMap::new(),
         }
     }
 
@@ -689,12 +709,7 @@ impl IdentityConnector for PostgresConnector {
                                 Err((_, msg)) if self.lost() => {
                                     return connection_lost(self.wrote, changes, results, ConnectorError::connection(msg))
                                 }
-                                Err((code, msg)) => results.push(match code {
-                                    Some(code) => {
-                                        ExportResult::failed_with_code(c.mesh_id, code, msg)
-                                    }
-                                    None => ExportResult::failed(c.mesh_id, msg),
-                                }),
+                                Err((code, msg)) => results.push(ExportResult::refused(c.mesh_id, code, msg)),
                             }
                         }
                     }
@@ -705,39 +720,8 @@ impl IdentityConnector for PostgresConnector {
     }
 }
 
-/// The user's statement cut at its `:name` parameters (found where SQL code is: not in
-/// literals, quoted names, comments or dollar quotes; `::` is a cast), and the names in the
-/// order first used. `:"name"` names an attribute that is not a plain word.
-fn named_parameters(sql: &str) -> (Vec<Piece>, Vec<String>) {
-    let pieces = placeholders(sql, Dialect::Postgres, ':');
-    let mut names: Vec<String> = Vec::new();
-    for p in &pieces {
-        if let Piece::Placeholder(n, _) = p {
-            if !names.contains(n) {
-                names.push(n.clone());
-            }
-        }
-    }
-    (pieces, names)
-}
 
-/// Whether a statement's result says how many rows it changed (a `CALL` or `DO` says 0).
-fn counts_rows(sql: &str) -> bool {
-    let first: String = sql
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_alphabetic())
-        .collect::<String>()
-        .to_ascii_lowercase();
-    matches!(first.as_str(), "update" | "insert" | "delete" | "merge" | "with")
-}
 
-/// The statement with `$n` for the n-th name: the server infers each one's type from it.
-fn numbered(pieces: &[Piece], names: &[String]) -> String {
-    render(pieces, |n| {
-        format!("${}", names.iter().position(|x| x == n).unwrap_or(0) + 1)
-    })
-}
 
 /// How one name is read from the change's single jsonb parameter as the type the server
 /// inferred for it (qualified: an enum or domain need not be on the search path).
@@ -777,49 +761,20 @@ impl PostgresConnector {
             .config
             .export_statements
             .iter()
-            .map(|(op, sql)| (op.clone(), named_parameters(sql)))
+            .map(|(op, sql)| (op.clone(), named_parameters(sql, Dialect::Postgres)))
             .collect();
         let mut results = Vec::with_capacity(changes.len());
         for c in changes {
-            let Some(user_sql) = self
-                .config
-                .export_statements
-                .get(c.operation.as_str())
-                .cloned()
-            else {
-                results.push(ExportResult::failed(
-                    c.mesh_id,
-                    format!(
-                        "no export statement for \"{}\" in export_statements",
-                        c.operation.as_str()
-                    ),
-                ));
+            let Some(user_sql) = self.config.export_statements.get(c.operation.as_str()).cloned() else {
+                results.push(no_statement(c));
                 continue;
             };
             let outcome = async {
                 let (pieces, names) = &parsed[c.operation.as_str()];
-                let mut values = c.current.clone();
-                for (k, v) in &c.attributes {
-                    values.insert(k.clone(), v.clone());
-                }
-                // A name that no export flow writes, that is no anchor column and that the
-                // object does not have is a mistake (a typo, another case), not an empty value.
-                if let Some(unknown) = names.iter().find(|n| {
-                    !values.contains_key(*n)
-                        && !self.config.anchor.contains(n)
-                        && !self.config.written.contains(n)
-                }) {
-                    return Err((
-                        Some("42703".to_string()),
-                        format!(
-                            "the export statement for \"{}\" uses :{unknown}, which no export flow of this connector writes and the object does not have",
-                            c.operation.as_str()
-                        ),
-                    ));
-                }
+                let values = statement_values(c, names, &self.config.anchor, &self.config.written)?;
                 // Learn each parameter's type from the server, then send all values in one
                 // jsonb parameter cast to those types: typed by the target, never spliced.
-                let numbered = numbered(pieces, names);
+                let numbered = numbered(pieces, names, Dialect::Postgres);
                 let probe = self
                     .statement(&numbered, "the export statement does not prepare")
                     .await?;
@@ -839,13 +794,7 @@ impl PostgresConnector {
                     self.statements.remove(&numbered);
                 }
                 match done {
-                    // An update that found no row wrote nothing: said so, as the table kind does.
-                    Ok(0) if matches!(c.operation, ExportOperation::Update | ExportOperation::Disable)
-                        && counts_rows(&user_sql) => Err((
-                        Some("02000".to_string()),
-                        format!("the export statement for \"{}\" changed no row", c.operation.as_str()),
-                    )),
-                    Ok(n) => Ok(n),
+                    Ok(n) => changed_rows(c, &user_sql, n),
                     Err(e) => Err(refused(failed, e)),
                 }
             }
@@ -858,11 +807,101 @@ impl PostgresConnector {
                 Err((_, msg)) if self.lost() => {
                     return connection_lost(self.wrote, changes, results, ConnectorError::connection(msg))
                 }
-                Err((Some(code), msg)) => ExportResult::failed_with_code(c.mesh_id, code, msg),
-                Err((None, msg)) => ExportResult::failed(c.mesh_id, msg),
+                Err((code, msg)) => ExportResult::refused(c.mesh_id, code, msg),
             });
         }
         Ok(results)
+    }
+
+    /// A batch of adds as one text array per column (`export_sql::postgres_text_add`): a
+    /// result per change, in one round trip as the JSON statement.
+    /// None, having sent nothing, where the batch goes as JSON: a single change (a retry),
+    /// a column set whose types take text otherwise than JSON (`text_column`), a value that
+    /// cannot be written alike (`value_text`).
+    async fn add_as_text(
+        &mut self,
+        table: &str,
+        op: ExportOperation,
+        changes: &[&ExportChange],
+    ) -> Option<Result<Vec<ExportResult>, (Option<String>, String)>> {
+        if op != ExportOperation::Add || changes.len() < 2 || self.config.export_mode == Mode::Update {
+            return None;
+        }
+        let mut cols: Vec<String> = changes[0].attributes.keys().cloned().collect();
+        cols.sort();
+        // One column set (`rows::by_operation` groups adds so), anchors all there.
+        let shape = self.shape();
+        if changes.iter().any(|c| {
+            c.attributes.len() != cols.len()
+                || shape.anchor.iter().any(|a| c.attributes.get(a).map_or(true, Value::is_null))
+        }) {
+            return None;
+        }
+        let add = match self.text_adds.get(&cols) {
+            Some(add) => add.clone()?,
+            None => {
+                let add = self.text_add(table, &cols).await;
+                self.text_adds.insert(cols.clone(), add.clone());
+                add?
+            }
+        };
+        let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(changes.len()); cols.len()];
+        for c in changes {
+            for ((name, column), array) in cols.iter().zip(&add.columns).zip(arrays.iter_mut()) {
+                array.push(text_of(*column, Some(c.attributes.get(name)?)).ok()?);
+            }
+        }
+        let statement = match self.statement(&add.sql, REFUSAL).await {
+            Ok(s) => s,
+            Err(e) => return Some(Err(e)),
+        };
+        let client = match self.client().await {
+            Ok(c) => c,
+            Err(e) => return Some(Err((None, e.message))),
+        };
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
+            arrays.iter().map(|a| a as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        Some(match client.query_one(&statement, &params).await {
+            Ok(row) => {
+                self.wrote = true;
+                Ok(match row.get::<_, Option<Value>>(0) {
+                    // Every row written.
+                    None => changes.iter().map(|c| ExportResult::ok(c.mesh_id, None)).collect(),
+                    Some(written) => {
+                        let written = match written {
+                            Value::Array(rows) => rows,
+                            _ => Vec::new(),
+                        };
+                        pg_results(table, &shape, op, changes, written, Returning::Anchors)
+                    }
+                })
+            }
+            Err(e) => {
+                if stale(&e) {
+                    // Made again next time: the table changed under the statement.
+                    self.statements.remove(&add.sql);
+                    self.text_adds.remove(&cols);
+                }
+                Err(refused(REFUSAL, e))
+            }
+        })
+    }
+
+    /// The text-array add of the column set `cols` (see `add_as_text`), from the types
+    /// the target gives its columns; None where the set goes as JSON.
+    async fn text_add(&mut self, table: &str, cols: &[String]) -> Option<TextAdd> {
+        let probe = format!(
+            "SELECT {} FROM {table}",
+            cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")
+        );
+        let client = self.client().await.ok()?;
+        let probed = client.prepare(&probe).await.ok()?;
+        let types: Vec<&tokio_postgres::types::Type> = probed.columns().iter().map(|c| c.type_()).collect();
+        let columns = types.iter().map(|t| text_column(t)).collect::<Option<Vec<_>>>()?;
+        let qualified: Vec<String> = types.iter().map(|t| format!("{}.{}", ident(t.schema()), ident(t.name()))).collect();
+        let typed: Vec<(&str, &str)> = cols.iter().map(String::as_str).zip(qualified.iter().map(String::as_str)).collect();
+        let sql = postgres_text_add(table, &self.shape().anchor, &typed, self.config.export_mode).ok()?;
+        Some(TextAdd { sql, columns })
     }
 
     async fn apply(
@@ -871,6 +910,9 @@ impl PostgresConnector {
         op: ExportOperation,
         changes: &[&ExportChange],
     ) -> Result<Vec<ExportResult>, (Option<String>, String)> {
+        if let Some(results) = self.add_as_text(table, op, changes).await {
+            return results;
+        }
         let shape = self.shape();
         let (sql, payload) = pg_batch(
             table,
@@ -881,8 +923,7 @@ impl PostgresConnector {
             Returning::Anchors,
         )
         .map_err(|e| (None, e))?;
-        let refusal = "the target refused the change";
-        let statement = self.statement(&sql, refusal).await?;
+        let statement = self.statement(&sql, REFUSAL).await?;
         let client = self.client().await.map_err(|e| (None, e.message))?;
         let payload =
             serde_json::value::RawValue::from_string(payload).map_err(|e| (None, e.to_string()))?;
@@ -896,7 +937,7 @@ impl PostgresConnector {
                     // Prepared again next time: the table changed under the statement.
                     self.statements.remove(&sql);
                 }
-                return Err(refused(refusal, e));
+                return Err(refused(REFUSAL, e));
             }
         };
         let written = match row.get::<_, Value>(0) {
@@ -919,21 +960,4 @@ impl PostgresConnector {
 /// Checks a postgres connector's configuration (and that a secret can be stored).
 pub fn validate(config: &Value) {
     PostgresConfig::parse(config);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{named_parameters, numbered};
-
-    #[test]
-    fn named_parameters_number_once_and_skip_literals_casts_and_comments() {
-        let (pieces, names) = named_parameters(
-            "INSERT INTO t (a, b, c, d) VALUES (:login, ':not $1', :display::text || :login, :lvl-1) -- :not",
-        );
-        assert_eq!(names, vec!["login", "display", "lvl"]);
-        assert_eq!(
-            numbered(&pieces, &names),
-            "INSERT INTO t (a, b, c, d) VALUES ($1, ':not $1', $2::text || $1, $3-1) -- :not"
-        );
-    }
 }

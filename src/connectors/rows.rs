@@ -93,6 +93,80 @@ pub fn export_mode(config: &Value, kind: &str) -> Mode {
     }
 }
 
+/// The `export_statements` setting: the user's own statement per operation (add, update,
+/// disable, delete) with named parameters `:attribute`, instead of an export table.
+pub fn export_statements(config: &Value, kind: &str) -> HashMap<String, String> {
+    match config.get("export_statements") {
+        None | Some(Value::Null) => Default::default(),
+        Some(Value::Object(o)) => o
+            .iter()
+            .map(|(op, sql)| {
+                if ExportOperation::parse(op).is_none() {
+                    invalid(format!("{kind} connector: export_statements has unknown operation \"{op}\""), "");
+                }
+                match sql.as_str() {
+                    Some(t) if !t.trim().is_empty() => (op.clone(), t.to_string()),
+                    _ => invalid(format!("{kind} connector: export_statements.{op} must be an SQL statement"), ""),
+                }
+            })
+            .collect(),
+        Some(_) => invalid(format!("{kind} connector: \"export_statements\" must be an object"), ""),
+    }
+}
+
+/// A change whose operation has no statement in `export_statements` fails alone.
+pub fn no_statement(c: &ExportChange) -> ExportResult {
+    ExportResult::failed(
+        c.mesh_id,
+        format!("no export statement for \"{}\" in export_statements", c.operation.as_str()),
+    )
+}
+
+/// The values a user's export statement binds for its `names`: each the change's new value,
+/// else the object's current one. A name that no export flow writes (`written`), that is no
+/// anchor column and that the object does not have is a mistake (a typo, another case),
+/// not an empty value: `42703`.
+pub fn statement_values(
+    c: &ExportChange,
+    names: &[String],
+    anchor: &[String],
+    written: &[String],
+) -> Result<serde_json::Map<String, Value>, (Option<String>, String)> {
+    let mut values = c.current.clone();
+    for (k, v) in &c.attributes {
+        values.insert(k.clone(), v.clone());
+    }
+    match names
+        .iter()
+        .find(|n| !values.contains_key(*n) && !anchor.contains(n) && !written.contains(n))
+    {
+        Some(unknown) => Err((
+            Some("42703".to_string()),
+            format!(
+                "the export statement for \"{}\" uses :{unknown}, which no export flow of this connector writes and the object does not have",
+                c.operation.as_str()
+            ),
+        )),
+        None => Ok(values),
+    }
+}
+
+/// The outcome of a user's statement that changed `n` rows: an update or disable that
+/// changed none wrote nothing, and says so (`02000`, as the table kinds do), where the
+/// statement is one whose result counts rows.
+pub fn changed_rows(c: &ExportChange, user_sql: &str, n: u64) -> Result<u64, (Option<String>, String)> {
+    if n == 0
+        && matches!(c.operation, ExportOperation::Update | ExportOperation::Disable)
+        && idmesh_core::sql::counts_rows(user_sql)
+    {
+        return Err((
+            Some("02000".to_string()),
+            format!("the export statement for \"{}\" changed no row", c.operation.as_str()),
+        ));
+    }
+    Ok(n)
+}
+
 /// How a connector's rows map to source objects.
 #[derive(Clone, Debug)]
 pub struct RowShape {

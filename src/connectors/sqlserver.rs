@@ -12,7 +12,7 @@
 
 use super::rows::{forced_full, RowShape};
 use idmesh_core::export_sql::Mode;
-use idmesh_core::sql::{has_placeholder, replace_placeholder, Dialect};
+use idmesh_core::sql::{has_placeholder, named_parameters, numbered, replace_placeholder, Dialect};
 use crate::error::invalid;
 use idmesh_sdk::*;
 use serde_json::{json, Value};
@@ -44,6 +44,10 @@ pub struct SqlServerConfig {
     pub export_table: Option<String>,
     /// How adds are written: MERGE on the anchor (upsert), INSERT, or not at all (update).
     pub export_mode: Mode,
+    /// The user's own statement per operation, with named parameters `:attribute`.
+    pub export_statements: std::collections::HashMap<String, String>,
+    /// The attributes the connector's export flows write (set when it is opened for a run).
+    pub written: Vec<String>,
 }
 
 fn text(config: &Value, key: &str) -> Option<String> {
@@ -69,6 +73,7 @@ impl SqlServerConfig {
             "soft_delete_column",
             "export_table",
             "export_mode",
+            "export_statements",
         ];
         super::known_settings(config, "sqlserver", KNOWN);
         let need = |k: &str| {
@@ -114,6 +119,8 @@ impl SqlServerConfig {
             soft_delete_column: text(config, "soft_delete_column"),
             export_table: text(config, "export_table"),
             export_mode: super::rows::export_mode(config, "sqlserver"),
+            export_statements: super::rows::export_statements(config, "sqlserver"),
+            written: Vec::new(),
         }
     }
 }
@@ -465,6 +472,9 @@ impl IdentityConnector for SqlServerConnector {
         changes: &'a [ExportChange],
     ) -> BoxFuture<'a, Result<Vec<ExportResult>, ConnectorError>> {
         Box::pin(async move {
+            if !self.config.export_statements.is_empty() {
+                return self.export_by_statements(changes).await;
+            }
             let Some(table) = self.config.export_table.clone() else {
                 return Ok(changes
                     .iter()
@@ -527,7 +537,91 @@ enum Refusal {
     Connection(ConnectorError),
 }
 
+/// Binds a JSON value as the nearest T-SQL type: nvarchar for strings (and for numbers
+/// that are not integers, so decimals keep every digit), bigint, bit, an untyped NULL; an
+/// array or object as its JSON text. SQL Server converts each to the type where it stands.
+fn bind_json<'a>(q: &mut tiberius::Query<'a>, value: Option<&Value>) {
+    match value {
+        None | Some(Value::Null) => q.bind(Option::<String>::None),
+        Some(Value::Bool(b)) => q.bind(*b),
+        Some(Value::Number(n)) => match n.as_i64() {
+            Some(i) => q.bind(i),
+            None => q.bind(n.to_string()),
+        },
+        Some(Value::String(s)) => q.bind(s.clone()),
+        Some(other) => q.bind(other.to_string()),
+    }
+}
+
+/// Whether a tiberius error is the connection's, not the statement's.
+fn connection_failed(e: &tiberius::error::Error) -> bool {
+    matches!(
+        e,
+        tiberius::error::Error::Io { .. } | tiberius::error::Error::Tls(_) | tiberius::error::Error::Protocol(_)
+    )
+}
+
 impl SqlServerConnector {
+    /// Runs the user's statement once per change, its `:name` parameters bound as `@P1`,
+    /// `@P2`, ... (`bind_json`); each change succeeds or fails alone, as for the postgres kind.
+    async fn export_by_statements(
+        &mut self,
+        changes: &[ExportChange],
+    ) -> Result<Vec<ExportResult>, ConnectorError> {
+        if let Err(e) = self.client().await {
+            return super::rows::connection_lost(self.wrote, changes, Vec::new(), e);
+        }
+        let parsed: std::collections::HashMap<String, (String, Vec<String>)> = self
+            .config
+            .export_statements
+            .iter()
+            .map(|(op, sql)| {
+                let (pieces, names) = named_parameters(sql, Dialect::TSql);
+                (op.clone(), (numbered(&pieces, &names, Dialect::TSql), names))
+            })
+            .collect();
+        let mut results = Vec::with_capacity(changes.len());
+        for c in changes {
+            let Some(user_sql) = self.config.export_statements.get(c.operation.as_str()).cloned() else {
+                results.push(super::rows::no_statement(c));
+                continue;
+            };
+            let (sql, names) = &parsed[c.operation.as_str()];
+            let values = match super::rows::statement_values(c, names, &self.config.anchor, &self.config.written) {
+                Ok(v) => v,
+                Err((code, msg)) => {
+                    results.push(ExportResult::refused(c.mesh_id, code, msg));
+                    continue;
+                }
+            };
+            let mut query = tiberius::Query::new(sql.clone());
+            for name in names {
+                bind_json(&mut query, values.get(name));
+            }
+            let client = match self.client().await {
+                Ok(c) => c,
+                Err(e) => return super::rows::connection_lost(self.wrote, changes, results, e),
+            };
+            let done = query.execute(client).await;
+            results.push(match done {
+                Ok(done) => match super::rows::changed_rows(c, &user_sql, done.total()) {
+                    Ok(_) => {
+                        self.wrote = true;
+                        ExportResult::ok(c.mesh_id, None)
+                    }
+                    Err((code, msg)) => ExportResult::refused(c.mesh_id, code, msg),
+                },
+                Err(e) if connection_failed(&e) => {
+                    self.client = None;
+                    let lost = server_error("the connection to the target was lost", e);
+                    return super::rows::connection_lost(self.wrote, changes, results, lost);
+                }
+                Err(e) => ExportResult::failed(c.mesh_id, format!("the export statement failed: {e}")),
+            });
+        }
+        Ok(results)
+    }
+
     /// The export table's columns with their T-SQL types, for OPENJSON.
     async fn column_types(&mut self, table: &str) -> Result<Vec<(String, String)>, ConnectorError> {
         let (schema, name) = table.split_once('.').unwrap_or(("dbo", table));
@@ -681,7 +775,7 @@ impl SqlServerConnector {
         match done {
             Ok(_) if missed => Err(Refusal::Missing(format!("no row of {table} has the anchor of this change"))),
             Ok(_) => Ok(()),
-            Err(e @ (tiberius::error::Error::Io { .. } | tiberius::error::Error::Tls(_) | tiberius::error::Error::Protocol(_))) => {
+            Err(e) if connection_failed(&e) => {
                 self.client = None;
                 Err(Refusal::Connection(server_error("the connection to the target was lost", e)))
             }

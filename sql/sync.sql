@@ -197,6 +197,18 @@ BEGIN
         PERFORM mesh._analyze_if('mesh.connector_object', n);
     END IF;
 
+    -- A row an add wrote joins the object it was written for, found by the anchor the add
+    -- gave it: a target without join rules would otherwise never learn whose row it is
+    -- (and an upsert that took over an unjoined row makes that row the object's).
+    UPDATE mesh.connector_object c
+       SET mesh_id = pe.mesh_id, change_seq = nextval('mesh.change_seq')
+      FROM mesh.pending_export pe
+     WHERE pe.connector_id = p_connector AND pe.status = 'applied' AND pe.operation = 'add'
+       AND c.connector_id = p_connector AND c.anchor = pe.anchor
+       AND c.mesh_id IS NULL AND NOT c.deleted AND NOT c.disconnected
+       AND NOT EXISTS (SELECT 1 FROM mesh.connector_object o
+                        WHERE o.connector_id = p_connector AND o.mesh_id = pe.mesh_id AND NOT o.deleted);
+
     -- Exports this import shows as done are confirmed.
     DELETE FROM mesh.pending_export pe
      USING mesh.connector_object c
@@ -312,8 +324,10 @@ BEGIN
            applied_at = CASE WHEN o.status = 'applied' THEN clock_timestamp() END,
            -- back off: 30 s, 1 min, 2 min, ... at most an hour (mesh.retry() retries now)
            retry_at = CASE WHEN o.status = 'failed'
-                           THEN clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END
-      FROM unnest(p_mesh_ids, p_statuses, p_errors, p_planned_by) AS o(mesh_id, status, error, planned_by)
+                           THEN clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END,
+           -- an add's row, by the anchor it was written with (the next import joins it)
+           anchor = CASE WHEN o.status = 'applied' THEN coalesce(o.anchor, pe.anchor) ELSE pe.anchor END
+      FROM unnest(p_mesh_ids, p_statuses, p_errors, p_planned_by, p_anchors) AS o(mesh_id, status, error, planned_by, anchor)
      WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status IN ('applied', 'failed')
        AND pe.run_id IS NOT DISTINCT FROM o.planned_by;
     -- Errors of earlier attempts go once their object is written.

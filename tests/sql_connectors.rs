@@ -1321,3 +1321,91 @@ fn sqlserver_export_statements_over_tds() {
     assert_eq!(messages.len(), 3, "{messages:?}");
     assert!(messages.iter().all(|m| m.starts_with("the export statement failed: ")), "{messages:?}");
 }
+
+/// A composite anchor joins its values with U+001F; a value that holds that separator (or
+/// a backslash) is escaped, so two rows never share an anchor, and the postgres kind, the
+/// table kind and the engine's own encoding write the same text.
+#[test]
+fn composite_anchors_never_collide() {
+    let rows = r#"(E'a\x1fb', 'c', 'one'), ('a', E'b\x1fc', 'two'), (E'x\\', '_y', 'three'), ('x', E'\\_y', 'four')"#;
+    let mut hr = hr_source();
+    hr.batch_execute(&format!(
+        "CREATE TABLE pairs_src (org text, emp text, note text, PRIMARY KEY (org, emp));
+         INSERT INTO pairs_src VALUES {rows};
+         CREATE TABLE pairs_dst (LIKE pairs_src INCLUDING ALL);
+         GRANT ALL ON pairs_src, pairs_dst TO hr_app;"
+    ))
+    .unwrap();
+    let mut c = fresh_database_with_own_key("idmesh_it_pairs");
+    c.batch_execute(&format!(
+        "CREATE TABLE pairs_here (org text, emp text, note text, PRIMARY KEY (org, emp));
+         INSERT INTO pairs_here VALUES {rows};"
+    ))
+    .unwrap();
+    let dsn = format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app", port());
+    connector(&mut c, "Pairs", json!({"dsn": dsn, "import_query": "SELECT * FROM pairs_src", "anchor": ["org", "emp"]}));
+    connector(
+        &mut c,
+        "Pairs out",
+        json!({"dsn": dsn, "import_query": "SELECT * FROM pairs_dst", "anchor": ["org", "emp"], "export_table": "pairs_dst"}),
+    );
+    c.batch_execute(
+        r#"SELECT mesh.create_connector('Pairs here', 'table', '{"source": "pairs_here", "anchor": ["org", "emp"], "object_type": "group"}');
+           SELECT mesh.set_projection('Pairs', 'person', true);
+           SELECT mesh.add_import_flow('Pairs', 'person', a, a, 90) FROM unnest(ARRAY['org', 'emp', 'note']) a;
+           SELECT mesh.add_export_flow('Pairs out', 'person', a, a) FROM unnest(ARRAY['org', 'emp', 'note']) a;
+           SELECT mesh.set_provisioning('Pairs out', 'person', NULL, '{}');"#,
+    )
+    .unwrap();
+    for name in ["Pairs", "Pairs here"] {
+        let full = run(&mut c, name, "full_import");
+        assert_eq!((full["status"].clone(), full["added"].clone()), (json!("success"), json!(4)), "{name}: {full}");
+    }
+    let anchors = |c: &mut Client, connector: &str| -> Vec<String> {
+        c.query(
+            "SELECT co.anchor FROM mesh.connector_object co JOIN mesh.connector k ON k.id = co.connector_id
+              WHERE k.name = $1 ORDER BY co.anchor",
+            &[&connector],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+    };
+    let mut expected = vec![
+        "a\\_b\u{1f}c".to_string(),
+        "a\u{1f}b\\_c".to_string(),
+        "x\\\\\u{1f}_y".to_string(),
+        "x\u{1f}\\\\_y".to_string(),
+    ];
+    expected.sort();
+    assert_eq!(anchors(&mut c, "Pairs"), expected);
+    assert_eq!(anchors(&mut c, "Pairs here"), expected);
+
+    // Exported (one batch of adds), found by their anchors, then confirmed by an import.
+    c.batch_execute("SELECT mesh.sync()").unwrap();
+    let export = run(&mut c, "Pairs out", "export");
+    assert_eq!((export["status"].clone(), export["added"].clone()), (json!("success"), json!(4)), "{export}");
+    let copied: i64 = hr
+        .query_one("SELECT count(*) FROM pairs_dst JOIN pairs_src USING (org, emp, note)", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(copied, 4);
+    // No join rule: the rows join the objects they were written for by the anchors the
+    // adds gave them, and that confirms the adds.
+    let confirm = run(&mut c, "Pairs out", "full_import");
+    assert_eq!(confirm["confirmed"], json!(4), "{confirm}");
+    assert_eq!(anchors(&mut c, "Pairs out"), expected);
+    let (unjoined, pending): (i64, i64) = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM mesh.connector_object co JOIN mesh.connector k ON k.id = co.connector_id
+                      WHERE k.name = 'Pairs out' AND co.mesh_id IS NULL),
+                    (SELECT count(*) FROM mesh.pending_exports WHERE connector = 'Pairs out')",
+            &[],
+        )
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((unjoined, pending), (0, 0));
+    let again: i64 = c.query_one("SELECT count(*) FROM mesh.cycle() WHERE added + updated + deleted > 0", &[]).unwrap().get(0);
+    assert_eq!(again, 0, "nothing left to do");
+}

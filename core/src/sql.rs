@@ -219,6 +219,25 @@ fn followed_by_paren(b: &[u8], mut i: usize) -> bool {
     b.get(i) == Some(&b'(')
 }
 
+/// The anchor of the texts `parts` (SQL expressions) as `idmesh_sdk::encode_anchor` writes
+/// it: one is itself; several are joined by U+001F, each with `\` doubled and a U+001F of
+/// its own written `\_`, and NULL when any is.
+pub fn anchor_concat(parts: &[String]) -> String {
+    if parts.len() == 1 {
+        return parts[0].clone();
+    }
+    let missing: Vec<String> = parts.iter().map(|p| format!("{p} IS NULL")).collect();
+    let escaped: Vec<String> = parts
+        .iter()
+        .map(|p| format!("replace(replace({p}, '\\', '\\\\'), E'\\x1f', '\\_')"))
+        .collect();
+    format!(
+        "CASE WHEN {} THEN NULL ELSE concat_ws(E'\\x1f', {}) END",
+        missing.join(" OR "),
+        escaped.join(", ")
+    )
+}
+
 /// The query that stages rows arriving as JSON object texts, given as three arrays: each
 /// row's jsonb built by the engine (`$1`, NULL where it left the row to the server), its
 /// hash (`$2`) and the texts the server parses itself (`$3`). For each row its anchor (the anchor columns' texts, joined by U+001F when there are several;
@@ -233,20 +252,8 @@ pub fn json_rows_select(
     soft_delete_column: Option<&str>,
 ) -> String {
     let field = |c: &str| format!("r->>{}", literal(c));
-    let anchor_sql = if anchor.len() == 1 {
-        field(&anchor[0])
-    } else {
-        let missing: Vec<String> = anchor
-            .iter()
-            .map(|a| format!("{} IS NULL", field(a)))
-            .collect();
-        let parts: Vec<String> = anchor.iter().map(|a| field(a)).collect();
-        format!(
-            "CASE WHEN {} THEN NULL ELSE concat_ws(E'\\x1f', {}) END",
-            missing.join(" OR "),
-            parts.join(", ")
-        )
-    };
+    let parts: Vec<String> = anchor.iter().map(|a| field(a)).collect();
+    let anchor_sql = anchor_concat(&parts);
     let name = match name_column {
         Some(n) => format!("coalesce({}, {anchor_sql})", field(n)),
         None => anchor_sql.clone(),
@@ -736,7 +743,8 @@ mod tests {
         assert!(one.contains("unnest($1::jsonb[], $2::text[], $3::text[])"));
         assert!(one.contains("coalesce(u.j, u.t::jsonb) AS r"));
         let two = json_rows_select(&["org".into(), "emp".into()], Some("login"), Some("gone"));
-        assert!(two.contains("CASE WHEN r->>'org' IS NULL OR r->>'emp' IS NULL THEN NULL ELSE concat_ws(E'\\x1f', r->>'org', r->>'emp') END AS anchor"));
+        assert!(two.contains("CASE WHEN r->>'org' IS NULL OR r->>'emp' IS NULL THEN NULL ELSE concat_ws(E'\\x1f', \
+        replace(replace(r->>'org', '\\', '\\\\'), E'\\x1f', '\\_'), replace(replace(r->>'emp', '\\', '\\\\'), E'\\x1f', '\\_')) END AS anchor"), "{two}");
         assert!(two.contains("coalesce(r->>'login', CASE"));
         assert!(two.contains("CASE WHEN r->'gone' IS NULL THEN false WHEN jsonb_typeof(r->'gone') = 'boolean' THEN (r->'gone')::boolean"));
         assert!(two.contains("WHEN jsonb_typeof(r->'gone') = 'number' THEN (r->'gone')::numeric <> 0"));

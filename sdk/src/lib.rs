@@ -205,6 +205,11 @@ pub struct ExportResult {
     /// part of the protocol: a connector program cannot stage anything.
     #[serde(skip)]
     pub staged: bool,
+    /// The anchor the target now holds the object under, where the connector knows it
+    /// without reading the object back (an add that wrote its anchor columns): the next
+    /// import joins the row with that anchor to the object it was written for.
+    #[serde(default)]
+    pub anchor: Option<String>,
 }
 
 impl ExportResult {
@@ -215,6 +220,7 @@ impl ExportResult {
             code: None,
             object,
             staged: false,
+            anchor: None,
         }
     }
     /// Written, and staged as read back by the connector itself.
@@ -226,11 +232,8 @@ impl ExportResult {
     }
     pub fn failed(mesh_id: i64, message: impl Into<String>) -> Self {
         ExportResult {
-            mesh_id,
             error: Some(message.into()),
-            code: None,
-            object: None,
-            staged: false,
+            ..ExportResult::ok(mesh_id, None)
         }
     }
     /// A failure with the target's SQLSTATE where it gave one.
@@ -247,11 +250,8 @@ impl ExportResult {
         message: impl Into<String>,
     ) -> Self {
         ExportResult {
-            mesh_id,
-            error: Some(message.into()),
             code: Some(code.into()),
-            object: None,
-            staged: false,
+            ..ExportResult::failed(mesh_id, message)
         }
     }
 }
@@ -376,9 +376,19 @@ pub trait IdentityConnector {
 }
 
 /// Encodes multi-column anchors: values joined by the ASCII unit separator, so the same
-/// row always gives the same anchor text (SQL side: `concat_ws(E'\x1f', ...)`).
+/// row always gives the same anchor text. Each value of several has its `\` doubled and a
+/// separator of its own written `\_`, so two rows never share an anchor (`a␟b`,`c` and
+/// `a`,`b␟c` stay apart); a single value is the anchor as it is. The SQL side writes the
+/// same (`idmesh_core::sql::anchor_concat`).
 pub fn encode_anchor(parts: &[String]) -> String {
-    parts.join("\u{1f}")
+    if parts.len() == 1 {
+        return parts[0].clone();
+    }
+    parts
+        .iter()
+        .map(|p| p.replace('\\', "\\\\").replace('\u{1f}', "\\_"))
+        .collect::<Vec<_>>()
+        .join("\u{1f}")
 }
 
 #[cfg(test)]
@@ -393,6 +403,13 @@ mod tests {
             encode_anchor(&["a b".into()]),
             encode_anchor(&["a".into(), "b".into()])
         );
+        // A separator or backslash inside a value of several cannot make two rows one.
+        let one = encode_anchor(&["a\u{1f}b".into(), "c".into()]);
+        let other = encode_anchor(&["a".into(), "b\u{1f}c".into()]);
+        assert_ne!(one, other);
+        assert_eq!(one, "a\\_b\u{1f}c");
+        assert_ne!(encode_anchor(&["a\\".into(), "_b".into()]), encode_anchor(&["a".into(), "\\_b".into()]));
+        assert_eq!(encode_anchor(&["x\u{1f}y".into()]), "x\u{1f}y", "one value stays as it is");
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! value cast to its column's type (`add_as_text`), and anything else as one JSON array the
 //! target types.
 
-use super::rows::{changed_rows, connection_lost, forced_full, no_statement, pg_batch, pg_results, statement_values, RowShape};
+use super::rows::{
+    changed_rows, connection_lost, forced_full, no_statement, pg_batch, pg_results, statement_values, written_result, RowShape,
+};
 use crate::error::invalid;
 use idmesh_core::delta::DeltaKind;
 use idmesh_core::export_sql::{postgres_text_add, Mode, Returning};
@@ -802,7 +804,7 @@ impl PostgresConnector {
             results.push(match outcome {
                 Ok(_) => {
                     self.wrote = true;
-                    ExportResult::ok(c.mesh_id, None)
+                    written_result(&self.shape(), c.operation, c)
                 }
                 Err((_, msg)) if self.lost() => {
                     return connection_lost(self.wrote, changes, results, ConnectorError::connection(msg))
@@ -866,7 +868,7 @@ impl PostgresConnector {
                 self.wrote = true;
                 Ok(match row.get::<_, Option<Value>>(0) {
                     // Every row written.
-                    None => changes.iter().map(|c| ExportResult::ok(c.mesh_id, None)).collect(),
+                    None => changes.iter().map(|c| written_result(&shape, op, c)).collect(),
                     Some(written) => {
                         let written = match written {
                             Value::Array(rows) => rows,

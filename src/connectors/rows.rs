@@ -318,6 +318,17 @@ pub fn pg_batch(
     ))
 }
 
+/// A change written. An add carries the anchor its row now has (its anchor columns), so
+/// the next import joins that row to the object even where no join rule would.
+pub fn written_result(shape: &RowShape, op: ExportOperation, c: &ExportChange) -> ExportResult {
+    ExportResult {
+        anchor: (op == ExportOperation::Add)
+            .then(|| shape.anchor_of(&shape.written_key(op, c)))
+            .flatten(),
+        ..ExportResult::ok(c.mesh_id, None)
+    }
+}
+
 /// One result per change from the rows the batch wrote (the statement's `returning`).
 /// Deleted rows come back as deleted objects (the connector space learns at once); rows
 /// returned whole come back as the objects they are now, staged ones as staged, so the
@@ -366,7 +377,7 @@ pub fn pg_results(
                     ExportResult::ok(c.mesh_id, gone)
                 }
                 (_, Some(row)) => match returning {
-                    Returning::Anchors => ExportResult::ok(c.mesh_id, None),
+                    Returning::Anchors => written_result(shape, op, c),
                     Returning::Rows => ExportResult::ok(c.mesh_id, shape.object(row)),
                     Returning::Staged(_) if renamed => ExportResult::ok(c.mesh_id, None),
                     Returning::Staged(_) => ExportResult::staged(c.mesh_id),

@@ -503,7 +503,8 @@ impl IdentityConnector for SqlServerConnector {
                 // change alone. A lost connection ends the export (`rows::connection_lost`).
                 match self.apply(&table, &types, &group, op).await {
                     Ok(()) => {
-                        results.extend(group.iter().map(|c| ExportResult::ok(c.mesh_id, None)))
+                        let shape = self.shape();
+                        results.extend(group.iter().map(|c| super::rows::written_result(&shape, op, c)))
                     }
                     Err(Refusal::Connection(e)) => {
                         return super::rows::connection_lost(self.wrote, changes, results, e)
@@ -511,7 +512,7 @@ impl IdentityConnector for SqlServerConnector {
                     Err(_) => {
                         for c in &group {
                             results.push(match self.apply(&table, &types, &[*c], op).await {
-                                Ok(()) => ExportResult::ok(c.mesh_id, None),
+                                Ok(()) => super::rows::written_result(&self.shape(), op, c),
                                 Err(Refusal::Connection(e)) => {
                                     return super::rows::connection_lost(self.wrote, changes, results, e)
                                 }
@@ -607,7 +608,7 @@ impl SqlServerConnector {
                 Ok(done) => match super::rows::changed_rows(c, &user_sql, done.total()) {
                     Ok(_) => {
                         self.wrote = true;
-                        ExportResult::ok(c.mesh_id, None)
+                        super::rows::written_result(&self.shape(), c.operation, c)
                     }
                     Err((code, msg)) => ExportResult::refused(c.mesh_id, code, msg),
                 },

@@ -287,20 +287,7 @@ impl TableConfig {
             .iter()
             .map(|a| format!("{alias}.{}::text", ident(a)))
             .collect();
-        if parts.len() == 1 {
-            parts[0].clone()
-        } else {
-            let any_null: Vec<String> = self
-                .anchor
-                .iter()
-                .map(|a| format!("{alias}.{} IS NULL", ident(a)))
-                .collect();
-            format!(
-                "CASE WHEN {} THEN NULL ELSE concat_ws(E'\\x1f', {}) END",
-                any_null.join(" OR "),
-                parts.join(", ")
-            )
-        }
+        idmesh_core::sql::anchor_concat(&parts)
     }
 
     /// A source row's name and whether it reads as deleted, the row under `alias`.

@@ -270,7 +270,10 @@ fn record(
                     }
                     None => "applied",
                 };
-                outcomes.push(res.mesh_id, status, None, None, change, planned_by);
+                // An add's row is known by the anchor it was written with, where the
+                // connector says (the next import joins that row to the object).
+                let anchor = res.anchor.or_else(|| change.anchor.clone());
+                outcomes.push(res.mesh_id, status, None, None, change, anchor, planned_by);
             }
             // Not written for want of the connection: still pending, as it was.
             Some(msg) if res.code.as_deref().is_some_and(|c| c.starts_with("08")) => {
@@ -284,6 +287,7 @@ fn record(
                     Some(msg),
                     res.code,
                     change,
+                    change.anchor.clone(),
                     planned_by,
                 );
             }
@@ -331,6 +335,7 @@ impl Outcomes {
         error: Option<String>,
         code: Option<String>,
         change: &ExportChange,
+        anchor: Option<String>,
         planned_by: Option<i64>,
     ) {
         self.mesh_ids.push(mesh_id);
@@ -338,7 +343,7 @@ impl Outcomes {
         self.errors.push(error);
         self.codes.push(code);
         self.operations.push(change.operation.as_str().to_string());
-        self.anchors.push(change.anchor.clone());
+        self.anchors.push(anchor);
         self.planned_by.push(planned_by);
     }
 }

@@ -200,14 +200,20 @@ BEGIN
     -- A row an add wrote joins the object it was written for, found by the anchor the add
     -- gave it: a target without join rules would otherwise never learn whose row it is
     -- (and an upsert that took over an unjoined row makes that row the object's).
+    -- Driven by the applied adds (few), each row looked up by its key (OFFSET 0): a join
+    -- of the two tables read the whole connector space on every import.
     UPDATE mesh.connector_object c
-       SET mesh_id = pe.mesh_id, change_seq = nextval('mesh.change_seq')
-      FROM mesh.pending_export pe
-     WHERE pe.connector_id = p_connector AND pe.status = 'applied' AND pe.operation = 'add'
-       AND c.connector_id = p_connector AND c.anchor = pe.anchor
-       AND c.mesh_id IS NULL AND NOT c.deleted AND NOT c.disconnected
-       AND NOT EXISTS (SELECT 1 FROM mesh.connector_object o
-                        WHERE o.connector_id = p_connector AND o.mesh_id = pe.mesh_id AND NOT o.deleted);
+       SET mesh_id = a.mesh_id, change_seq = nextval('mesh.change_seq')
+      FROM (SELECT pe.mesh_id, x.ctid AS row_id
+              FROM mesh.pending_export pe
+              CROSS JOIN LATERAL (SELECT o.ctid FROM mesh.connector_object o
+                                   WHERE o.connector_id = p_connector AND o.anchor = pe.anchor AND o.mesh_id IS NULL
+                                     AND NOT o.deleted AND NOT o.disconnected OFFSET 0) x
+             WHERE pe.connector_id = p_connector AND pe.status = 'applied' AND pe.operation = 'add'
+               AND pe.anchor IS NOT NULL
+               AND NOT EXISTS (SELECT 1 FROM mesh.connector_object j
+                                WHERE j.connector_id = p_connector AND j.mesh_id = pe.mesh_id AND NOT j.deleted)) a
+     WHERE c.ctid = a.row_id;
 
     -- Exports this import shows as done are confirmed.
     DELETE FROM mesh.pending_export pe

@@ -199,19 +199,24 @@ BEGIN
 
     -- A row an add wrote joins the object it was written for, found by the anchor the add
     -- gave it: a target without join rules would otherwise never learn whose row it is
-    -- (and an upsert that took over an unjoined row makes that row the object's).
+    -- (and an upsert that took over an unjoined row makes that row the object's). Only an
+    -- anchor one applied add claims: two adds that wrote the same key (the second over the
+    -- first) leave the row unjoined, never joined to a guess.
     -- Driven by the applied adds (few), each row looked up by its key (OFFSET 0): a join
     -- of the two tables read the whole connector space on every import.
     UPDATE mesh.connector_object c
        SET mesh_id = a.mesh_id, change_seq = nextval('mesh.change_seq')
       FROM (SELECT pe.mesh_id, x.ctid AS row_id
-              FROM mesh.pending_export pe
+              FROM (SELECT min(pe.mesh_id) AS mesh_id, pe.anchor, min(pe.object_type) AS object_type
+                      FROM mesh.pending_export pe
+                     WHERE pe.connector_id = p_connector AND pe.status = 'applied' AND pe.operation = 'add'
+                       AND pe.anchor IS NOT NULL
+                     GROUP BY pe.anchor HAVING count(*) = 1) pe
               CROSS JOIN LATERAL (SELECT o.ctid FROM mesh.connector_object o
                                    WHERE o.connector_id = p_connector AND o.anchor = pe.anchor AND o.mesh_id IS NULL
-                                     AND NOT o.deleted AND NOT o.disconnected OFFSET 0) x
-             WHERE pe.connector_id = p_connector AND pe.status = 'applied' AND pe.operation = 'add'
-               AND pe.anchor IS NOT NULL
-               AND NOT EXISTS (SELECT 1 FROM mesh.connector_object j
+                                     AND o.object_type = pe.object_type AND NOT o.deleted AND NOT o.disconnected
+                                   OFFSET 0) x
+             WHERE NOT EXISTS (SELECT 1 FROM mesh.connector_object j
                                 WHERE j.connector_id = p_connector AND j.mesh_id = pe.mesh_id AND NOT j.deleted)) a
      WHERE c.ctid = a.row_id;
 
@@ -332,7 +337,8 @@ BEGIN
            retry_at = CASE WHEN o.status = 'failed'
                            THEN clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END,
            -- an add's row, by the anchor it was written with (the next import joins it)
-           anchor = CASE WHEN o.status = 'applied' THEN coalesce(o.anchor, pe.anchor) ELSE pe.anchor END
+           anchor = CASE WHEN o.status = 'applied' AND pe.operation = 'add' THEN coalesce(o.anchor, pe.anchor)
+                         ELSE pe.anchor END
       FROM unnest(p_mesh_ids, p_statuses, p_errors, p_planned_by, p_anchors) AS o(mesh_id, status, error, planned_by, anchor)
      WHERE pe.connector_id = p_connector AND pe.mesh_id = o.mesh_id AND o.status IN ('applied', 'failed')
        AND pe.run_id IS NOT DISTINCT FROM o.planned_by;
@@ -619,7 +625,10 @@ BEGIN
       FROM _mesh_plan p
      WHERE p.op IN ('add', 'delete') OR (p.op IN ('update', 'disable') AND p.changes <> '{}')
     ON CONFLICT (connector_id, mesh_id) DO UPDATE
-       SET operation = EXCLUDED.operation, anchor = EXCLUDED.anchor, name = EXCLUDED.name,
+       SET operation = EXCLUDED.operation, name = EXCLUDED.name,
+           -- an applied add keeps the anchor it was written with (its row joins by it)
+           anchor = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes
+                         THEN coalesce(EXCLUDED.anchor, pe.anchor) ELSE EXCLUDED.anchor END,
            changes = EXCLUDED.changes, previous = EXCLUDED.previous, planned_at = now(),
            -- an export running meanwhile records its outcome only where run_id is as it read it
            run_id = CASE WHEN pe.operation = EXCLUDED.operation AND pe.changes = EXCLUDED.changes

@@ -229,7 +229,7 @@ pub fn anchor_concat(parts: &[String]) -> String {
     let missing: Vec<String> = parts.iter().map(|p| format!("{p} IS NULL")).collect();
     let escaped: Vec<String> = parts
         .iter()
-        .map(|p| format!("replace(replace({p}, '\\', '\\\\'), E'\\x1f', '\\_')"))
+        .map(|p| format!("replace(replace({p}, E'\\\\', E'\\\\\\\\'), E'\\x1f', E'\\\\_')"))
         .collect();
     format!(
         "CASE WHEN {} THEN NULL ELSE concat_ws(E'\\x1f', {}) END",
@@ -463,7 +463,7 @@ pub fn numbered(pieces: &[Piece], names: &[String], dialect: Dialect) -> String 
 /// says nothing of them).
 pub fn counts_rows(sql: &str) -> bool {
     let first: String = sql
-        .trim_start()
+        .trim_start_matches(|c: char| c.is_whitespace() || c == ';')
         .chars()
         .take_while(|c| c.is_ascii_alphabetic())
         .collect::<String>()
@@ -744,7 +744,8 @@ mod tests {
         assert!(one.contains("coalesce(u.j, u.t::jsonb) AS r"));
         let two = json_rows_select(&["org".into(), "emp".into()], Some("login"), Some("gone"));
         assert!(two.contains("CASE WHEN r->>'org' IS NULL OR r->>'emp' IS NULL THEN NULL ELSE concat_ws(E'\\x1f', \
-        replace(replace(r->>'org', '\\', '\\\\'), E'\\x1f', '\\_'), replace(replace(r->>'emp', '\\', '\\\\'), E'\\x1f', '\\_')) END AS anchor"), "{two}");
+        replace(replace(r->>'org', E'\\\\', E'\\\\\\\\'), E'\\x1f', E'\\\\_'), \
+        replace(replace(r->>'emp', E'\\\\', E'\\\\\\\\'), E'\\x1f', E'\\\\_')) END AS anchor"), "{two}");
         assert!(two.contains("coalesce(r->>'login', CASE"));
         assert!(two.contains("CASE WHEN r->'gone' IS NULL THEN false WHEN jsonb_typeof(r->'gone') = 'boolean' THEN (r->'gone')::boolean"));
         assert!(two.contains("WHEN jsonb_typeof(r->'gone') = 'number' THEN (r->'gone')::numeric <> 0"));
@@ -781,6 +782,9 @@ mod tests {
         assert!(counts_rows("  update t set a = 1"));
         assert!(counts_rows("WITH x AS (SELECT 1) UPDATE t SET a = 1"));
         assert!(counts_rows("MERGE INTO t USING s ON true WHEN MATCHED THEN DELETE"));
+        assert!(counts_rows(";WITH x AS (SELECT 1 AS id) UPDATE t SET a = 1 FROM x"));
+        // NOCOUNT makes every count 0: never read as "changed no row".
+        assert!(!counts_rows("SET NOCOUNT ON; UPDATE t SET a = 1"));
         assert!(!counts_rows("CALL set_badge(:id)"));
         assert!(!counts_rows("EXEC dbo.set_badge @id = :id"));
         assert!(!counts_rows("SELECT 1"));

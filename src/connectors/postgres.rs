@@ -278,7 +278,7 @@ struct TextAdd {
 
 /// How a target column of type `ty` takes values as text as the JSON batch would store
 /// them; None where the two could differ (json keeps its spelling, composites are built
-/// from objects), and that column set then goes as JSON.
+/// from objects, intervals read by their fields), and that column set then goes as JSON.
 fn text_column(ty: &tokio_postgres::types::Type) -> Option<TextColumn> {
     use tokio_postgres::types::{Kind, Type};
     match ty.kind() {
@@ -289,6 +289,10 @@ fn text_column(ty: &tokio_postgres::types::Type) -> Option<TextColumn> {
         },
         Kind::Simple if *ty == Type::JSONB => Some(TextColumn::Jsonb),
         Kind::Simple if *ty == Type::JSON => None,
+        // An interval column's fields (`interval minute to second`) change how its input is
+        // read (`10:30` is ten minutes there, ten hours as a plain interval), and a cast
+        // does not know them.
+        Kind::Simple if *ty == Type::INTERVAL => None,
         Kind::Simple | Kind::Enum(_) | Kind::Range(_) => Some(TextColumn::Scalar),
         _ => None,
     }
@@ -698,9 +702,12 @@ impl IdentityConnector for PostgresConnector {
                             if let Err((code, _)) = &outcome {
                                 let upsert = self.config.export_mode == Mode::Upsert;
                                 if super::rows::retry_as_update(op, upsert, code.as_deref()) && !self.lost() {
-                                    let update = super::rows::add_as_update(&self.shape(), c);
+                                    let shape = self.shape();
+                                    let update = super::rows::add_as_update(&shape, c);
                                     match self.apply(&table, ExportOperation::Update, &[&update]).await {
-                                        Ok(r) if r.iter().all(|r| r.error.is_none()) => outcome = Ok(r),
+                                        Ok(r) if r.iter().all(|r| r.error.is_none()) => {
+                                            outcome = Ok(super::rows::results_of_add(&shape, c, r))
+                                        }
                                         // No such row: the add's own refusal is the error.
                                         _ => {}
                                     }
@@ -802,9 +809,10 @@ impl PostgresConnector {
             }
             .await;
             results.push(match outcome {
+                // No anchor: the statement may write anywhere, or nothing (DO NOTHING).
                 Ok(_) => {
                     self.wrote = true;
-                    written_result(&self.shape(), c.operation, c)
+                    ExportResult::ok(c.mesh_id, None)
                 }
                 Err((_, msg)) if self.lost() => {
                     return connection_lost(self.wrote, changes, results, ConnectorError::connection(msg))

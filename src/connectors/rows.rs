@@ -441,6 +441,16 @@ pub fn add_as_update(shape: &RowShape, c: &ExportChange) -> ExportChange {
     update
 }
 
+/// The results of an add written as an update (`add_as_update`): still an add's, with the
+/// anchor it wrote (the row it took over joins the object by it).
+pub fn results_of_add(shape: &RowShape, c: &ExportChange, results: Vec<ExportResult>) -> Vec<ExportResult> {
+    let anchor = written_result(shape, ExportOperation::Add, c).anchor;
+    results
+        .into_iter()
+        .map(|r| ExportResult { anchor: anchor.clone(), ..r })
+        .collect()
+}
+
 /// Whether a failed add is tried again as an update (see `add_as_update`).
 pub fn retry_as_update(op: ExportOperation, upsert: bool, sqlstate: Option<&str>) -> bool {
     op == ExportOperation::Add && upsert && sqlstate == Some("23502")

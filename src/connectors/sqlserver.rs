@@ -538,20 +538,13 @@ enum Refusal {
     Connection(ConnectorError),
 }
 
-/// Binds a JSON value as the nearest T-SQL type: nvarchar for strings (and for numbers
-/// that are not integers, so decimals keep every digit), bigint, bit, an untyped NULL; an
-/// array or object as its JSON text. SQL Server converts each to the type where it stands.
+/// Binds a JSON value as nvarchar: a string as it is, a number as its digits, a boolean
+/// as `true`/`false`, an array or object as its JSON text, NULL as a NULL nvarchar. SQL
+/// Server converts each to the type where it stands (an int, a decimal, a bit, a date); a
+/// typed parameter would instead convert the column it is compared with (a bigint against
+/// a varchar column fails on the first row that is not a number, and no index is used).
 fn bind_json<'a>(q: &mut tiberius::Query<'a>, value: Option<&Value>) {
-    match value {
-        None | Some(Value::Null) => q.bind(Option::<String>::None),
-        Some(Value::Bool(b)) => q.bind(*b),
-        Some(Value::Number(n)) => match n.as_i64() {
-            Some(i) => q.bind(i),
-            None => q.bind(n.to_string()),
-        },
-        Some(Value::String(s)) => q.bind(s.clone()),
-        Some(other) => q.bind(other.to_string()),
-    }
+    q.bind(value.and_then(super::rows::json_text));
 }
 
 /// Whether a tiberius error is the connection's, not the statement's.
@@ -606,9 +599,10 @@ impl SqlServerConnector {
             let done = query.execute(client).await;
             results.push(match done {
                 Ok(done) => match super::rows::changed_rows(c, &user_sql, done.total()) {
+                    // No anchor: the statement may write anywhere, or nothing.
                     Ok(_) => {
                         self.wrote = true;
-                        super::rows::written_result(&self.shape(), c.operation, c)
+                        ExportResult::ok(c.mesh_id, None)
                     }
                     Err((code, msg)) => ExportResult::refused(c.mesh_id, code, msg),
                 },

@@ -571,10 +571,13 @@ impl IdentityConnector for TableConnector {
                             if let Err(e) = &outcome {
                                 let upsert = self.config.export_mode == ExportMode::Upsert;
                                 if super::rows::retry_as_update(op, upsert, Some(e.sqlstate().as_str())) {
-                                    let update = super::rows::add_as_update(&self.config.shape(), c);
+                                    let shape = self.config.shape();
+                                    let update = super::rows::add_as_update(&shape, c);
                                     let again = subxact(|| self.apply(ExportOperation::Update, &[&update]));
-                                    if matches!(&again, Ok(Ok(r)) if r.iter().all(|r| r.error.is_none())) {
-                                        outcome = again;
+                                    if let Ok(Ok(r)) = again {
+                                        if r.iter().all(|r| r.error.is_none()) {
+                                            outcome = Ok(Ok(super::rows::results_of_add(&shape, c, r)));
+                                        }
                                     }
                                 }
                             }

@@ -179,7 +179,9 @@ fn next_batch(connector_id: i32, last_id: &mut i64) -> Option<Batch> {
     let mut last = *last_id;
     store::each_row(
         "SELECT pe.mesh_id, pe.operation, pe.object_type, pe.anchor, pe.name, pe.changes, c.attrs, pe.run_id \
-           FROM (SELECT * FROM mesh.pending_export WHERE connector_id = $1 AND mesh_id > $2 \
+           FROM (SELECT connector_id, mesh_id, operation, object_type, name, changes, run_id, \
+                        CASE WHEN operation = 'add' THEN NULL ELSE anchor END AS anchor \
+                   FROM mesh.pending_export WHERE connector_id = $1 AND mesh_id > $2 \
                  AND (status IN ('pending', 'approved') \
                       OR (status = 'failed' AND coalesce(retry_at, '-infinity') <= clock_timestamp())) \
                  ORDER BY mesh_id LIMIT $3) pe \

@@ -215,9 +215,10 @@ BEGIN
               CROSS JOIN LATERAL (SELECT o.ctid FROM mesh.connector_object o
                                    WHERE o.connector_id = p_connector AND o.anchor = pe.anchor AND o.mesh_id IS NULL
                                      AND o.object_type = pe.object_type AND NOT o.deleted AND NOT o.disconnected
-                                   OFFSET 0) x
-             WHERE NOT EXISTS (SELECT 1 FROM mesh.connector_object j
-                                WHERE j.connector_id = p_connector AND j.mesh_id = pe.mesh_id AND NOT j.deleted)) a
+                                     AND NOT EXISTS (SELECT 1 FROM mesh.connector_object j
+                                                      WHERE j.connector_id = p_connector AND j.mesh_id = pe.mesh_id
+                                                        AND NOT j.deleted)
+                                   OFFSET 0) x) a
      WHERE c.ctid = a.row_id;
 
     -- Exports this import shows as done are confirmed.

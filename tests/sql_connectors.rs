@@ -1263,7 +1263,8 @@ fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
     connector(
         &mut c,
         "Spans out",
-        json!({"dsn": dsn, "import_query": "SELECT * FROM spans_dst", "anchor": "id", "export_table": "spans_dst"}),
+        json!({"dsn": dsn, "import_query": "SELECT * FROM spans_dst", "anchor": "id", "object_type": "group",
+               "export_table": "spans_dst"}),
     );
     c.batch_execute(
         "SELECT mesh.set_projection('Spans', 'group', true);

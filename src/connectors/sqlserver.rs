@@ -539,12 +539,16 @@ enum Refusal {
 }
 
 /// Binds a JSON value as nvarchar: a string as it is, a number as its digits, a boolean
-/// as `true`/`false`, an array or object as its JSON text, NULL as a NULL nvarchar. SQL
-/// Server converts each to the type where it stands (an int, a decimal, a bit, a date); a
-/// typed parameter would instead convert the column it is compared with (a bigint against
-/// a varchar column fails on the first row that is not a number, and no index is used).
+/// as `1`/`0` (which a bit, any integer, a decimal and a varchar all take), an array or
+/// object as its JSON text, NULL as a NULL nvarchar. SQL Server converts each to the type
+/// where it stands (an int, a decimal, a bit, a date); a typed parameter would instead
+/// convert the column it is compared with (a bigint against a varchar column fails on the
+/// first row that is not a number, and no index is used).
 fn bind_json<'a>(q: &mut tiberius::Query<'a>, value: Option<&Value>) {
-    q.bind(value.and_then(super::rows::json_text));
+    q.bind(match value {
+        Some(Value::Bool(b)) => Some(if *b { "1" } else { "0" }.to_string()),
+        other => other.and_then(super::rows::json_text),
+    });
 }
 
 /// Whether a tiberius error is the connection's, not the statement's.

@@ -1279,6 +1279,41 @@ fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
         spans,
         vec![("00:10:30".to_string(), "3 years".to_string()), ("00:02:05".to_string(), "40 years".to_string())]
     );
+
+    // A trigger that gives a row another key: every row is written, but not under the
+    // anchor its change sent, so that change is not found there (02000), as a single add's.
+    hr.batch_execute(
+        "CREATE TABLE renum_src (id integer PRIMARY KEY, note text);
+         INSERT INTO renum_src VALUES (1, 'as is'), (2, 'renumber me');
+         CREATE TABLE renum_dst (id integer PRIMARY KEY, note text);
+         CREATE FUNCTION renum() RETURNS trigger LANGUAGE plpgsql AS
+           $$ BEGIN IF NEW.note = 'renumber me' THEN NEW.id := NEW.id + 100; END IF; RETURN NEW; END $$;
+         CREATE TRIGGER renum BEFORE INSERT ON renum_dst FOR EACH ROW EXECUTE FUNCTION renum();
+         GRANT ALL ON renum_src, renum_dst TO hr_app;",
+    )
+    .unwrap();
+    connector(&mut c, "Renum", json!({"dsn": dsn, "import_query": "SELECT * FROM renum_src", "anchor": "id", "object_type": "contact"}));
+    connector(
+        &mut c,
+        "Renum out",
+        json!({"dsn": dsn, "import_query": "SELECT * FROM renum_dst", "anchor": "id", "object_type": "contact",
+               "export_table": "renum_dst"}),
+    );
+    c.batch_execute(
+        "SELECT mesh.set_projection('Renum', 'contact', true);
+         SELECT mesh.add_import_flow('Renum', 'contact', a, a, 90) FROM unnest(ARRAY['id', 'note']) a;
+         SELECT mesh.add_export_flow('Renum out', 'contact', a, a) FROM unnest(ARRAY['id', 'note']) a;
+         SELECT mesh.set_provisioning('Renum out', 'contact', NULL, '{}');
+         SELECT mesh.run('Renum', 'full_import'); SELECT mesh.sync(); SELECT mesh.run('Renum out', 'export');",
+    )
+    .unwrap();
+    let ids: Vec<i32> = hr.query("SELECT id FROM renum_dst ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(ids, vec![1, 102]);
+    let renum_errors: Vec<(String, String)> =
+        pairs(&mut c, "SELECT sqlstate, message FROM mesh.errors WHERE connector = 'Renum out'");
+    assert_eq!(renum_errors.len(), 1, "{renum_errors:?}");
+    assert_eq!(renum_errors[0].0, "02000");
+    assert!(renum_errors[0].1.ends_with("has anchor 2"), "{renum_errors:?}");
 }
 
 /// The sqlserver kind's own export statements, over the real wire protocol: each change's

@@ -178,9 +178,10 @@ fn insert(table: &str, from: &str, anchors: &[String], cols: &[&str], mode: Mode
 }
 
 /// A batch of adds bound as one text array per column (`$1` for the first of `cols`, and
-/// so on), each value cast to its column's type (`cols`: name and quoted, qualified type):
-/// the insert or upsert, returning NULL when it wrote every row given, else the anchors of
-/// the rows it wrote as `postgres_statement` does. The target reads each value once with its type's input function, as COPY would,
+/// so on), each value cast to its column's type (`cols`: name and quoted, qualified type),
+/// and the changes' anchors after them: the insert or upsert, returning NULL when it wrote
+/// every row under the anchor sent, else the anchors of the rows it wrote as
+/// `postgres_statement` does. The target reads each value once with its type's input function, as COPY would,
 /// instead of taking it out of a JSON document first (see `value_text`).
 pub fn postgres_text_add(table: &str, anchors: &[String], cols: &[(&str, &str)], mode: Mode) -> Result<String, String> {
     if anchors.is_empty() {
@@ -205,10 +206,22 @@ pub fn postgres_text_add(table: &str, anchors: &[String], cols: &[(&str, &str)],
     let names: Vec<&str> = cols.iter().map(|(name, _)| *name).collect();
     let returned: Vec<String> = anchors.iter().map(|a| format!("t.{}", ident(a))).collect();
     let sql = insert(table, &from, anchors, &names, mode, &returned.join(", "));
-    // An insert writes one row per row given or fails: the anchors are only needed when
-    // fewer came back (a trigger skipped some), and building them was a third of the work.
+    // Every row came back under the anchor sent (`$n+1`: each change's anchor text, as the
+    // engine spells it; the rows' spelled as JSON gives them, as the JSON batch compares
+    // them): then each change was written as it says, and the anchors need not travel
+    // (building them was a third of the work). Otherwise (a trigger skipped a row or changed
+    // its key, a char(n) padded it) they do, and each change is found as for the JSON batch.
+    let written_anchor = crate::sql::anchor_concat(
+        &anchors
+            .iter()
+            .map(|a| format!("to_jsonb(d.{})#>>'{{}}'", ident(a)))
+            .collect::<Vec<_>>(),
+    );
+    let sent = cols.len() + 1;
     Ok(format!(
-        "WITH done AS ({sql}) SELECT CASE WHEN (SELECT count(*) FROM done) = cardinality($1::text[]) THEN NULL \
+        "WITH done AS ({sql}) SELECT CASE WHEN (SELECT count(*) FROM done d \
+                                               WHERE {written_anchor} IN (SELECT unnest(${sent}::text[]))) \
+                                            = cardinality(${sent}::text[]) THEN NULL \
          ELSE (SELECT coalesce(jsonb_agg(to_jsonb(idmesh_written.*)), '[]'::jsonb) FROM done idmesh_written) END"
     ))
 }
@@ -475,13 +488,19 @@ mod tests {
         let from_text = "(SELECT u.v1::\"pg_catalog\".\"int4\" AS \"id\", u.v2::\"hr\".\"title\" AS \"na\"\"me\" \
                          FROM unnest($1::text[], $2::text[]) AS u(v1, v2)) r";
         // The same statement but for where the rows come from and when the anchors come back.
-        let all_written = "SELECT CASE WHEN (SELECT count(*) FROM done) = cardinality($1::text[]) THEN NULL \
+        let all_written = "SELECT CASE WHEN (SELECT count(*) FROM done d \
+                                               WHERE to_jsonb(d.\"id\")#>>'{}' IN (SELECT unnest($3::text[]))) \
+                                            = cardinality($3::text[]) THEN NULL \
                            ELSE (SELECT coalesce(jsonb_agg(to_jsonb(idmesh_written.*)), '[]'::jsonb) FROM done idmesh_written) END";
         let json_result = "SELECT coalesce(jsonb_agg(to_jsonb(idmesh_written.*)), '[]'::jsonb) FROM done idmesh_written";
         assert_eq!(text.replace(from_text, from_json).replace(all_written, json_result), json, "{text}");
         assert!(text.contains(from_text), "{text}");
         let insert = postgres_text_add("t", &keys, &cols[..1], Mode::Insert).unwrap();
         assert!(!insert.contains("ON CONFLICT") && insert.contains("unnest($1::text[]) AS u(v1)"), "{insert}");
+        assert!(insert.contains("cardinality($2::text[])"), "{insert}");
+        // A composite anchor is compared in the engine's spelling of it.
+        let two = postgres_text_add("t", &["org".to_string(), "emp".to_string()], &cols, Mode::Upsert).unwrap();
+        assert!(two.contains("concat_ws(E'\\x1f', replace(replace(to_jsonb(d.\"org\")#>>'{}'"), "{two}");
         assert!(postgres_text_add("t", &keys, &cols, Mode::Update).is_err());
         assert!(postgres_text_add("t", &[], &cols, Mode::Upsert).is_err());
     }

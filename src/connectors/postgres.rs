@@ -855,11 +855,13 @@ impl PostgresConnector {
                 add?
             }
         };
-        let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(changes.len()); cols.len()];
+        // A text array per column, then the changes' anchors.
+        let mut arrays: Vec<Vec<Option<String>>> = vec![Vec::with_capacity(changes.len()); cols.len() + 1];
         for c in changes {
             for ((name, column), array) in cols.iter().zip(&add.columns).zip(arrays.iter_mut()) {
                 array.push(text_of(*column, Some(c.attributes.get(name)?)).ok()?);
             }
+            arrays[cols.len()].push(written_result(&shape, op, c).anchor);
         }
         let statement = match self.statement(&add.sql, REFUSAL).await {
             Ok(s) => s,

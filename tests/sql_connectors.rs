@@ -1282,14 +1282,15 @@ fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
 
     // A trigger that gives a row another key: every row is written, but not under the
     // anchor its change sent, so that change is not found there (02000), as a single add's.
+    // A hostile column name is an identifier, quoted, and a hostile value a value.
     hr.batch_execute(
-        "CREATE TABLE renum_src (id integer PRIMARY KEY, note text);
-         INSERT INTO renum_src VALUES (1, 'as is'), (2, 'renumber me');
-         CREATE TABLE renum_dst (id integer PRIMARY KEY, note text);
+        r#"CREATE TABLE renum_src (id integer PRIMARY KEY, note text);
+         INSERT INTO renum_src VALUES (1, 'as is''); DROP TABLE renum_src; --'), (2, 'renumber me');
+         CREATE TABLE renum_dst (id integer PRIMARY KEY, note text, "n""; DROP TABLE renum_dst; --" text);
          CREATE FUNCTION renum() RETURNS trigger LANGUAGE plpgsql AS
            $$ BEGIN IF NEW.note = 'renumber me' THEN NEW.id := NEW.id + 100; END IF; RETURN NEW; END $$;
          CREATE TRIGGER renum BEFORE INSERT ON renum_dst FOR EACH ROW EXECUTE FUNCTION renum();
-         GRANT ALL ON renum_src, renum_dst TO hr_app;",
+         GRANT ALL ON renum_src, renum_dst TO hr_app;"#,
     )
     .unwrap();
     connector(&mut c, "Renum", json!({"dsn": dsn, "import_query": "SELECT * FROM renum_src", "anchor": "id", "object_type": "contact"}));
@@ -1303,12 +1304,25 @@ fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
         "SELECT mesh.set_projection('Renum', 'contact', true);
          SELECT mesh.add_import_flow('Renum', 'contact', a, a, 90) FROM unnest(ARRAY['id', 'note']) a;
          SELECT mesh.add_export_flow('Renum out', 'contact', a, a) FROM unnest(ARRAY['id', 'note']) a;
+         SELECT mesh.add_export_flow('Renum out', 'contact', 'note', 'n\"; DROP TABLE renum_dst; --');
          SELECT mesh.set_provisioning('Renum out', 'contact', NULL, '{}');
          SELECT mesh.run('Renum', 'full_import'); SELECT mesh.sync(); SELECT mesh.run('Renum out', 'export');",
     )
     .unwrap();
     let ids: Vec<i32> = hr.query("SELECT id FROM renum_dst ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(ids, vec![1, 102]);
+    let (note, odd): (String, String) = hr
+        .query_one(r#"SELECT note, "n""; DROP TABLE renum_dst; --" FROM renum_dst WHERE id = 1"#, &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!((note.as_str(), odd.as_str()), ("as is'); DROP TABLE renum_src; --", "as is'); DROP TABLE renum_src; --"));
+    let statements: Vec<String> = hr
+        .query("SELECT query FROM wide_statements", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(statements.len(), 1, "nothing else wrote wide_dst");
     let renum_errors: Vec<(String, String)> =
         pairs(&mut c, "SELECT sqlstate, message FROM mesh.errors WHERE connector = 'Renum out'");
     assert_eq!(renum_errors.len(), 1, "{renum_errors:?}");

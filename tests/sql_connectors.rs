@@ -1134,6 +1134,32 @@ fn typed_values_survive_import_and_export() {
     );
 }
 
+/// `{table}_src` of the HR database imported by a postgres connector `table` (each of
+/// `columns` an import flow of the attribute of its name, its objects projected as
+/// `object_type`) and exported to `{table}_dst` by a connector `table out` (each column an
+/// export flow, and `more` besides: attribute, column), every object provisioned; then an
+/// import, a sync and an export.
+fn copy_through(c: &mut Client, table: &str, object_type: &str, columns: &[&str], more: &[(&str, &str)]) {
+    let dsn = format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app", port());
+    let (source, target) = (table.to_string(), format!("{table} out"));
+    connector(c, &source, json!({"dsn": dsn, "import_query": format!("SELECT * FROM {table}_src"), "anchor": "id",
+                                  "object_type": object_type}));
+    connector(c, &target, json!({"dsn": dsn, "import_query": format!("SELECT * FROM {table}_dst"), "anchor": "id",
+                                  "object_type": object_type, "export_table": format!("{table}_dst")}));
+    c.execute("SELECT mesh.set_projection($1, $2, true)", &[&source, &object_type]).unwrap();
+    for column in columns {
+        c.execute("SELECT mesh.add_import_flow($1, $2, $3, $3, 90)", &[&source, &object_type, column]).unwrap();
+        c.execute("SELECT mesh.add_export_flow($1, $2, $3, $3)", &[&target, &object_type, column]).unwrap();
+    }
+    for (attribute, column) in more {
+        c.execute("SELECT mesh.add_export_flow($1, $2, $3, $4)", &[&target, &object_type, attribute, column]).unwrap();
+    }
+    c.execute("SELECT mesh.set_provisioning($1, $2, NULL, '{}')", &[&target, &object_type]).unwrap();
+    c.execute("SELECT mesh.run($1, 'full_import')", &[&source]).unwrap();
+    c.batch_execute("SELECT mesh.sync()").unwrap();
+    c.execute("SELECT mesh.run($1, 'export')", &[&target]).unwrap();
+}
+
 /// A batch of adds travels as one text array per column, each value read by its column's
 /// input function: what it stores must be what the JSON statement would have stored, for
 /// every type and awkward value (compared with `jsonb_populate_record` of each change, on
@@ -1174,31 +1200,15 @@ fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
     )
     .unwrap();
     let mut c = fresh_database_with_own_key("idmesh_it_wide");
-    let dsn = format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app", port());
     let columns = [
         "id", "note", "amount", "big", "flag", "day", "stamp", "badge", "doc", "tags", "nums", "feel", "code", "blob",
     ];
-    connector(&mut c, "Wide", json!({"dsn": dsn, "import_query": "SELECT * FROM wide_src", "anchor": "id"}));
-    connector(
-        &mut c,
-        "WideCopy",
-        json!({"dsn": dsn, "import_query": "SELECT * FROM wide_dst", "anchor": "id", "export_table": "wide_dst"}),
-    );
-    c.execute("SELECT mesh.set_projection('Wide', 'person', true)", &[]).unwrap();
-    for col in columns {
-        c.execute("SELECT mesh.add_import_flow('Wide', 'person', $1, $1, 90)", &[&col]).unwrap();
-        c.execute("SELECT mesh.add_export_flow('WideCopy', 'person', $1, $1)", &[&col]).unwrap();
-    }
-    c.batch_execute(
-        "SELECT mesh.set_provisioning('WideCopy', 'person', NULL, '{}');
-         SELECT mesh.run('Wide', 'full_import'); SELECT mesh.sync(); SELECT mesh.run('WideCopy', 'export');",
-    )
-    .unwrap();
+    copy_through(&mut c, "wide", "person", &columns, &[]);
     // The rows the adds carried (every attribute, NULLs as JSON nulls: one column set).
     let changes: Vec<Value> = c
         .query(
             "SELECT pe.changes FROM mesh.pending_export pe JOIN mesh.connector k ON k.id = pe.connector_id
-              WHERE k.name = 'WideCopy' AND pe.operation = 'add' ORDER BY (pe.changes->>'id')::int",
+              WHERE k.name = 'wide out' AND pe.operation = 'add' ORDER BY (pe.changes->>'id')::int",
             &[],
         )
         .unwrap()
@@ -1259,21 +1269,7 @@ fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
          GRANT ALL ON spans_src, spans_dst TO hr_app;",
     )
     .unwrap();
-    connector(&mut c, "Spans", json!({"dsn": dsn, "import_query": "SELECT * FROM spans_src", "anchor": "id", "object_type": "group"}));
-    connector(
-        &mut c,
-        "Spans out",
-        json!({"dsn": dsn, "import_query": "SELECT * FROM spans_dst", "anchor": "id", "object_type": "group",
-               "export_table": "spans_dst"}),
-    );
-    c.batch_execute(
-        "SELECT mesh.set_projection('Spans', 'group', true);
-         SELECT mesh.add_import_flow('Spans', 'group', a, a, 90) FROM unnest(ARRAY['id', 'clock', 'age']) a;
-         SELECT mesh.add_export_flow('Spans out', 'group', a, a) FROM unnest(ARRAY['id', 'clock', 'age']) a;
-         SELECT mesh.set_provisioning('Spans out', 'group', NULL, '{}');
-         SELECT mesh.run('Spans', 'full_import'); SELECT mesh.sync(); SELECT mesh.run('Spans out', 'export');",
-    )
-    .unwrap();
+    copy_through(&mut c, "spans", "group", &["id", "clock", "age"], &[]);
     let spans: Vec<(String, String)> = pairs(&mut hr, "SELECT clock::text, age::text FROM spans_dst ORDER BY id");
     assert_eq!(
         spans,
@@ -1293,22 +1289,7 @@ fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
          GRANT ALL ON renum_src, renum_dst TO hr_app;"#,
     )
     .unwrap();
-    connector(&mut c, "Renum", json!({"dsn": dsn, "import_query": "SELECT * FROM renum_src", "anchor": "id", "object_type": "contact"}));
-    connector(
-        &mut c,
-        "Renum out",
-        json!({"dsn": dsn, "import_query": "SELECT * FROM renum_dst", "anchor": "id", "object_type": "contact",
-               "export_table": "renum_dst"}),
-    );
-    c.batch_execute(
-        "SELECT mesh.set_projection('Renum', 'contact', true);
-         SELECT mesh.add_import_flow('Renum', 'contact', a, a, 90) FROM unnest(ARRAY['id', 'note']) a;
-         SELECT mesh.add_export_flow('Renum out', 'contact', a, a) FROM unnest(ARRAY['id', 'note']) a;
-         SELECT mesh.add_export_flow('Renum out', 'contact', 'note', 'n\"; DROP TABLE renum_dst; --');
-         SELECT mesh.set_provisioning('Renum out', 'contact', NULL, '{}');
-         SELECT mesh.run('Renum', 'full_import'); SELECT mesh.sync(); SELECT mesh.run('Renum out', 'export');",
-    )
-    .unwrap();
+    copy_through(&mut c, "renum", "contact", &["id", "note"], &[("note", "n\"; DROP TABLE renum_dst; --")]);
     let ids: Vec<i32> = hr.query("SELECT id FROM renum_dst ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
     assert_eq!(ids, vec![1, 102]);
     let (note, odd): (String, String) = hr
@@ -1324,7 +1305,7 @@ fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
         .collect();
     assert_eq!(statements.len(), 1, "nothing else wrote wide_dst");
     let renum_errors: Vec<(String, String)> =
-        pairs(&mut c, "SELECT sqlstate, message FROM mesh.errors WHERE connector = 'Renum out'");
+        pairs(&mut c, "SELECT sqlstate, message FROM mesh.errors WHERE connector = 'renum out'");
     assert_eq!(renum_errors.len(), 1, "{renum_errors:?}");
     assert_eq!(renum_errors[0].0, "02000");
     assert!(renum_errors[0].1.ends_with("has anchor 2"), "{renum_errors:?}");

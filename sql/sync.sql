@@ -256,7 +256,9 @@ BEGIN
            AND c.connector_id = p_connector AND c.mesh_id = pe.mesh_id AND NOT c.deleted
            AND EXISTS (SELECT 1 FROM mesh.staging s WHERE s.run_id = p_run AND s.anchor = c.anchor)
            AND (pe.operation = 'delete' OR mesh.contradicted(c.attrs, pe.changes) IS NOT NULL)
-        RETURNING pe.mesh_id, pe.anchor, pe.operation, pe.status, pe.error
+        -- (an add's error has no anchor, as when its export fails: one error row per add)
+        RETURNING pe.mesh_id, CASE WHEN pe.operation = 'add' THEN NULL ELSE pe.anchor END AS anchor,
+                  pe.operation, pe.status, pe.error
     )
     INSERT INTO mesh.run_error (run_id, connector_id, anchor, mesh_id, operation, message)
     SELECT p_run, p_connector, b.anchor, b.mesh_id, b.operation, b.error FROM back b WHERE b.status = 'failed'

@@ -459,6 +459,22 @@ pub fn numbered(pieces: &[Piece], names: &[String], dialect: Dialect) -> String 
     })
 }
 
+/// The text a JSON value is bound as, as an nvarchar parameter of a user's T-SQL statement
+/// (None: NULL): a string as it is, a number as its digits, a boolean as `1`/`0` (which a
+/// bit, any integer, a decimal and a varchar all take), an array or object as its JSON.
+/// SQL Server converts it to the type where it stands; a typed parameter would convert
+/// the column instead (a bigint against a varchar column fails on its first row that is
+/// not a number, and no index is used).
+pub fn tsql_parameter_text(value: Option<&serde_json::Value>) -> Option<String> {
+    use serde_json::Value;
+    match value? {
+        Value::Null => None,
+        Value::Bool(b) => Some(if *b { "1" } else { "0" }.to_string()),
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
+    }
+}
+
 /// Whether a statement's result says how many rows it changed (a `CALL`, `DO` or `EXEC`
 /// says nothing of them).
 pub fn counts_rows(sql: &str) -> bool {
@@ -788,5 +804,19 @@ mod tests {
         assert!(!counts_rows("CALL set_badge(:id)"));
         assert!(!counts_rows("EXEC dbo.set_badge @id = :id"));
         assert!(!counts_rows("SELECT 1"));
+    }
+
+    #[test]
+    fn tsql_parameters_are_texts_sql_server_converts() {
+        use serde_json::json;
+        let decimal: serde_json::Value = serde_json::from_str("12.50").unwrap();
+        assert_eq!(tsql_parameter_text(Some(&decimal)).as_deref(), Some("12.50"));
+        assert_eq!(tsql_parameter_text(Some(&json!(-7))).as_deref(), Some("-7"));
+        assert_eq!(tsql_parameter_text(Some(&json!(true))).as_deref(), Some("1"));
+        assert_eq!(tsql_parameter_text(Some(&json!(false))).as_deref(), Some("0"));
+        assert_eq!(tsql_parameter_text(Some(&json!("O'Brien; --"))).as_deref(), Some("O'Brien; --"));
+        assert_eq!(tsql_parameter_text(Some(&json!(["a", 1]))).as_deref(), Some("[\"a\",1]"));
+        assert_eq!(tsql_parameter_text(Some(&json!(null))), None);
+        assert_eq!(tsql_parameter_text(None), None);
     }
 }

@@ -538,19 +538,6 @@ enum Refusal {
     Connection(ConnectorError),
 }
 
-/// Binds a JSON value as nvarchar: a string as it is, a number as its digits, a boolean
-/// as `1`/`0` (which a bit, any integer, a decimal and a varchar all take), an array or
-/// object as its JSON text, NULL as a NULL nvarchar. SQL Server converts each to the type
-/// where it stands (an int, a decimal, a bit, a date); a typed parameter would instead
-/// convert the column it is compared with (a bigint against a varchar column fails on the
-/// first row that is not a number, and no index is used).
-fn bind_json<'a>(q: &mut tiberius::Query<'a>, value: Option<&Value>) {
-    q.bind(match value {
-        Some(Value::Bool(b)) => Some(if *b { "1" } else { "0" }.to_string()),
-        other => other.and_then(super::rows::json_text),
-    });
-}
-
 /// Whether a tiberius error is the connection's, not the statement's.
 fn connection_failed(e: &tiberius::error::Error) -> bool {
     matches!(
@@ -561,7 +548,7 @@ fn connection_failed(e: &tiberius::error::Error) -> bool {
 
 impl SqlServerConnector {
     /// Runs the user's statement once per change, its `:name` parameters bound as `@P1`,
-    /// `@P2`, ... (`bind_json`); each change succeeds or fails alone, as for the postgres kind.
+    /// `@P2`, ... (`idmesh_core::sql::tsql_parameter_text`); each change succeeds or fails alone, as for the postgres kind.
     async fn export_by_statements(
         &mut self,
         changes: &[ExportChange],
@@ -594,7 +581,7 @@ impl SqlServerConnector {
             };
             let mut query = tiberius::Query::new(sql.clone());
             for name in names {
-                bind_json(&mut query, values.get(name));
+                query.bind(idmesh_core::sql::tsql_parameter_text(values.get(name)));
             }
             let client = match self.client().await {
                 Ok(c) => c,

@@ -1492,3 +1492,55 @@ fn composite_anchors_never_collide() {
         .unwrap();
     assert_eq!((rows, joined, applied), (2, 0, 4));
 }
+
+/// `mesh.test_connection` checks the export side without writing: the table has the
+/// columns the export flows write, the login may write it as the export mode needs, no
+/// NOT NULL column without a default is left out of adds; or the export statements prepare.
+#[test]
+fn test_connection_checks_the_export_side() {
+    let mut hr = hr_source();
+    hr.batch_execute(
+        "CREATE TABLE checked (employee_id integer PRIMARY KEY, display text, badge text NOT NULL);
+         GRANT SELECT, INSERT ON checked TO hr_app;",
+    )
+    .unwrap();
+    let mut c = fresh_database_with_own_key("idmesh_it_checked");
+    let dsn = format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app", port());
+    let config = json!({"dsn": dsn, "import_query": "SELECT * FROM checked", "anchor": "employee_id",
+                        "export_table": "checked"});
+    connector(&mut c, "Checked", config.clone());
+    c.batch_execute(
+        "SELECT mesh.add_export_flow('Checked', 'person', a, a) FROM unnest(ARRAY['employee_id', 'display']) a;",
+    )
+    .unwrap();
+    let export = |c: &mut Client| -> (bool, String) {
+        c.query_one("SELECT ok, detail FROM mesh.test_connection('Checked') WHERE step = 'export'", &[])
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap()
+    };
+    let (ok, detail) = export(&mut c);
+    assert!(!ok);
+    assert!(detail.contains("may not UPDATE checked (GRANT UPDATE ON checked"), "{detail}");
+    assert!(detail.contains("adds would be refused: badge NOT NULL"), "{detail}");
+    hr.batch_execute("GRANT UPDATE ON checked TO hr_app; ALTER TABLE checked ALTER COLUMN badge SET DEFAULT 'none';")
+        .unwrap();
+    let (ok, detail) = export(&mut c);
+    assert!(ok, "{detail}");
+    assert!(detail.contains("may not DELETE"), "{detail}");
+    // A flow to a column the table does not have.
+    c.batch_execute("SELECT mesh.add_export_flow('Checked', 'person', 'display', 'nickname')").unwrap();
+    let (ok, detail) = export(&mut c);
+    assert!(!ok);
+    assert!(detail.contains("nickname"), "{detail}");
+    // Export statements: each must prepare (nothing runs).
+    let mut by_statement = config.clone();
+    by_statement["export_statements"] = json!({
+        "add": "INSERT INTO checked (employee_id, display) VALUES (:employee_id, :display)",
+        "delete": "DELETE FROM chekced WHERE employee_id = :employee_id"});
+    c.execute("SELECT mesh.alter_connector('Checked', config => $1)", &[&by_statement]).unwrap();
+    let (ok, detail) = export(&mut c);
+    assert!(!ok);
+    assert!(detail.contains("\"delete\" does not prepare") && detail.contains("chekced"), "{detail}");
+    let rows: i64 = hr.query_one("SELECT count(*) FROM checked", &[]).unwrap().get(0);
+    assert_eq!(rows, 0, "nothing was written");
+}

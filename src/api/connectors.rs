@@ -149,9 +149,11 @@ fn test_connection(
     let c = engine::connector(name);
     let rows = match c.kind.as_str() {
         "postgres" => {
+            let mut cfg = connectors::postgres::PostgresConfig::parse(&c.config);
+            cfg.written = connectors::flow_writes(c.id);
             let mut conn = connectors::postgres::PostgresConnector::new(
                 &c.name,
-                connectors::postgres::PostgresConfig::parse(&c.config),
+                cfg,
                 crate::secrets::secret_of(c.id, &c.name),
             );
             crate::engine::import::runtime().block_on(conn.check())

@@ -143,7 +143,7 @@ pub fn secret_destination(kind: &str) -> &'static [&'static str] {
 }
 
 /// The attributes a connector's export flows write.
-fn flow_writes(connector_id: i32) -> Vec<String> {
+pub fn flow_writes(connector_id: i32) -> Vec<String> {
     let rows = crate::store::json(
         "SELECT coalesce(jsonb_agg(DISTINCT target), '[]') FROM mesh.flow_rule \
          WHERE connector_id = $1 AND direction = 'export'",

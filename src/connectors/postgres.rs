@@ -608,7 +608,88 @@ impl PostgresConnector {
             }
             Err(e) => out.push(("import_query".into(), false, e.message)),
         }
+        if let Some(step) = self.check_export().await {
+            out.push(step);
+        }
         out
+    }
+
+    /// The export side, without writing: each of `export_statements` prepares; or the
+    /// `export_table` has the columns the export flows write, the login may write it as the
+    /// `export_mode` needs, and no NOT NULL column without a default is left out of adds.
+    async fn check_export(&mut self) -> Option<(String, bool, String)> {
+        let step = |ok: bool, detail: String| Some(("export".to_string(), ok, detail));
+        if !self.config.export_statements.is_empty() {
+            let mut ops: Vec<(String, String)> =
+                self.config.export_statements.iter().map(|(o, s)| (o.clone(), s.clone())).collect();
+            ops.sort();
+            let mut problems = Vec::new();
+            for (op, sql) in &ops {
+                let (pieces, names) = named_parameters(sql, Dialect::Postgres);
+                let client = self.client().await.ok()?;
+                if let Err(e) = client.prepare(&numbered(&pieces, &names, Dialect::Postgres)).await {
+                    problems.push(connection_error(&format!("the statement for \"{op}\" does not prepare"), e).message);
+                }
+            }
+            let names: Vec<&str> = ops.iter().map(|(o, _)| o.as_str()).collect();
+            return match problems.is_empty() {
+                true => step(true, format!("the export statements prepare ({})", names.join(", "))),
+                false => step(false, problems.join("; ")),
+            };
+        }
+        let table = self.config.export_table.clone()?;
+        let quoted = table.split('.').map(ident).collect::<Vec<_>>().join(".");
+        let mut cols: Vec<String> = self.config.written.iter().chain(&self.config.anchor).cloned().collect();
+        cols.sort();
+        cols.dedup();
+        let listed = if cols.is_empty() {
+            "1".to_string()
+        } else {
+            cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")
+        };
+        let client = self.client().await.ok()?;
+        if let Err(e) = client.prepare(&format!("SELECT {listed} FROM {quoted} WHERE false")).await {
+            return step(false, connection_error(&format!("export_table {table}"), e).message);
+        }
+        let row = match client
+            .query_one(
+                "SELECT has_table_privilege(c.oid, 'INSERT'), has_table_privilege(c.oid, 'UPDATE'), \
+                        has_table_privilege(c.oid, 'DELETE'), \
+                        ARRAY(SELECT a.attname::text FROM pg_attribute a \
+                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull \
+                                 AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '' \
+                                 AND NOT a.attname::text = ANY($2) ORDER BY a.attnum) \
+                   FROM pg_class c WHERE c.oid = $1::text::regclass",
+                &[&quoted, &cols],
+            )
+            .await
+        {
+            Ok(row) => row,
+            Err(e) => return step(false, connection_error(&format!("export_table {table}"), e).message),
+        };
+        let (insert, update, delete): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
+        let left_out: Vec<String> = row.get(3);
+        let needed: &[(&str, bool)] = match self.config.export_mode {
+            Mode::Upsert => &[("INSERT", insert), ("UPDATE", update)],
+            Mode::Insert => &[("INSERT", insert)],
+            Mode::Update => &[("UPDATE", update)],
+        };
+        let mut problems: Vec<String> = needed
+            .iter()
+            .filter(|(_, may)| !may)
+            .map(|(what, _)| format!("this login may not {what} {table} (GRANT {what} ON {table} TO it)"))
+            .collect();
+        if self.config.export_mode != Mode::Update && !left_out.is_empty() {
+            problems.push(format!(
+                "adds would be refused: {} NOT NULL without a default, and no export flow writes it (add a flow or a default)",
+                left_out.join(", ")
+            ));
+        }
+        if !problems.is_empty() {
+            return step(false, problems.join("; "));
+        }
+        let deletes = if delete { "" } else { "; it may not DELETE, so deprovisioning by delete would fail" };
+        step(true, format!("{table} has the {} column(s) the export flows write{deletes}", cols.len()))
     }
 }
 

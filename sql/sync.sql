@@ -164,6 +164,7 @@ END $$;
 -- The end of an import: merges what is not merged yet (p_merged: every batch was), marks
 -- what a full import no longer found as deleted, confirms exports, clears the staging.
 CREATE FUNCTION mesh._merge_import(p_run bigint, p_connector integer, p_full boolean, p_merged boolean DEFAULT false,
+    p_saw_all boolean DEFAULT false,
     OUT added integer, OUT updated integer, OUT renamed integer, OUT deleted integer,
     OUT unchanged integer, OUT confirmed integer)
 LANGUAGE plpgsql SET work_mem = '8MB' SET hash_mem_multiplier = 1 SET jit = off AS $$
@@ -259,9 +260,32 @@ BEGIN
         -- (an add's error has no anchor, as when its export fails: one error row per add)
         RETURNING pe.mesh_id, CASE WHEN pe.operation = 'add' THEN NULL ELSE pe.anchor END AS anchor,
                   pe.operation, pe.status, pe.error
+    ), gone AS (
+        -- An add whose row an import that read everything (p_saw_all) did not find, under
+        -- the anchor the add wrote or joined to its object: gone since it was written, and
+        -- written again, as an undone change is (else it would stay applied, unseen).
+        UPDATE mesh.pending_export pe
+           SET undone = pe.undone + 1,
+               status = CASE WHEN pe.undone >= 2 THEN 'failed' ELSE 'pending' END,
+               error = CASE WHEN pe.undone >= 2 THEN format(
+                   'written %s times, and each time the next full import did not find its row %s: '
+                   'something there removes it (a trigger, another tool, a person), or the import_query '
+                   'does not return it; fix that, or stop provisioning it. Retried from retry_at on '
+                   '(mesh.retry retries now).', pe.undone + 1, pe.anchor) END,
+               retry_at = CASE WHEN pe.undone >= 2 THEN
+                   clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END
+         WHERE p_saw_all AND pe.connector_id = p_connector AND pe.status = 'applied' AND pe.operation = 'add'
+           AND pe.anchor IS NOT NULL
+           AND pe.applied_at < (SELECT r.started_at FROM mesh.run r WHERE r.id = p_run)
+           AND NOT EXISTS (SELECT 1 FROM mesh.connector_object c
+                            WHERE c.connector_id = p_connector AND c.anchor = pe.anchor AND NOT c.deleted)
+           AND NOT EXISTS (SELECT 1 FROM mesh.connector_object j
+                            WHERE j.connector_id = p_connector AND j.mesh_id = pe.mesh_id AND NOT j.deleted)
+        RETURNING pe.mesh_id, NULL::text AS anchor, pe.operation, pe.status, pe.error
     )
     INSERT INTO mesh.run_error (run_id, connector_id, anchor, mesh_id, operation, message)
-    SELECT p_run, p_connector, b.anchor, b.mesh_id, b.operation, b.error FROM back b WHERE b.status = 'failed'
+    SELECT p_run, p_connector, b.anchor, b.mesh_id, b.operation, b.error
+      FROM (SELECT * FROM back UNION ALL SELECT * FROM gone) b WHERE b.status = 'failed'
     ON CONFLICT (connector_id, coalesce(anchor, ''), coalesce(mesh_id, 0), operation)
     DO UPDATE SET attempts = mesh.run_error.attempts + 1, last_seen = now(), message = EXCLUDED.message,
                   sqlstate = NULL, run_id = EXCLUDED.run_id;

@@ -1544,3 +1544,29 @@ fn test_connection_checks_the_export_side() {
     let rows: i64 = hr.query_one("SELECT count(*) FROM checked", &[]).unwrap().get(0);
     assert_eq!(rows, 0, "nothing was written");
 }
+
+/// An add whose row is gone from the target by the next full import (deleted there before
+/// it was confirmed) is written again, as an undone change is, not left applied unseen.
+#[test]
+fn an_add_whose_row_is_gone_is_written_again() {
+    let mut hr = hr_source();
+    hr.batch_execute(
+        "CREATE TABLE gone_src (id integer PRIMARY KEY, note text);
+         INSERT INTO gone_src VALUES (1, 'stays'), (2, 'goes');
+         CREATE TABLE gone_dst (id integer PRIMARY KEY, note text);
+         GRANT ALL ON gone_src, gone_dst TO hr_app;",
+    )
+    .unwrap();
+    let mut c = fresh_database_with_own_key("idmesh_it_gone");
+    copy_through(&mut c, "gone", "person", &["id", "note"], &[]);
+    hr.batch_execute("DELETE FROM gone_dst WHERE id = 2").unwrap();
+    let import = run(&mut c, "gone out", "full_import");
+    assert_eq!(import["confirmed"], json!(1), "{import}");
+    let left: Vec<(String, i32)> = pairs(&mut c, "SELECT status, undone FROM mesh.pending_exports WHERE connector = 'gone out'");
+    assert_eq!(left, vec![("pending".to_string(), 1)], "written again");
+    c.batch_execute("SELECT mesh.run('gone out', 'export'); SELECT mesh.run('gone out', 'full_import');").unwrap();
+    let notes: Vec<String> = hr.query("SELECT note FROM gone_dst ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    assert_eq!(notes, vec!["stays".to_string(), "goes".to_string()]);
+    let pending: i64 = c.query_one("SELECT count(*) FROM mesh.pending_exports", &[]).unwrap().get(0);
+    assert_eq!(pending, 0, "both confirmed");
+}

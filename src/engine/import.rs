@@ -365,13 +365,17 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
         "UPDATE mesh.run SET phase = 'merging' WHERE id = $1",
         &[run_id.into()],
     );
+    // Whether the connector space now holds everything the source has (a full import, or
+    // a first one that landed): an add whose row is not there is gone.
+    let saw_all = full || end.forced_full;
     let merged = store::json(
-        "SELECT to_jsonb(m) FROM mesh._merge_import($1, $2, $3, $4) m",
+        "SELECT to_jsonb(m) FROM mesh._merge_import($1, $2, $3, $4, $5) m",
         &[
             run_id.into(),
             connector.id.into(),
             read_everything.into(),
             (!sink.unmerged).into(),
+            saw_all.into(),
         ],
     );
     let mut counters = counters_of(&merged);

@@ -799,7 +799,7 @@ WITH dir AS (
 ), last AS (
     SELECT DISTINCT ON (r.connector_id, dir)
            r.connector_id, CASE WHEN r.profile = 'export' THEN 'export' ELSE 'import' END AS dir,
-           r.status, r.started_at, r.finished_at, r.added + r.updated + r.deleted + r.unchanged AS processed
+           r.status, r.started_at, r.finished_at, r.added + r.updated + r.deleted + r.unchanged AS processed, r.message
     FROM mesh.run r WHERE r.connector_id IS NOT NULL AND r.profile IN ('full_import', 'delta_import', 'export')
     ORDER BY r.connector_id, dir, r.id DESC
 ), objects AS (
@@ -842,7 +842,8 @@ SELECT d.name AS connector, d.kind, d.direction,
             WHEN now() - l.finished_at < interval '1 day' THEN format('%s h ago', floor(extract(epoch FROM now() - l.finished_at) / 3600)::int)
             ELSE format('%s days ago', extract(day FROM now() - l.finished_at)::int) END AS last_run,
        round(l.processed / greatest(extract(epoch FROM l.finished_at - l.started_at), 0.001))::bigint AS objects_per_second,
-       e.last_error
+       -- the last object's error, else why the last run failed
+       coalesce(e.last_error, CASE WHEN l.status = 'failed' THEN l.message END) AS last_error
 FROM dir d
 LEFT JOIN last l ON l.connector_id = d.id AND l.dir = d.direction
 LEFT JOIN objects o ON o.connector_id = d.id

@@ -776,6 +776,27 @@ fn import_settings_are_checked_and_the_watermark_stays_below_the_source_clock() 
     assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('HR Database', 'full_import')"), "22023");
     assert_eq!(live(&mut c), 3);
 
+    // A delta column that cannot be one (a boolean): said by the connection test and the
+    // run alike, before anything is kept; a delta column without @watermark: refused.
+    let mut boolean = hr_config();
+    boolean["import_query"] = json!("SELECT * FROM employees WHERE deleted > @watermark");
+    boolean["delta_column"] = json!("deleted");
+    boolean["soft_delete_column"] = Value::Null;
+    c.execute("SELECT mesh.alter_connector('HR Database', config => $1)", &[&boolean]).unwrap();
+    let (ok, detail): (bool, String) = c
+        .query_one("SELECT ok, detail FROM mesh.test_connection('HR Database') WHERE step = 'import_query'", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(!ok && detail.contains("delta_column \"deleted\" has type bool"), "{detail}");
+    assert_eq!(sqlstate_of(&mut c, "SELECT mesh.run('HR Database', 'full_import')"), "22023");
+    let mut unbound = hr_config();
+    unbound["import_query"] = json!("SELECT * FROM employees");
+    let refused = c.execute("SELECT mesh.alter_connector('HR Database', config => $1)", &[&unbound]).unwrap_err();
+    let db = refused.as_db_error().unwrap();
+    assert_eq!(db.code().code(), "22023");
+    assert!(db.message().contains("a delta_column needs @watermark"), "{}", db.message());
+    assert_eq!(live(&mut c), 3);
+
     // A query ending in `;`, with an apostrophe in a comment before @watermark: runs.
     let mut commented = hr_config();
     commented["import_query"] =
@@ -913,6 +934,17 @@ fn an_add_writes_only_its_own_columns_and_a_refused_login_leaves_exports_pending
     assert_eq!(pending, vec![("pending".to_string(), 0)]);
     let errors: i64 = c.query_one("SELECT count(*) FROM mesh.errors", &[]).unwrap().get(0);
     assert_eq!(errors, 0);
+    // In a cycle the step fails alone, and the dashboard says why.
+    c.batch_execute("SELECT count(*) FROM mesh.cycle()").unwrap();
+    let (status, last_error): (String, Option<String>) = c
+        .query_one("SELECT status, last_error FROM mesh.dashboard WHERE flow = 'Mesh -> staff'", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(status, "Error");
+    assert!(last_error.as_deref().is_some_and(|e| e.contains("password authentication failed")), "{last_error:?}");
+    assert!(!last_error.unwrap_or_default().contains("Wr0ng-guess"));
+    c.execute("SELECT mesh.alter_connector('staff', secret => $1)", &[&PASSWORD]).unwrap();
+    c.batch_execute("SELECT count(*) FROM mesh.cycle()").unwrap();
 
     // An upsert meeting a row that has a NOT NULL column the flows do not write: PostgreSQL
     // refuses the insert before it sees the conflict; the row that is there is updated.

@@ -23,6 +23,10 @@ pub enum Op {
     Delete,
 }
 
+/// Why an add is refused in `update` mode, and what to do.
+pub const UPDATE_MODE: &str = "this connector exports in update mode and does not add rows: set its export_mode to upsert \
+                               or insert, or give it no provisioning (a join rule then finds the rows it updates)";
+
 /// What a statement returns for each row it wrote.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Returning<'a> {
@@ -106,7 +110,7 @@ pub fn postgres_statement(
     let sql = match op {
         Op::Add => {
             if mode == Mode::Update {
-                return Err("this connector exports in update mode and does not add rows".into());
+                return Err(UPDATE_MODE.into());
             }
             let from = format!(
                 "jsonb_array_elements($1::jsonb) x CROSS JOIN LATERAL jsonb_populate_record(NULL::{table}, x->'attributes') r"
@@ -188,7 +192,7 @@ pub fn postgres_text_add(table: &str, anchors: &[String], cols: &[(&str, &str)],
         return Err("a target table needs its anchor column(s)".into());
     }
     if mode == Mode::Update {
-        return Err("this connector exports in update mode and does not add rows".into());
+        return Err(UPDATE_MODE.into());
     }
     let arrays: Vec<String> = (1..=cols.len()).map(|i| format!("${i}::text[]")).collect();
     let positions: Vec<String> = (1..=cols.len()).map(|i| format!("v{i}")).collect();

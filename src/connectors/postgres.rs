@@ -104,12 +104,7 @@ impl PostgresConfig {
         let import_query = import_query.trim_end().trim_end_matches(';').trim_end().to_string();
         let anchor = super::rows::anchor_setting(config, "postgres");
         let delta_column = text(config, "delta_column");
-        if uses_watermark(&import_query) && delta_column.is_none() {
-            invalid(
-                "postgres connector: an import_query with @watermark needs a \"delta_column\"",
-                "",
-            );
-        }
+        super::rows::watermark_settings("postgres", uses_watermark(&import_query), delta_column.as_deref());
         PostgresConfig {
             dsn,
             import_query,
@@ -436,6 +431,13 @@ impl PostgresConnector {
         let delta_type = self.config.delta_column.as_ref().and_then(|d| {
             columns.iter().find(|(n, _)| n == d).map(|(_, t)| t.clone())
         });
+        if let (Some(col), Some(t)) = (&self.config.delta_column, &delta_type) {
+            if DeltaKind::of_type(t).is_none() {
+                return Err(ConnectorError::config(format!(
+                    "delta_column \"{col}\" has type {t}: a delta column is a timestamp, date or integer that grows when a row changes"
+                )));
+            }
+        }
         if !watermark {
             return Ok(PreparedImport { query, param_type: None, delta_type });
         }
@@ -760,7 +762,7 @@ impl IdentityConnector for PostgresConnector {
             let Some(table) = self.config.export_table.clone() else {
                 return Ok(changes
                     .iter()
-                    .map(|c| ExportResult::failed(c.mesh_id, "this connector has no export_table"))
+                    .map(super::rows::no_export_target)
                     .collect());
             };
             let table = table.split('.').map(ident).collect::<Vec<_>>().join(".");
@@ -1015,7 +1017,8 @@ impl PostgresConnector {
             changes,
             Returning::Anchors,
         )
-        .map_err(|e| (None, e))?;
+        // A refusal of the settings (update mode, no anchor flow), the same for every change.
+        .map_err(|e| (Some("22023".to_string()), e))?;
         let statement = self.statement(&sql, REFUSAL).await?;
         let client = self.client().await.map_err(|e| (None, e.message))?;
         let payload =

@@ -80,6 +80,20 @@ pub fn column_problem(
     None
 }
 
+/// `@watermark` and `delta_column` come together: the placeholder needs the column whose
+/// high mark it is, and a delta column without the placeholder would read everything at
+/// every delta (and never see a row deleted, as a full import does).
+pub fn watermark_settings(kind: &str, uses_watermark: bool, delta_column: Option<&str>) {
+    match (uses_watermark, delta_column) {
+        (true, None) => invalid(format!("{kind} connector: an import_query with @watermark needs a \"delta_column\""), ""),
+        (false, Some(col)) => invalid(
+            format!("{kind} connector: a delta_column needs @watermark in the import_query"),
+            &format!("e.g. ... WHERE {col} > @watermark; without it every delta would read everything"),
+        ),
+        _ => {}
+    }
+}
+
 /// The `export_mode` setting: `upsert` (the default), `insert` or `update` (never adds rows).
 pub fn export_mode(config: &Value, kind: &str) -> Mode {
     match config.get("export_mode").and_then(Value::as_str).unwrap_or("upsert") {
@@ -114,11 +128,25 @@ pub fn export_statements(config: &Value, kind: &str) -> HashMap<String, String> 
     }
 }
 
-/// A change whose operation has no statement in `export_statements` fails alone.
+/// A change whose operation has no statement in `export_statements` fails alone (22023:
+/// the settings' doing, not the target's).
 pub fn no_statement(c: &ExportChange) -> ExportResult {
-    ExportResult::failed(
+    ExportResult::failed_with_code(
         c.mesh_id,
-        format!("no export statement for \"{}\" in export_statements", c.operation.as_str()),
+        "22023",
+        format!(
+            "no export statement for \"{0}\" in export_statements: add one (\"{0}\": \"...\") with mesh.alter_connector",
+            c.operation.as_str()
+        ),
+    )
+}
+
+/// A change for a connector with nowhere to write it.
+pub fn no_export_target(c: &ExportChange) -> ExportResult {
+    ExportResult::failed_with_code(
+        c.mesh_id,
+        "22023",
+        "this connector has neither an export_table nor export_statements: set one with mesh.alter_connector",
     )
 }
 
@@ -143,8 +171,11 @@ pub fn statement_values(
         Some(unknown) => Err((
             Some("42703".to_string()),
             format!(
-                "the export statement for \"{}\" uses :{unknown}, which no export flow of this connector writes and the object does not have",
-                c.operation.as_str()
+                "the export statement for \"{}\" uses :{unknown}, which is no attribute of this connector: a parameter \
+                 names what its export flows write ({}) or its anchor ({}), not a mesh attribute",
+                c.operation.as_str(),
+                if written.is_empty() { "nothing yet".to_string() } else { written.join(", ") },
+                anchor.join(", ")
             ),
         )),
         None => Ok(values),
@@ -278,7 +309,7 @@ pub fn pg_batch(
                 .any(|a| c.attributes.get(a).map_or(true, Value::is_null))
         }) {
             return Err(format!(
-                "a new row needs its anchor column(s) {} from the export flows",
+                "a new row needs its anchor column(s) {}: add an export flow that writes it",
                 shape.anchor.join(", ")
             ));
         }

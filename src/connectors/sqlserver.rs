@@ -83,12 +83,7 @@ impl SqlServerConfig {
         let anchor = super::rows::anchor_setting(config, "sqlserver");
         let import_query = need("import_query");
         let delta_column = text(config, "delta_column");
-        if uses_watermark(&import_query) && delta_column.is_none() {
-            invalid(
-                "sqlserver connector: an import_query with @watermark needs a \"delta_column\"",
-                "",
-            );
-        }
+        super::rows::watermark_settings("sqlserver", uses_watermark(&import_query), delta_column.as_deref());
         SqlServerConfig {
             host: need("host"),
             port: config.get("port").and_then(Value::as_u64).unwrap_or(1433) as u16,
@@ -478,7 +473,7 @@ impl IdentityConnector for SqlServerConnector {
             let Some(table) = self.config.export_table.clone() else {
                 return Ok(changes
                     .iter()
-                    .map(|c| ExportResult::failed(c.mesh_id, "this connector has no export_table"))
+                    .map(super::rows::no_export_target)
                     .collect());
             };
             let types = match self.column_types(&table).await {
@@ -718,7 +713,7 @@ impl SqlServerConnector {
                 Mode::Upsert => idmesh_core::export_sql::sqlserver_merge(table, &anchors, &typed).map_err(Refusal::Change)?,
                 Mode::Insert => idmesh_core::export_sql::sqlserver_insert(table, &typed),
                 Mode::Update => {
-                    return Err(Refusal::Change("this connector exports in update mode and does not add rows".into()))
+                    return Err(Refusal::Change(idmesh_core::export_sql::UPDATE_MODE.into()))
                 }
             },
             // Only the columns the changes set (the anchors are in `key`).

@@ -282,11 +282,15 @@ pub fn fail(err: ConnectorError, connector: &Connector) -> ! {
     } else {
         code
     };
-    raise(
-        code,
-        format!("connector \"{}\": {}", connector.name, err.message),
-        "Nothing was imported and the watermark did not move; fix the source and run again.",
-    )
+    let hint = match err.kind {
+        ErrorKind::Connection => {
+            "Nothing of the run was kept: the watermark did not move, and exports not written stay pending. Check the \
+             address and the login with mesh.test_connection(name); a new password goes in with \
+             mesh.alter_connector(name, secret => ...)."
+        }
+        _ => "Nothing of the run was kept: the watermark did not move, and exports not written stay pending; fix the cause and run again.",
+    };
+    raise(code, format!("connector \"{}\": {}", connector.name, err.message), hint)
 }
 
 pub fn counters_of(merged: &Value) -> Counters {
@@ -334,8 +338,8 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
         .config
         .get("soft_delete_column")
         .is_some_and(|c| !c.is_null());
-    if per_batch && !soft_deletes && (full || watermark.is_empty()) && space_is_empty(connector.id)
-    {
+    let first = space_is_empty(connector.id);
+    if per_batch && !soft_deletes && (full || watermark.is_empty()) && first {
         sink.land_into = Some(connector.id);
     }
     let ended = {
@@ -344,7 +348,11 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
             rt.block_on(conn.full_import(&mut sink)).map(|mut e| {
                 e.forced_full = !full;
                 if !full && e.note.is_none() {
-                    e.note = Some("first import of this connector: full import".into());
+                    e.note = Some(if first {
+                        "first import of this connector: full import".into()
+                    } else {
+                        "no watermark kept (no delta column): full import".into()
+                    });
                 }
                 e
             })

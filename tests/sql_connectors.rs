@@ -1559,6 +1559,18 @@ fn test_connection_checks_the_export_side() {
     let (ok, detail) = export(&mut c);
     assert!(ok, "{detail}");
     assert!(detail.contains("may not DELETE"), "{detail}");
+    // Provisioning that deletes needs DELETE; in update mode it could add nothing.
+    c.batch_execute(r#"SELECT mesh.set_provisioning('Checked', 'person', NULL, '{"deprovision": "delete"}')"#).unwrap();
+    let (ok, detail) = export(&mut c);
+    assert!(!ok && detail.contains("may not DELETE checked (GRANT DELETE ON checked"), "{detail}");
+    hr.batch_execute("GRANT DELETE ON checked TO hr_app").unwrap();
+    assert!(export(&mut c).0);
+    let mut update_mode = config.clone();
+    update_mode["export_mode"] = json!("update");
+    c.execute("SELECT mesh.alter_connector('Checked', config => $1)", &[&update_mode]).unwrap();
+    let (ok, detail) = export(&mut c);
+    assert!(!ok && detail.contains("exports in update mode and does not add rows"), "{detail}");
+    c.execute("SELECT mesh.alter_connector('Checked', config => $1)", &[&config]).unwrap();
     // A flow to a column the table does not have.
     c.batch_execute("SELECT mesh.add_export_flow('Checked', 'person', 'display', 'nickname')").unwrap();
     let (ok, detail) = export(&mut c);

@@ -156,7 +156,15 @@ fn test_connection(
                 cfg,
                 crate::secrets::secret_of(c.id, &c.name),
             );
-            crate::engine::import::runtime().block_on(conn.check())
+            let plan = connectors::postgres::ExportPlan {
+                adds: store::one::<bool>("SELECT EXISTS (SELECT 1 FROM mesh.provisioning WHERE connector_id = $1)", &[c.id.into()])
+                    == Some(true),
+                deletes: store::one::<bool>(
+                    "SELECT EXISTS (SELECT 1 FROM mesh.provisioning WHERE connector_id = $1 AND options->>'deprovision' = 'delete')",
+                    &[c.id.into()],
+                ) == Some(true),
+            };
+            crate::engine::import::runtime().block_on(conn.check(plan))
         }
         "sqlserver" => {
             let mut conn = connectors::sqlserver::SqlServerConnector::new(

@@ -134,33 +134,29 @@ fn rules_changed() {
 
 /// An index on a mesh attribute, so joins and reference lookups on it are index probes.
 fn index_mesh_attribute(attr: &str) {
-    let name = format!("mesh_object_attr_{}", attr.to_lowercase());
-    let name: String = name.chars().take(60).collect();
-    store::exec(
-        &format!(
-            "CREATE INDEX IF NOT EXISTS {} ON mesh.mesh_object ((attrs->>{}))",
-            ident(&name),
-            literal(attr)
-        ),
-        &[],
+    create_index_once(
+        &format!("mesh_object_attr_{}", attr.to_lowercase()),
+        &format!("((attrs->>{}))", literal(attr)),
     );
 }
 
 /// A GIN index on a reference attribute: finding the objects that refer to a changed one
 /// (`attrs->'manager' @> '42'`, also inside arrays of members) is an index probe.
 fn index_reference_attribute(attr: &str) {
-    let name: String = format!("mesh_object_ref_{}", attr.to_lowercase())
-        .chars()
-        .take(60)
-        .collect();
-    store::exec(
-        &format!(
-            "CREATE INDEX IF NOT EXISTS {} ON mesh.mesh_object USING gin ((attrs->{}) jsonb_path_ops)",
-            ident(&name),
-            literal(attr)
-        ),
-        &[],
+    create_index_once(
+        &format!("mesh_object_ref_{}", attr.to_lowercase()),
+        &format!("USING gin ((attrs->{}) jsonb_path_ops)", literal(attr)),
     );
+}
+
+/// `CREATE INDEX` on mesh.mesh_object (`how`: method and expression) unless an index of
+/// that name is there: asked first, so the caller sees no "already exists" notice.
+fn create_index_once(name: &str, how: &str) {
+    let name: String = name.chars().take(60).collect();
+    let exists = store::one::<bool>("SELECT to_regclass($1) IS NOT NULL", &[format!("mesh.{}", ident(&name)).into()]);
+    if exists != Some(true) {
+        store::exec(&format!("CREATE INDEX IF NOT EXISTS {} ON mesh.mesh_object {how}", ident(&name)), &[]);
+    }
 }
 
 /// Adds an import flow: the connector's `source` (attribute or SQL expression) contributes

@@ -264,6 +264,14 @@ pub struct PostgresConnector {
     text_adds: HashMap<Vec<String>, Option<TextAdd>>,
 }
 
+/// What a connector's provisioning asks of its exports: adds (provisioning), deletes (a
+/// `delete` deprovisioning).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExportPlan {
+    pub adds: bool,
+    pub deletes: bool,
+}
+
 /// A column set's adds bound as text arrays (`export_sql::postgres_text_add`).
 #[derive(Clone)]
 struct TextAdd {
@@ -325,7 +333,9 @@ fn connection_error(what: &str, e: tokio_postgres::Error) -> ConnectorError {
     match e.as_db_error() {
         Some(db) => {
             let code = db.code().code();
-            let message = format!("{what}: {} ({code})", db.message());
+            // The detail names the row or key at fault (`Key (login)=(u2) already exists.`).
+            let detail = db.detail().map(|d| format!(" {d}")).unwrap_or_default();
+            let message = format!("{what}: {} ({code}){detail}", db.message());
             match &code[..2] {
                 "42" | "0A" => ConnectorError::config(message),
                 "22" | "23" => ConnectorError::data(message),
@@ -578,7 +588,9 @@ impl PostgresConnector {
     }
 
     /// Reachability, login and whether the import query runs: (check, ok, detail) rows.
-    pub async fn check(&mut self) -> Vec<(String, bool, String)> {
+    /// The connection test's steps (`mesh.test_connection`); `plan` says what the
+    /// connector's provisioning will ask of its exports.
+    pub async fn check(&mut self, plan: ExportPlan) -> Vec<(String, bool, String)> {
         let mut out = Vec::new();
         match self.client().await {
             Err(e) => {
@@ -610,22 +622,33 @@ impl PostgresConnector {
             }
             Err(e) => out.push(("import_query".into(), false, e.message)),
         }
-        if let Some(step) = self.check_export().await {
+        if let Some(step) = self.check_export(plan).await {
             out.push(step);
         }
         out
     }
 
-    /// The export side, without writing: each of `export_statements` prepares; or the
-    /// `export_table` has the columns the export flows write, the login may write it as the
-    /// `export_mode` needs, and no NOT NULL column without a default is left out of adds.
-    async fn check_export(&mut self) -> Option<(String, bool, String)> {
+    /// The export side, without writing: what provisioning asks is possible (adds outside
+    /// update mode, with the anchor written; deletes with somewhere to go); each of
+    /// `export_statements` prepares; or the `export_table` has the columns the export flows
+    /// write, the login may write it as needed, and no NOT NULL column without a default
+    /// is left out of adds.
+    async fn check_export(&mut self, plan: ExportPlan) -> Option<(String, bool, String)> {
         let step = |ok: bool, detail: String| Some(("export".to_string(), ok, detail));
+        let mut problems: Vec<String> = Vec::new();
+        if plan.adds && self.config.export_mode == Mode::Update {
+            problems.push(idmesh_core::export_sql::UPDATE_MODE.to_string());
+        }
         if !self.config.export_statements.is_empty() {
-            let mut ops: Vec<(String, String)> =
-                self.config.export_statements.iter().map(|(o, s)| (o.clone(), s.clone())).collect();
+            let statements = &self.config.export_statements;
+            if plan.adds && !statements.contains_key("add") {
+                problems.push("provisioning adds rows, and export_statements has no \"add\"".into());
+            }
+            if plan.deletes && !statements.contains_key("delete") {
+                problems.push("deprovisioning deletes rows, and export_statements has no \"delete\"".into());
+            }
+            let mut ops: Vec<(String, String)> = statements.iter().map(|(o, s)| (o.clone(), s.clone())).collect();
             ops.sort();
-            let mut problems = Vec::new();
             for (op, sql) in &ops {
                 let (pieces, names) = named_parameters(sql, Dialect::Postgres);
                 let client = self.client().await.ok()?;
@@ -638,6 +661,28 @@ impl PostgresConnector {
                 true => step(true, format!("the export statements prepare ({})", names.join(", "))),
                 false => step(false, problems.join("; ")),
             };
+        }
+        if self.config.export_table.is_none() {
+            if plan.adds || !self.config.written.is_empty() {
+                problems.push("this connector has export flows but neither an export_table nor export_statements".into());
+                return step(false, problems.join("; "));
+            }
+            return None;
+        }
+        if plan.adds {
+            let missing: Vec<&str> = self
+                .config
+                .anchor
+                .iter()
+                .filter(|a| !self.config.written.contains(a))
+                .map(String::as_str)
+                .collect();
+            if !missing.is_empty() {
+                problems.push(format!(
+                    "a new row needs its anchor column(s) {}: add an export flow that writes it",
+                    missing.join(", ")
+                ));
+            }
         }
         let table = self.config.export_table.clone()?;
         let quoted = table.split('.').map(ident).collect::<Vec<_>>().join(".");
@@ -676,11 +721,14 @@ impl PostgresConnector {
             Mode::Insert => &[("INSERT", insert)],
             Mode::Update => &[("UPDATE", update)],
         };
-        let mut problems: Vec<String> = needed
-            .iter()
-            .filter(|(_, may)| !may)
-            .map(|(what, _)| format!("this login may not {what} {table} (GRANT {what} ON {table} TO it)"))
-            .collect();
+        let deleting = [("DELETE", delete)];
+        problems.extend(
+            needed
+                .iter()
+                .chain(if plan.deletes { &deleting[..] } else { &[] })
+                .filter(|(_, may)| !may)
+                .map(|(what, _)| format!("this login may not {what} {table} (GRANT {what} ON {table} TO it)")),
+        );
         if self.config.export_mode != Mode::Update && !left_out.is_empty() {
             problems.push(format!(
                 "adds would be refused: {} NOT NULL without a default, and no export flow writes it (add a flow or a default)",
@@ -690,7 +738,7 @@ impl PostgresConnector {
         if !problems.is_empty() {
             return step(false, problems.join("; "));
         }
-        let deletes = if delete { "" } else { "; it may not DELETE, so deprovisioning by delete would fail" };
+        let deletes = if delete || plan.deletes { "" } else { "; it may not DELETE (deprovisioning by delete would need it)" };
         step(true, format!("{table} has the {} column(s) the export flows write{deletes}", cols.len()))
     }
 }

@@ -234,46 +234,22 @@ BEGIN
     -- Exports this import shows undone: the object, read by this import after the write,
     -- has another value for an attribute the export wrote (changed back there, a trigger
     -- that keeps the old value, a column that stores another form of it), or is still
-    -- there after its delete. Written again; the third time, a failed export, retried as
-    -- those are, with an error that says so. (Left as applied, the same change would never
-    -- be written again.)
-    WITH back AS (
-        UPDATE mesh.pending_export pe
-           SET undone = pe.undone + 1,
-               status = CASE WHEN pe.undone >= 2 THEN 'failed' ELSE 'pending' END,
-               error = CASE WHEN pe.undone >= 2 THEN format(
-                   'written %s times, and each time the next import showed %s: something there '
-                   'changes it (a trigger, another tool, a person, a column that keeps another form '
-                   'of the value); fix that, make the flow write what the target keeps, or stop '
-                   'exporting it. Retried from retry_at on (mesh.retry retries now).',
-                   pe.undone + 1,
-                   CASE WHEN pe.operation = 'delete' THEN 'the object still there'
-                        ELSE 'another value for ' || mesh.contradicted(c.attrs, pe.changes) END) END,
-               retry_at = CASE WHEN pe.undone >= 2 THEN
-                   clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END
-          FROM mesh.connector_object c
+    -- there after its delete; or an add's row, an import that read everything (p_saw_all)
+    -- did not find under the anchor the add wrote nor joined to its object, is gone. Written
+    -- again; the third time, a failed export, retried as those are, with an error that says
+    -- so. (Left as applied, the same change would never be written again.)
+    WITH undone AS (
+        SELECT pe.mesh_id, CASE WHEN pe.operation = 'delete' THEN 'the object still there'
+                                ELSE 'another value for ' || mesh.contradicted(c.attrs, pe.changes) END AS showed
+          FROM mesh.pending_export pe
+          JOIN mesh.connector_object c ON c.connector_id = p_connector AND c.mesh_id = pe.mesh_id AND NOT c.deleted
          WHERE pe.connector_id = p_connector AND pe.status = 'applied'
            AND pe.applied_at < (SELECT r.started_at FROM mesh.run r WHERE r.id = p_run)
-           AND c.connector_id = p_connector AND c.mesh_id = pe.mesh_id AND NOT c.deleted
            AND EXISTS (SELECT 1 FROM mesh.staging s WHERE s.run_id = p_run AND s.anchor = c.anchor)
            AND (pe.operation = 'delete' OR mesh.contradicted(c.attrs, pe.changes) IS NOT NULL)
-        -- (an add's error has no anchor, as when its export fails: one error row per add)
-        RETURNING pe.mesh_id, CASE WHEN pe.operation = 'add' THEN NULL ELSE pe.anchor END AS anchor,
-                  pe.operation, pe.status, pe.error
-    ), gone AS (
-        -- An add whose row an import that read everything (p_saw_all) did not find, under
-        -- the anchor the add wrote or joined to its object: gone since it was written, and
-        -- written again, as an undone change is (else it would stay applied, unseen).
-        UPDATE mesh.pending_export pe
-           SET undone = pe.undone + 1,
-               status = CASE WHEN pe.undone >= 2 THEN 'failed' ELSE 'pending' END,
-               error = CASE WHEN pe.undone >= 2 THEN format(
-                   'written %s times, and each time the next full import did not find its row %s: '
-                   'something there removes it (a trigger, another tool, a person), or the import_query '
-                   'does not return it; fix that, or stop provisioning it. Retried from retry_at on '
-                   '(mesh.retry retries now).', pe.undone + 1, pe.anchor) END,
-               retry_at = CASE WHEN pe.undone >= 2 THEN
-                   clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END
+        UNION ALL
+        SELECT pe.mesh_id, format('no row %s', pe.anchor)
+          FROM mesh.pending_export pe
          WHERE p_saw_all AND pe.connector_id = p_connector AND pe.status = 'applied' AND pe.operation = 'add'
            AND pe.anchor IS NOT NULL
            AND pe.applied_at < (SELECT r.started_at FROM mesh.run r WHERE r.id = p_run)
@@ -281,11 +257,26 @@ BEGIN
                             WHERE c.connector_id = p_connector AND c.anchor = pe.anchor AND NOT c.deleted)
            AND NOT EXISTS (SELECT 1 FROM mesh.connector_object j
                             WHERE j.connector_id = p_connector AND j.mesh_id = pe.mesh_id AND NOT j.deleted)
-        RETURNING pe.mesh_id, NULL::text AS anchor, pe.operation, pe.status, pe.error
+    ), back AS (
+        UPDATE mesh.pending_export pe
+           SET undone = pe.undone + 1,
+               status = CASE WHEN pe.undone >= 2 THEN 'failed' ELSE 'pending' END,
+               error = CASE WHEN pe.undone >= 2 THEN format(
+                   'written %s times, and each time the next import showed %s: something there '
+                   'changes or removes it (a trigger, another tool, a person, a column that keeps '
+                   'another form of the value, an import_query that does not return the row); fix '
+                   'that, make the flow write what the target keeps, or stop exporting it. Retried '
+                   'from retry_at on (mesh.retry retries now).', pe.undone + 1, u.showed) END,
+               retry_at = CASE WHEN pe.undone >= 2 THEN
+                   clock_timestamp() + least(interval '1 hour', interval '30 seconds' * 2 ^ least(pe.attempts, 10)) END
+          FROM undone u
+         WHERE pe.connector_id = p_connector AND pe.mesh_id = u.mesh_id
+        -- (an add's error has no anchor, as when its export fails: one error row per add)
+        RETURNING pe.mesh_id, CASE WHEN pe.operation = 'add' THEN NULL ELSE pe.anchor END AS anchor,
+                  pe.operation, pe.status, pe.error
     )
     INSERT INTO mesh.run_error (run_id, connector_id, anchor, mesh_id, operation, message)
-    SELECT p_run, p_connector, b.anchor, b.mesh_id, b.operation, b.error
-      FROM (SELECT * FROM back UNION ALL SELECT * FROM gone) b WHERE b.status = 'failed'
+    SELECT p_run, p_connector, b.anchor, b.mesh_id, b.operation, b.error FROM back b WHERE b.status = 'failed'
     ON CONFLICT (connector_id, coalesce(anchor, ''), coalesce(mesh_id, 0), operation)
     DO UPDATE SET attempts = mesh.run_error.attempts + 1, last_seen = now(), message = EXCLUDED.message,
                   sqlstate = NULL, run_id = EXCLUDED.run_id;

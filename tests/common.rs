@@ -100,3 +100,16 @@ where
         .map(|r| (r.get(0), r.get(1)))
         .collect()
 }
+
+/// The count a `SELECT count(*) ...` gives.
+pub fn count(c: &mut Client, sql: &str) -> i64 {
+    c.query_one(sql, &[]).unwrap().get(0)
+}
+
+/// The first column of every row `sql` gives.
+pub fn column<T>(c: &mut Client, sql: &str) -> Vec<T>
+where
+    T: for<'a> postgres::types::FromSql<'a>,
+{
+    c.query(sql, &[]).unwrap().iter().map(|r| r.get(0)).collect()
+}

@@ -389,17 +389,23 @@ fn tds_config(table: &str) -> Value {
            "anchor": "id", "delta_column": "modified_at"})
 }
 
-/// The sqlserver connector over the real SQL Server wire protocol (TDS), against the
-/// pysqlbridge server scripts/tds.sh starts: login, full import, a delta with @watermark
-/// bound as a parameter, types mapped.
-#[test]
-fn sqlserver_import_over_tds() {
-    let mut c = fresh_database_with_own_key("idmesh_it_tds");
+/// A fresh database `db` with the sqlserver connector `Payroll` reading `people` over TDS.
+fn with_payroll(db: &str) -> Client {
+    let mut c = fresh_database_with_own_key(db);
     c.execute(
         "SELECT mesh.create_connector('Payroll', 'sqlserver', $1, secret => $2)",
         &[&tds_config("people"), &"Tds-reader-1!"],
     )
     .unwrap();
+    c
+}
+
+/// The sqlserver connector over the real SQL Server wire protocol (TDS), against the
+/// pysqlbridge server scripts/tds.sh starts: login, full import, a delta with @watermark
+/// bound as a parameter, types mapped.
+#[test]
+fn sqlserver_import_over_tds() {
+    let mut c = with_payroll("idmesh_it_tds");
     let connect: bool = c
         .query_one(
             "SELECT ok FROM mesh.test_connection('Payroll') WHERE step = 'connect'",
@@ -1249,12 +1255,7 @@ fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
         .collect();
     assert_eq!(changes.len(), 4, "{changes:?}");
     assert!(changes.iter().all(|ch| ch.as_object().unwrap().len() == columns.len()), "{changes:?}");
-    let statements: Vec<String> = hr
-        .query("SELECT query FROM wide_statements", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let statements: Vec<String> = column(&mut hr, "SELECT query FROM wide_statements");
     assert_eq!(statements.len(), 1, "one statement for the batch: {statements:?}");
     assert!(statements[0].contains("unnest($1::text[]"), "{}", statements[0]);
     // Each stored row, in its text form, is the JSON statement's reading of its change.
@@ -1286,10 +1287,7 @@ fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0].0, "02000");
     assert!(errors[0].1.ends_with("has anchor 4"), "{errors:?}");
-    let applied: i64 = c
-        .query_one("SELECT count(*) FROM mesh.pending_export WHERE status = 'applied'", &[])
-        .unwrap()
-        .get(0);
+    let applied = count(&mut c, "SELECT count(*) FROM mesh.pending_export WHERE status = 'applied'");
     assert_eq!(applied, 3);
 
     // An interval column with fields reads `10:30` as ten minutes and `3` as three years,
@@ -1322,20 +1320,14 @@ fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
     )
     .unwrap();
     copy_through(&mut c, "renum", "contact", &["id", "note"], &[("note", "n\"; DROP TABLE renum_dst; --")]);
-    let ids: Vec<i32> = hr.query("SELECT id FROM renum_dst ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let ids: Vec<i32> = column(&mut hr, "SELECT id FROM renum_dst ORDER BY id");
     assert_eq!(ids, vec![1, 102]);
     let (note, odd): (String, String) = hr
         .query_one(r#"SELECT note, "n""; DROP TABLE renum_dst; --" FROM renum_dst WHERE id = 1"#, &[])
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
     assert_eq!((note.as_str(), odd.as_str()), ("as is'); DROP TABLE renum_src; --", "as is'); DROP TABLE renum_src; --"));
-    let statements: Vec<String> = hr
-        .query("SELECT query FROM wide_statements", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(statements.len(), 1, "nothing else wrote wide_dst");
+    assert_eq!(count(&mut hr, "SELECT count(*) FROM wide_statements"), 1, "nothing else wrote wide_dst");
     let renum_errors: Vec<(String, String)> =
         pairs(&mut c, "SELECT sqlstate, message FROM mesh.errors WHERE connector = 'renum out'");
     assert_eq!(renum_errors.len(), 1, "{renum_errors:?}");
@@ -1349,12 +1341,7 @@ fn a_batch_of_adds_stores_exactly_what_the_json_statement_would() {
 /// and a write shows the per-change failure.
 #[test]
 fn sqlserver_export_statements_over_tds() {
-    let mut c = fresh_database_with_own_key("idmesh_it_tds_statements");
-    c.execute(
-        "SELECT mesh.create_connector('Payroll', 'sqlserver', $1, secret => $2)",
-        &[&tds_config("people"), &"Tds-reader-1!"],
-    )
-    .unwrap();
+    let mut c = with_payroll("idmesh_it_tds_statements");
     let mut out = tds_config("people");
     out["export_statements"] = json!({
         "add": "SELECT id FROM people WHERE name = :name AND id = :id -- :not_a_parameter",
@@ -1399,12 +1386,7 @@ fn sqlserver_export_statements_over_tds() {
     .unwrap();
     let export = run(&mut c, "Payroll out", "export");
     assert_eq!((export["status"].clone(), export["errors"].clone()), (json!("warning"), json!(3)), "{export}");
-    let messages: Vec<String> = c
-        .query("SELECT message FROM mesh.errors", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let messages: Vec<String> = column(&mut c, "SELECT message FROM mesh.errors");
     assert_eq!(messages.len(), 3, "{messages:?}");
     assert!(messages.iter().all(|m| m.starts_with("the export statement failed: ")), "{messages:?}");
 }
@@ -1473,10 +1455,7 @@ fn composite_anchors_never_collide() {
     c.batch_execute("SELECT mesh.sync()").unwrap();
     let export = run(&mut c, "Pairs out", "export");
     assert_eq!((export["status"].clone(), export["added"].clone()), (json!("success"), json!(4)), "{export}");
-    let copied: i64 = hr
-        .query_one("SELECT count(*) FROM pairs_dst JOIN pairs_src USING (org, emp, note)", &[])
-        .unwrap()
-        .get(0);
+    let copied = count(&mut hr, "SELECT count(*) FROM pairs_dst JOIN pairs_src USING (org, emp, note)");
     assert_eq!(copied, 4);
     // No join rule: the rows join the objects they were written for by the anchors the
     // adds gave them, and that confirms the adds; a sync meanwhile (which plans the same
@@ -1495,7 +1474,7 @@ fn composite_anchors_never_collide() {
         .map(|r| (r.get(0), r.get(1)))
         .unwrap();
     assert_eq!((unjoined, pending), (0, 0));
-    let again: i64 = c.query_one("SELECT count(*) FROM mesh.cycle() WHERE added + updated + deleted > 0", &[]).unwrap().get(0);
+    let again = count(&mut c, "SELECT count(*) FROM mesh.cycle() WHERE added + updated + deleted > 0");
     assert_eq!(again, 0, "nothing left to do");
 
     // Two adds that write the same key (the second over the first): the row is no one's
@@ -1585,7 +1564,7 @@ fn test_connection_checks_the_export_side() {
     let (ok, detail) = export(&mut c);
     assert!(!ok);
     assert!(detail.contains("\"delete\" does not prepare") && detail.contains("chekced"), "{detail}");
-    let rows: i64 = hr.query_one("SELECT count(*) FROM checked", &[]).unwrap().get(0);
+    let rows = count(&mut hr, "SELECT count(*) FROM checked");
     assert_eq!(rows, 0, "nothing was written");
 }
 
@@ -1609,8 +1588,8 @@ fn an_add_whose_row_is_gone_is_written_again() {
     let left: Vec<(String, i32)> = pairs(&mut c, "SELECT status, undone FROM mesh.pending_exports WHERE connector = 'gone out'");
     assert_eq!(left, vec![("pending".to_string(), 1)], "written again");
     c.batch_execute("SELECT mesh.run('gone out', 'export'); SELECT mesh.run('gone out', 'full_import');").unwrap();
-    let notes: Vec<String> = hr.query("SELECT note FROM gone_dst ORDER BY id", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let notes: Vec<String> = column(&mut hr, "SELECT note FROM gone_dst ORDER BY id");
     assert_eq!(notes, vec!["stays".to_string(), "goes".to_string()]);
-    let pending: i64 = c.query_one("SELECT count(*) FROM mesh.pending_exports", &[]).unwrap().get(0);
+    let pending = count(&mut c, "SELECT count(*) FROM mesh.pending_exports");
     assert_eq!(pending, 0, "both confirmed");
 }

@@ -475,6 +475,13 @@ pub fn tsql_parameter_text(value: Option<&serde_json::Value>) -> Option<String> 
     }
 }
 
+/// A user's T-SQL statement followed by the count of rows it changed itself, as one more
+/// result (`@@ROWCOUNT`: a trigger's statements, which the server's own row counts add in,
+/// do not change it; a trigger that fires for an UPDATE of no row would otherwise hide it).
+pub fn tsql_with_row_count(sql: &str) -> String {
+    format!("{sql}\n;SELECT CAST(@@ROWCOUNT AS bigint) AS idmesh_rows")
+}
+
 /// Whether a statement's result says how many rows it changed (a `CALL`, `DO` or `EXEC`
 /// says nothing of them).
 pub fn counts_rows(sql: &str) -> bool {
@@ -818,5 +825,14 @@ mod tests {
         assert_eq!(tsql_parameter_text(Some(&json!(["a", 1]))).as_deref(), Some("[\"a\",1]"));
         assert_eq!(tsql_parameter_text(Some(&json!(null))), None);
         assert_eq!(tsql_parameter_text(None), None);
+    }
+
+    #[test]
+    fn a_counted_tsql_statement_reads_its_own_row_count_last() {
+        // After a closing comment too: the count starts on a line of its own.
+        assert_eq!(
+            tsql_with_row_count("UPDATE t SET a = @P1 -- the badge"),
+            "UPDATE t SET a = @P1 -- the badge\n;SELECT CAST(@@ROWCOUNT AS bigint) AS idmesh_rows"
+        );
     }
 }

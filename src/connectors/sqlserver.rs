@@ -574,7 +574,12 @@ impl SqlServerConnector {
                     continue;
                 }
             };
-            let mut query = tiberius::Query::new(sql.clone());
+            // A statement that changes rows reports how many itself (`tsql_with_row_count`).
+            let counted = idmesh_core::sql::counts_rows(&user_sql);
+            let mut query = tiberius::Query::new(match counted {
+                true => idmesh_core::sql::tsql_with_row_count(sql),
+                false => sql.clone(),
+            });
             for name in names {
                 query.bind(idmesh_core::sql::tsql_parameter_text(values.get(name)));
             }
@@ -582,9 +587,21 @@ impl SqlServerConnector {
                 Ok(c) => c,
                 Err(e) => return super::rows::connection_lost(self.wrote, changes, results, e),
             };
-            let done = query.execute(client).await;
+            let done: Result<u64, tiberius::error::Error> = if counted {
+                match query.query(client).await {
+                    Ok(stream) => stream.into_results().await.map(|sets| {
+                        sets.last()
+                            .and_then(|rows| rows.first())
+                            .and_then(|r| r.try_get::<i64, _>(0).ok().flatten())
+                            .unwrap_or(0) as u64
+                    }),
+                    Err(e) => Err(e),
+                }
+            } else {
+                query.execute(client).await.map(|d| d.total())
+            };
             results.push(match done {
-                Ok(done) => match super::rows::changed_rows(c, &user_sql, done.total()) {
+                Ok(rows) => match super::rows::changed_rows(c, &user_sql, rows) {
                     // No anchor: the statement may write anywhere, or nothing.
                     Ok(_) => {
                         self.wrote = true;

@@ -333,8 +333,13 @@ fn connection_error(what: &str, e: tokio_postgres::Error) -> ConnectorError {
     match e.as_db_error() {
         Some(db) => {
             let code = db.code().code();
-            // The detail names the row or key at fault (`Key (login)=(u2) already exists.`).
-            let detail = db.detail().map(|d| format!(" {d}")).unwrap_or_default();
+            // A key's detail names the key at fault (`Key (login)=(u2) already exists.`);
+            // other details may show a whole row of the target, columns idmesh does not
+            // manage among them, and stay with the target.
+            let detail = match code {
+                "23505" | "23503" => db.detail().map(|d| format!(" {d}")).unwrap_or_default(),
+                _ => String::new(),
+            };
             let message = format!("{what}: {} ({code}){detail}", db.message());
             match &code[..2] {
                 "42" | "0A" => ConnectorError::config(message),
@@ -636,9 +641,6 @@ impl PostgresConnector {
     async fn check_export(&mut self, plan: ExportPlan) -> Option<(String, bool, String)> {
         let step = |ok: bool, detail: String| Some(("export".to_string(), ok, detail));
         let mut problems: Vec<String> = Vec::new();
-        if plan.adds && self.config.export_mode == Mode::Update {
-            problems.push(idmesh_core::export_sql::UPDATE_MODE.to_string());
-        }
         if !self.config.export_statements.is_empty() {
             let statements = &self.config.export_statements;
             if plan.adds && !statements.contains_key("add") {
@@ -668,6 +670,10 @@ impl PostgresConnector {
                 return step(false, problems.join("; "));
             }
             return None;
+        }
+        // (export_mode is the table's: statements ignore it)
+        if plan.adds && self.config.export_mode == Mode::Update {
+            problems.push(idmesh_core::export_sql::UPDATE_MODE.to_string());
         }
         if plan.adds {
             let missing: Vec<&str> = self
@@ -718,7 +724,8 @@ impl PostgresConnector {
         let left_out: Vec<String> = row.get(3);
         let needed: &[(&str, bool)] = match self.config.export_mode {
             Mode::Upsert => &[("INSERT", insert), ("UPDATE", update)],
-            Mode::Insert => &[("INSERT", insert)],
+            // updates and disables are UPDATEs in every mode
+            Mode::Insert => &[("INSERT", insert), ("UPDATE", update)],
             Mode::Update => &[("UPDATE", update)],
         };
         let deleting = [("DELETE", delete)];

@@ -351,7 +351,7 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
                     e.note = Some(if first {
                         "first import of this connector: full import".into()
                     } else {
-                        "no watermark kept (no delta column): full import".into()
+                        "no watermark kept yet: full import".into()
                     });
                 }
                 e

@@ -171,6 +171,8 @@ LANGUAGE plpgsql SET work_mem = '8MB' SET hash_mem_multiplier = 1 SET jit = off 
 #variable_conflict use_column
 DECLARE
     n integer;
+    -- an export written after this import started cannot show in it
+    run_started timestamptz := (SELECT r.started_at FROM mesh.run r WHERE r.id = p_run);
 BEGIN
     PERFORM mesh._memory_budget();
     -- Statistics first: the checks below then scan the run once instead of probing it.
@@ -244,7 +246,7 @@ BEGIN
           FROM mesh.pending_export pe
           JOIN mesh.connector_object c ON c.connector_id = p_connector AND c.mesh_id = pe.mesh_id AND NOT c.deleted
          WHERE pe.connector_id = p_connector AND pe.status = 'applied'
-           AND pe.applied_at < (SELECT r.started_at FROM mesh.run r WHERE r.id = p_run)
+           AND pe.applied_at < run_started
            AND EXISTS (SELECT 1 FROM mesh.staging s WHERE s.run_id = p_run AND s.anchor = c.anchor)
            AND (pe.operation = 'delete' OR mesh.contradicted(c.attrs, pe.changes) IS NOT NULL)
         UNION ALL
@@ -252,7 +254,7 @@ BEGIN
           FROM mesh.pending_export pe
          WHERE p_saw_all AND pe.connector_id = p_connector AND pe.status = 'applied' AND pe.operation = 'add'
            AND pe.anchor IS NOT NULL
-           AND pe.applied_at < (SELECT r.started_at FROM mesh.run r WHERE r.id = p_run)
+           AND pe.applied_at < run_started
            AND NOT EXISTS (SELECT 1 FROM mesh.connector_object c
                             WHERE c.connector_id = p_connector AND c.anchor = pe.anchor AND NOT c.deleted)
            AND NOT EXISTS (SELECT 1 FROM mesh.connector_object j

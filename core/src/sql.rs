@@ -5,6 +5,11 @@ pub fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// Quotes a dotted name part by part (`hr.people` is `"hr"."people"`).
+pub fn qualified_ident(name: &str) -> String {
+    name.split('.').map(ident).collect::<Vec<_>>().join(".")
+}
+
 /// Quotes a string literal (standard_conforming_strings = on; E'' is never produced).
 pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
@@ -834,5 +839,11 @@ mod tests {
             tsql_with_row_count("UPDATE t SET a = @P1 -- the badge"),
             "UPDATE t SET a = @P1 -- the badge\n;SELECT CAST(@@ROWCOUNT AS bigint) AS idmesh_rows"
         );
+    }
+
+    #[test]
+    fn dotted_names_are_quoted_part_by_part() {
+        assert_eq!(qualified_ident("hr.people"), "\"hr\".\"people\"");
+        assert_eq!(qualified_ident("we\"ird"), "\"we\"\"ird\"");
     }
 }

@@ -149,29 +149,11 @@ fn test_connection(
     let c = engine::connector(name);
     let rows = match c.kind.as_str() {
         "postgres" => {
-            let mut cfg = connectors::postgres::PostgresConfig::parse(&c.config);
-            cfg.written = connectors::flow_writes(c.id);
-            let mut conn = connectors::postgres::PostgresConnector::new(
-                &c.name,
-                cfg,
-                crate::secrets::secret_of(c.id, &c.name),
-            );
-            let plan = connectors::postgres::ExportPlan {
-                adds: store::one::<bool>("SELECT EXISTS (SELECT 1 FROM mesh.provisioning WHERE connector_id = $1)", &[c.id.into()])
-                    == Some(true),
-                deletes: store::one::<bool>(
-                    "SELECT EXISTS (SELECT 1 FROM mesh.provisioning WHERE connector_id = $1 AND options->>'deprovision' = 'delete')",
-                    &[c.id.into()],
-                ) == Some(true),
-            };
-            crate::engine::import::runtime().block_on(conn.check(plan))
+            let mut conn = connectors::postgres_connector(c.id, &c.name, &c.config);
+            crate::engine::import::runtime().block_on(conn.check(connectors::export_plan(c.id)))
         }
         "sqlserver" => {
-            let mut conn = connectors::sqlserver::SqlServerConnector::new(
-                &c.name,
-                connectors::sqlserver::SqlServerConfig::parse(&c.config),
-                crate::secrets::secret_of(c.id, &c.name),
-            );
+            let mut conn = connectors::sqlserver_connector(c.id, &c.name, &c.config);
             crate::engine::import::runtime().block_on(conn.check())
         }
         "active_directory" => {

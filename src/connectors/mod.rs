@@ -77,28 +77,12 @@ pub fn validate(kind: &str, config: &Value, has_secret: bool) {
 /// Opens a connector for a run.
 pub fn open(id: i32, kind: &str, name: &str, config: &Value) -> Box<dyn IdentityConnector> {
     match kind {
-        "postgres" => {
-            let mut cfg = postgres::PostgresConfig::parse(config);
-            cfg.written = flow_writes(id);
-            Box::new(postgres::PostgresConnector::new(
-                name,
-                cfg,
-                crate::secrets::secret_of(id, name),
-            ))
-        }
+        "postgres" => Box::new(postgres_connector(id, name, config)),
         "table" => Box::new(table::TableConnector::new(
             name,
             table::TableConfig::parse(config),
         )),
-        "sqlserver" => {
-            let mut cfg = sqlserver::SqlServerConfig::parse(config);
-            cfg.written = flow_writes(id);
-            Box::new(sqlserver::SqlServerConnector::new(
-                name,
-                cfg,
-                crate::secrets::secret_of(id, name),
-            ))
-        }
+        "sqlserver" => Box::new(sqlserver_connector(id, name, config)),
         "active_directory" => {
             let mut cfg = active_directory::AdConfig::parse(config);
             for (object_type, names) in flow_reads(id) {
@@ -119,6 +103,36 @@ pub fn open(id: i32, kind: &str, name: &str, config: &Value) -> Box<dyn Identity
             format!("connector kind \"{other}\" cannot run in this build"),
             "",
         ),
+    }
+}
+
+/// A postgres connector as a run opens it (and its connection test): its settings, the
+/// attributes its export flows write, its secret.
+pub fn postgres_connector(id: i32, name: &str, config: &Value) -> postgres::PostgresConnector {
+    let mut cfg = postgres::PostgresConfig::parse(config);
+    cfg.written = flow_writes(id);
+    postgres::PostgresConnector::new(name, cfg, crate::secrets::secret_of(id, name))
+}
+
+/// A sqlserver connector as a run opens it (and its connection test).
+pub fn sqlserver_connector(id: i32, name: &str, config: &Value) -> sqlserver::SqlServerConnector {
+    let mut cfg = sqlserver::SqlServerConfig::parse(config);
+    cfg.written = flow_writes(id);
+    sqlserver::SqlServerConnector::new(name, cfg, crate::secrets::secret_of(id, name))
+}
+
+/// What a connector's provisioning asks of its exports: adds at all, deletes by a
+/// `delete` deprovisioning.
+pub fn export_plan(id: i32) -> postgres::ExportPlan {
+    let plan = crate::store::json(
+        "SELECT jsonb_build_object('adds', count(*) > 0, \
+                                   'deletes', coalesce(bool_or(options->>'deprovision' = 'delete'), false)) \
+           FROM mesh.provisioning WHERE connector_id = $1",
+        &[id.into()],
+    );
+    postgres::ExportPlan {
+        adds: plan["adds"].as_bool() == Some(true),
+        deletes: plan["deletes"].as_bool() == Some(true),
     }
 }
 

@@ -19,7 +19,9 @@ use crate::error::invalid;
 use idmesh_core::delta::DeltaKind;
 use idmesh_core::export_sql::{postgres_text_add, Mode, Returning};
 use idmesh_core::value_text::{text_of, TextColumn};
-use idmesh_core::sql::{has_placeholder, ident, named_parameters, numbered, render, replace_placeholder, Dialect, Piece};
+use idmesh_core::sql::{
+    has_placeholder, ident, named_parameters, numbered, qualified_ident, render, replace_placeholder, Dialect, Piece,
+};
 use idmesh_sdk::*;
 use serde_json::{json, Value};
 use std::collections::HashMap;
@@ -664,13 +666,12 @@ impl PostgresConnector {
                 false => step(false, problems.join("; ")),
             };
         }
-        if self.config.export_table.is_none() {
-            if plan.adds || !self.config.written.is_empty() {
-                problems.push("this connector has export flows but neither an export_table nor export_statements".into());
-                return step(false, problems.join("; "));
-            }
-            return None;
-        }
+        let Some(table) = self.config.export_table.clone() else {
+            return (plan.adds || !self.config.written.is_empty()).then(|| {
+                let why = "this connector has export flows but neither an export_table nor export_statements";
+                ("export".to_string(), false, why.to_string())
+            });
+        };
         // (export_mode is the table's: statements ignore it)
         if plan.adds && self.config.export_mode == Mode::Update {
             problems.push(idmesh_core::export_sql::UPDATE_MODE.to_string());
@@ -684,14 +685,10 @@ impl PostgresConnector {
                 .map(String::as_str)
                 .collect();
             if !missing.is_empty() {
-                problems.push(format!(
-                    "a new row needs its anchor column(s) {}: add an export flow that writes it",
-                    missing.join(", ")
-                ));
+                problems.push(super::rows::anchor_not_written(&missing));
             }
         }
-        let table = self.config.export_table.clone()?;
-        let quoted = table.split('.').map(ident).collect::<Vec<_>>().join(".");
+        let quoted = qualified_ident(&table);
         let mut cols: Vec<String> = self.config.written.iter().chain(&self.config.anchor).cloned().collect();
         cols.sort();
         cols.dedup();
@@ -723,9 +720,8 @@ impl PostgresConnector {
         let (insert, update, delete): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
         let left_out: Vec<String> = row.get(3);
         let needed: &[(&str, bool)] = match self.config.export_mode {
-            Mode::Upsert => &[("INSERT", insert), ("UPDATE", update)],
             // updates and disables are UPDATEs in every mode
-            Mode::Insert => &[("INSERT", insert), ("UPDATE", update)],
+            Mode::Upsert | Mode::Insert => &[("INSERT", insert), ("UPDATE", update)],
             Mode::Update => &[("UPDATE", update)],
         };
         let deleting = [("DELETE", delete)];
@@ -820,7 +816,7 @@ impl IdentityConnector for PostgresConnector {
                     .map(super::rows::no_export_target)
                     .collect());
             };
-            let table = table.split('.').map(ident).collect::<Vec<_>>().join(".");
+            let table = qualified_ident(&table);
             // Unreachable or refused login: see `rows::connection_lost`.
             if let Err(e) = self.client().await {
                 return connection_lost(self.wrote, changes, Vec::new(), e);
@@ -867,14 +863,17 @@ impl IdentityConnector for PostgresConnector {
     }
 }
 
-
-
+/// A type's name as a cast writes it, with its schema (an enum or domain need not be on
+/// the search path).
+fn qualified_type(ty: &tokio_postgres::types::Type) -> String {
+    format!("{}.{}", ident(ty.schema()), ident(ty.name()))
+}
 
 /// How one name is read from the change's single jsonb parameter as the type the server
 /// inferred for it (qualified: an enum or domain need not be on the search path).
 fn typed_value(name: &str, ty: &tokio_postgres::types::Type) -> String {
     use tokio_postgres::types::Kind;
-    let qualified = format!("{}.{}", ident(ty.schema()), ident(ty.name()));
+    let qualified = qualified_type(ty);
     let key = idmesh_core::sql::literal(name);
     match ty.kind() {
         Kind::Array(_) => format!(
@@ -1048,7 +1047,7 @@ impl PostgresConnector {
         let probed = client.prepare(&probe).await.ok()?;
         let types: Vec<&tokio_postgres::types::Type> = probed.columns().iter().map(|c| c.type_()).collect();
         let columns = types.iter().map(|t| text_column(t)).collect::<Option<Vec<_>>>()?;
-        let qualified: Vec<String> = types.iter().map(|t| format!("{}.{}", ident(t.schema()), ident(t.name()))).collect();
+        let qualified: Vec<String> = types.iter().map(|t| qualified_type(t)).collect();
         let typed: Vec<(&str, &str)> = cols.iter().map(String::as_str).zip(qualified.iter().map(String::as_str)).collect();
         let sql = postgres_text_add(table, &self.shape().anchor, &typed, self.config.export_mode).ok()?;
         Some(TextAdd { sql, columns })

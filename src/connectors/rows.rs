@@ -270,9 +270,7 @@ impl RowShape {
                 .collect(),
         )
     }
-}
 
-impl RowShape {
     /// The anchor columns of the row a change leaves: its key, with the anchor values the
     /// change itself sets (an update may rename the row).
     fn written_key(&self, op: ExportOperation, c: &ExportChange) -> Value {
@@ -308,10 +306,7 @@ pub fn pg_batch(
                 .iter()
                 .any(|a| c.attributes.get(a).map_or(true, Value::is_null))
         }) {
-            return Err(format!(
-                "a new row needs its anchor column(s) {}: add an export flow that writes it",
-                shape.anchor.join(", ")
-            ));
+            return Err(anchor_not_written(&shape.anchor));
         }
     }
     let mut payload: Vec<u8> = Vec::with_capacity(changes.len() * 256);
@@ -347,6 +342,12 @@ pub fn pg_batch(
         export_sql::postgres_statement(table, &shape.anchor, &cols, sql_op, mode, returning)?,
         payload,
     ))
+}
+
+/// Why an add cannot be written: its row's anchor columns have no value from the flows.
+pub fn anchor_not_written(columns: &[impl AsRef<str>]) -> String {
+    let names: Vec<&str> = columns.iter().map(AsRef::as_ref).collect();
+    format!("a new row needs its anchor column(s) {}: add an export flow that writes it", names.join(", "))
 }
 
 /// A change written. An add carries the anchor its row now has (its anchor columns), so

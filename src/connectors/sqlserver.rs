@@ -274,9 +274,7 @@ impl SqlServerConnector {
         from: Option<&Watermark>,
         sink: &mut dyn ImportSink,
     ) -> Result<ImportEnd, ConnectorError> {
-        let uses_watermark = uses_watermark(&self.config.import_query);
-        let query = replace_placeholder(&self.config.import_query, Dialect::TSql, '@', "watermark", "@P1");
-        let low = self.low_value(from);
+        let q = self.import_statement(from);
         let delta = self.config.delta_column.clone();
         let delta_is_integer = self.config.delta_is_integer;
         let mut high: Option<Value> = from.and_then(|w| w.0.get("high")).cloned();
@@ -287,10 +285,6 @@ impl SqlServerConnector {
         let shape = self.shape();
         let named = self.config.named_columns();
         let read = async {
-            let mut q = tiberius::Query::new(query);
-            if uses_watermark {
-                bind_low(&mut q, &low, delta_is_integer);
-            }
             let mut stream = q
                 .query(&mut client)
                 .await
@@ -363,6 +357,16 @@ impl SqlServerConnector {
         })
     }
 
+    /// The import query as it runs: `@watermark` as `@P1`, bound to `low_value(from)`.
+    fn import_statement(&self, from: Option<&Watermark>) -> tiberius::Query<'static> {
+        let query = replace_placeholder(&self.config.import_query, Dialect::TSql, '@', "watermark", "@P1");
+        let mut q = tiberius::Query::new(query);
+        if uses_watermark(&self.config.import_query) {
+            bind_low(&mut q, &self.low_value(from), self.config.delta_is_integer);
+        }
+        q
+    }
+
     /// What `@watermark` is bound to: the lowest value on a full import; on a delta the
     /// last high mark minus the overlap, so a row committed late with an older value is
     /// still read (re-reads count as unchanged). Written back in the form the mark came in
@@ -406,12 +410,7 @@ impl SqlServerConnector {
         }
         out.push(("connect".into(), true, "reached the server and logged in".into()));
         // The query runs as a full import would run it; its columns are read, no row.
-        let query = replace_placeholder(&self.config.import_query, Dialect::TSql, '@', "watermark", "@P1");
-        let low = self.low_value(None);
-        let mut q = tiberius::Query::new(query);
-        if uses_watermark(&self.config.import_query) {
-            bind_low(&mut q, &low, self.config.delta_is_integer);
-        }
+        let q = self.import_statement(None);
         let client = self.client.as_mut().expect("connected");
         let columns = match q.query(client).await {
             Ok(mut stream) => stream.columns().await.map(|c| {

@@ -282,15 +282,15 @@ pub fn fail(err: ConnectorError, connector: &Connector) -> ! {
     } else {
         code
     };
+    let kept = "Nothing of the run was kept: the watermark did not move, and exports not written stay pending";
     let hint = match err.kind {
-        ErrorKind::Connection => {
-            "Nothing of the run was kept: the watermark did not move, and exports not written stay pending. Check the \
-             address and the login with mesh.test_connection(name); a new password goes in with \
+        ErrorKind::Connection => format!(
+            "{kept}. Check the address and the login with mesh.test_connection(name); a new password goes in with \
              mesh.alter_connector(name, secret => ...)."
-        }
-        _ => "Nothing of the run was kept: the watermark did not move, and exports not written stay pending; fix the cause and run again.",
+        ),
+        _ => format!("{kept}; fix the cause and run again."),
     };
-    raise(code, format!("connector \"{}\": {}", connector.name, err.message), hint)
+    raise(code, format!("connector \"{}\": {}", connector.name, err.message), &hint)
 }
 
 pub fn counters_of(merged: &Value) -> Counters {

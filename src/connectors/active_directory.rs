@@ -74,17 +74,23 @@ pub struct AdConfig {
     pub filter: Option<String>,
 }
 
-const KNOWN: &[&str] = &[
+/// The settings that say where the secret is sent and how it is protected on the way:
+/// changing one needs the secret given again (`connectors::secret_destination`).
+pub const SECRET_DESTINATION: &[&str] = &[
     "url",
     "starttls",
     "tls_verify",
     "ca_file",
     "bind",
     "bind_dn",
-    "keytab",
-    "krb5_config",
     "server_fqdn",
     "allow_plain_bind",
+];
+
+/// The other settings.
+const KNOWN: &[&str] = &[
+    "keytab",
+    "krb5_config",
     "base_dn",
     "include_ous",
     "exclude_ous",
@@ -205,7 +211,7 @@ fn string_list(v: &Value, what: &str) -> Vec<String> {
 
 impl AdConfig {
     pub fn parse(config: &Value) -> AdConfig {
-        super::known_settings(config, KIND, KNOWN);
+        super::known_settings(config, KIND, &[SECRET_DESTINATION, KNOWN]);
         let url = text(config, "url").unwrap_or_else(|| {
             invalid(
                 format!("{KIND} connector: \"url\" is required"),

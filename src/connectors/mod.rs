@@ -14,8 +14,10 @@ use idmesh_sdk::IdentityConnector;
 use pgrx::prelude::*;
 use serde_json::Value;
 
-/// Refuses a setting a connector kind does not know, naming the ones it does.
-pub fn known_settings(config: &Value, kind: &str, known: &[&str]) {
+/// Refuses a setting a connector kind does not know, naming the ones it does (`known`: the
+/// kind's groups of settings).
+pub fn known_settings(config: &Value, kind: &str, known: &[&[&str]]) {
+    let known = known.concat();
     if let Some(k) = config
         .as_object()
         .and_then(|o| o.keys().find(|k| !known.contains(&k.as_str())))
@@ -140,18 +142,9 @@ pub fn export_plan(id: i32) -> postgres::ExportPlan {
 /// the way: changing one needs the secret given again.
 pub fn secret_destination(kind: &str) -> &'static [&'static str] {
     match kind {
-        "postgres" => &["dsn"],
-        "sqlserver" => &["host", "port", "user", "encrypt", "trust_cert"],
-        "active_directory" => &[
-            "url",
-            "starttls",
-            "tls_verify",
-            "ca_file",
-            "bind",
-            "bind_dn",
-            "server_fqdn",
-            "allow_plain_bind",
-        ],
+        "postgres" => postgres::SECRET_DESTINATION,
+        "sqlserver" => sqlserver::SECRET_DESTINATION,
+        "active_directory" => active_directory::SECRET_DESTINATION,
         _ => &[],
     }
 }

@@ -32,6 +32,10 @@ const BATCH: usize = 5000;
 /// description) keep the memory a batch takes bounded, not just its row count.
 const BATCH_BYTES: usize = 16 << 20;
 
+/// The settings that say where the secret is sent and how it is protected on the way:
+/// changing one needs the secret given again (`connectors::secret_destination`).
+pub const SECRET_DESTINATION: &[&str] = &["dsn"];
+
 #[derive(Clone, Debug)]
 pub struct PostgresConfig {
     pub dsn: String,
@@ -64,7 +68,6 @@ impl PostgresConfig {
 
     pub fn parse(config: &Value) -> PostgresConfig {
         const KNOWN: &[&str] = &[
-            "dsn",
             "import_query",
             "anchor",
             "object_type",
@@ -76,7 +79,7 @@ impl PostgresConfig {
             "export_mode",
             "export_statements",
         ];
-        super::known_settings(config, "postgres", KNOWN);
+        super::known_settings(config, "postgres", &[SECRET_DESTINATION, KNOWN]);
         let dsn = text(config, "dsn").unwrap_or_else(|| {
             invalid(
                 "postgres connector: \"dsn\" is required",

@@ -39,7 +39,7 @@ pub struct ProcessConfig {
 impl ProcessConfig {
     pub fn parse(config: &Value) -> ProcessConfig {
         const KNOWN: &[&str] = &["program", "args", "settings", "timeout_seconds"];
-        super::known_settings(config, "process", KNOWN);
+        super::known_settings(config, "process", &[KNOWN]);
         let program = config.get("program").and_then(Value::as_str).unwrap_or_else(|| {
             crate::error::invalid(
                 "process connector: \"program\" is required: a program in idmesh.connector_directory",

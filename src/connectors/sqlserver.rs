@@ -50,6 +50,10 @@ pub struct SqlServerConfig {
     pub written: Vec<String>,
 }
 
+/// The settings that say where the secret is sent and how it is protected on the way:
+/// changing one needs the secret given again (`connectors::secret_destination`).
+pub const SECRET_DESTINATION: &[&str] = &["host", "port", "user", "encrypt", "trust_cert"];
+
 fn text(config: &Value, key: &str) -> Option<String> {
     super::string_setting(config, "sqlserver", key).map(str::to_string)
 }
@@ -57,12 +61,7 @@ fn text(config: &Value, key: &str) -> Option<String> {
 impl SqlServerConfig {
     pub fn parse(config: &Value) -> SqlServerConfig {
         const KNOWN: &[&str] = &[
-            "host",
-            "port",
             "database",
-            "user",
-            "trust_cert",
-            "encrypt",
             "import_query",
             "anchor",
             "object_type",
@@ -75,7 +74,7 @@ impl SqlServerConfig {
             "export_mode",
             "export_statements",
         ];
-        super::known_settings(config, "sqlserver", KNOWN);
+        super::known_settings(config, "sqlserver", &[SECRET_DESTINATION, KNOWN]);
         let need = |k: &str| {
             text(config, k)
                 .unwrap_or_else(|| invalid(format!("sqlserver connector: \"{k}\" is required"), ""))

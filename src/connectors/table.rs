@@ -75,7 +75,7 @@ impl TableConfig {
             "export_mode",
             "export_functions",
         ];
-        super::known_settings(config, "table", KNOWN);
+        super::known_settings(config, "table", &[KNOWN]);
         let source_text = opt_str(config, "source").unwrap_or_else(|| {
             invalid(
                 "table connector: \"source\" is required",

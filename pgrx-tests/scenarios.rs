@@ -694,3 +694,39 @@ fn function_source_export_functions_and_delete() {
     assert_eq!(int("SELECT count(*) FROM mesh.mesh_object"), 2, "Grace's mesh object is gone");
     assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0);
 }
+
+/// A value reads the same whoever runs the engine: a client whose session sets another
+/// time zone, float digits, interval, bytea or date style (JDBC sets the JVM's time zone)
+/// sees the engine write UTC and exact digits, in imports and in flow expressions alike,
+/// and gets its own settings back; the next run from a default session finds nothing
+/// changed.
+#[pg_test]
+fn values_read_the_same_whatever_the_callers_settings() {
+    run(r#"CREATE SCHEMA z;
+         CREATE TABLE z.people (id integer PRIMARY KEY, stamp timestamptz, span interval, f double precision,
+                                raw bytea, day date);
+         INSERT INTO z.people VALUES (1, '2026-01-02 03:04:05.678+02', '1 day 2 hours 3 minutes 4 seconds',
+                                      0.1::float8 + 0.2::float8, '\x0102', '2026-03-04')"#);
+    run(r#"SELECT mesh.create_connector('Zoned', 'table', '{"source": "z.people", "anchor": "id"}')"#);
+    run("SELECT mesh.set_projection('Zoned', 'person', true)");
+    run("SELECT mesh.add_import_flow('Zoned', 'person', a, a, 90) FROM unnest(ARRAY['id', 'stamp', 'span', 'f', 'raw', 'day']) a");
+    run("SELECT mesh.add_import_flow('Zoned', 'person', 'stamp::timestamptz::text || '' '' || day::date::text', 'stamp_text', 90)");
+    run("SET TimeZone = 'Asia/Tokyo'; SET IntervalStyle = 'iso_8601'; SET extra_float_digits = -3;
+         SET bytea_output = 'escape'; SET DateStyle = 'SQL, DMY'");
+    let runs = cycle();
+    assert_eq!(runs["Zoned/delta_import"]["added"], json!(1), "{runs}");
+    let got = js("SELECT attrs FROM mesh.mesh_object WHERE NOT deleted");
+    assert_eq!(got["stamp"], json!("2026-01-02T01:04:05.678+00:00"), "{got}");
+    assert_eq!(got["span"], json!("1 day 02:03:04"), "{got}");
+    assert_eq!(got["f"].to_string(), "0.30000000000000004", "{got}");
+    assert_eq!(got["raw"], json!("\\x0102"), "{got}");
+    assert_eq!(got["stamp_text"], json!("2026-01-02 01:04:05.678+00 2026-03-04"), "{got}");
+    assert_eq!(
+        one::<String>("SELECT current_setting('TimeZone') || ' ' || current_setting('extra_float_digits')"),
+        Some("Asia/Tokyo -3".into()),
+        "the caller's settings come back"
+    );
+    run("RESET TimeZone; RESET IntervalStyle; RESET extra_float_digits; RESET bytea_output; RESET DateStyle");
+    let again = js("SELECT to_jsonb(r) FROM mesh.run('Zoned', 'full_import') r");
+    assert_eq!((again["updated"].clone(), again["unchanged"].clone()), (json!(0), json!(1)), "{again}");
+}

@@ -55,7 +55,7 @@ GRANT EXECUTE ON FUNCTION mesh.is_empty(jsonb), mesh.nullif_empty(jsonb), mesh.n
                           mesh.resolve_final(mesh.contribution), mesh.resolve(mesh.contribution[]),
                           mesh.reflects(jsonb, jsonb), mesh.diff(jsonb, jsonb, text[]), mesh.set_text(jsonb),
                           mesh.same_value(jsonb, jsonb), mesh.contradicted(jsonb, jsonb),
-                          mesh._compile(text, boolean), mesh.explain(bigint, text)
+                          mesh._compile(text, boolean), mesh.explain(bigint, text), mesh._rendering_settings()
    TO mesh_reader;
 GRANT EXECUTE ON FUNCTION mesh.resolve_agg(jsonb, integer, timestamptz, text, boolean) TO mesh_reader;
 
@@ -95,5 +95,24 @@ BEGIN
                                   'discover_schema', 'set_deletion_rule', 'delete_object')
     LOOP
         EXECUTE format('ALTER FUNCTION %s SECURITY DEFINER SET search_path = pg_catalog, mesh, public, pg_temp', f);
+    END LOOP;
+END $$;
+
+-- The functions that run the engine work under fixed settings for how values are written
+-- as text (time zone UTC, full float digits, standard interval and bytea spellings: see
+-- mesh._rendering_settings): an object read from a client whose session sets another
+-- TimeZone (JDBC sets the JVM's) must not look changed to the next run from psql or a
+-- background worker. The caller's own settings come back when the function returns.
+DO $$
+DECLARE
+    f regprocedure;
+    settings text := (SELECT string_agg(format('SET %s = %L', name, value), ' ') FROM mesh._rendering_settings());
+BEGIN
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'mesh'::regnamespace
+                AND p.proname IN ('run', 'sync', 'cycle', 'preview', 'preview_cycle', 'approve', 'retry',
+                                  'test_connection', 'delete_object')
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s %s', f, settings);
     END LOOP;
 END $$;

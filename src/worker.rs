@@ -99,6 +99,8 @@ pub extern "C-unwind" fn idmesh_run_main(arg: pg_sys::Datum) {
         unsafe { i64::from_polymorphic_datum(arg, false, pg_sys::INT8OID) }.unwrap_or_default();
     engine::running_in_worker();
     let described = BackgroundWorker::transaction(|| {
+        // For this worker's session: the settings `mesh.run` gives a run from a client.
+        store::exec("SELECT set_config(name, value, false) FROM mesh._rendering_settings()", &[]);
         store::exec(
             "UPDATE mesh.run SET worker_pid = pg_backend_pid() WHERE id = $1",
             &[run_id.into()],

@@ -1533,6 +1533,15 @@ fn test_connection_checks_the_export_side() {
     assert!(!ok);
     assert!(detail.contains("may not UPDATE checked (GRANT UPDATE ON checked"), "{detail}");
     assert!(detail.contains("adds would be refused: badge NOT NULL"), "{detail}");
+    // Privileges are read column by column: UPDATE on some columns is not enough for an
+    // upsert that sets the anchor too.
+    hr.batch_execute("GRANT UPDATE (display) ON checked TO hr_app").unwrap();
+    let (ok, detail) = export(&mut c);
+    assert!(!ok);
+    assert!(
+        detail.contains(r#"may not UPDATE column(s) "employee_id" of checked (GRANT UPDATE ("employee_id") ON checked"#),
+        "{detail}"
+    );
     hr.batch_execute("GRANT UPDATE ON checked TO hr_app; ALTER TABLE checked ALTER COLUMN badge SET DEFAULT 'none';")
         .unwrap();
     let (ok, detail) = export(&mut c);
@@ -1541,7 +1550,7 @@ fn test_connection_checks_the_export_side() {
     // Provisioning that deletes needs DELETE; in update mode it could add nothing.
     c.batch_execute(r#"SELECT mesh.set_provisioning('Checked', 'person', NULL, '{"deprovision": "delete"}')"#).unwrap();
     let (ok, detail) = export(&mut c);
-    assert!(!ok && detail.contains("may not DELETE checked (GRANT DELETE ON checked"), "{detail}");
+    assert!(!ok && detail.contains("may not DELETE checked and read its deleted rows (GRANT SELECT, DELETE ON checked"), "{detail}");
     hr.batch_execute("GRANT DELETE ON checked TO hr_app").unwrap();
     assert!(export(&mut c).0);
     let mut update_mode = config.clone();
@@ -1592,4 +1601,62 @@ fn an_add_whose_row_is_gone_is_written_again() {
     assert_eq!(notes, vec!["stays".to_string(), "goes".to_string()]);
     let pending = count(&mut c, "SELECT count(*) FROM mesh.pending_exports");
     assert_eq!(pending, 0, "both confirmed");
+}
+
+/// The settings a source's login or database gives its sessions never change a value: the
+/// connector pins how the server writes values (UTC, exact floats, standard interval and
+/// bytea spellings), so a DBA who sets another TimeZone for the login does not make every
+/// object read as changed, and a double is never rounded.
+#[test]
+fn a_sources_session_settings_never_change_its_values() {
+    let mut src = database_with_login("idmesh_it_zoned_src", "zoned_app", PASSWORD);
+    src.batch_execute(
+        r#"CREATE TABLE people (id integer PRIMARY KEY, stamp timestamptz, span interval, f double precision,
+                                raw bytea, day date);
+           INSERT INTO people VALUES (1, '2026-01-02 03:04:05.678+02', '1 day 2 hours 3 minutes 4 seconds',
+                                      0.1::float8 + 0.2::float8, '\x0102', '2026-03-04');
+           GRANT SELECT ON people TO zoned_app;"#,
+    )
+    .unwrap();
+    let mut admin = connect("postgres");
+    let settle = |admin: &mut Client, zone: &str, style: &str, digits: i32, bytea: &str| {
+        admin
+            .batch_execute(&format!(
+                "ALTER ROLE zoned_app IN DATABASE idmesh_it_zoned_src SET TimeZone = '{zone}';
+                 ALTER ROLE zoned_app IN DATABASE idmesh_it_zoned_src SET IntervalStyle = '{style}';
+                 ALTER ROLE zoned_app IN DATABASE idmesh_it_zoned_src SET extra_float_digits = {digits};
+                 ALTER ROLE zoned_app IN DATABASE idmesh_it_zoned_src SET bytea_output = '{bytea}';
+                 ALTER ROLE zoned_app IN DATABASE idmesh_it_zoned_src SET DateStyle = 'SQL, DMY';"
+            ))
+            .unwrap()
+    };
+    settle(&mut admin, "Asia/Tokyo", "iso_8601", -3, "escape");
+    let mut c = fresh_database_with_own_key("idmesh_it_zoned");
+    connector(
+        &mut c,
+        "Zoned",
+        json!({"dsn": format!("host=127.0.0.1 port={} dbname=idmesh_it_zoned_src user=zoned_app", port()),
+               "import_query": "SELECT * FROM people", "anchor": "id"}),
+    );
+    let first = run(&mut c, "Zoned", "full_import");
+    assert_eq!(first["added"], json!(1), "{first}");
+    let attrs: Value = c
+        .query_one("SELECT attrs FROM mesh.connector_object", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(attrs["stamp"], json!("2026-01-02T01:04:05.678+00:00"), "{attrs}");
+    assert_eq!(attrs["span"], json!("1 day 02:03:04"), "{attrs}");
+    assert_eq!(attrs["f"].to_string(), "0.30000000000000004", "{attrs}");
+    assert_eq!(attrs["raw"], json!("\\x0102"), "{attrs}");
+    assert_eq!(attrs["day"], json!("2026-03-04"), "{attrs}");
+    settle(&mut admin, "America/New_York", "sql_standard", 0, "hex");
+    let again = run(&mut c, "Zoned", "full_import");
+    assert_eq!(
+        (again["updated"].clone(), again["unchanged"].clone()),
+        (json!(0), json!(1)),
+        "{again}"
+    );
+    admin
+        .batch_execute("ALTER ROLE zoned_app IN DATABASE idmesh_it_zoned_src RESET ALL")
+        .unwrap();
 }

@@ -607,3 +607,30 @@ fn a_change_planned_during_a_background_export_is_still_written() {
         .unwrap();
     assert_eq!(name_there(&mut target), "Renamed");
 }
+
+/// A background run writes values as a run from a session does, whatever time zone the
+/// database gives the worker's session.
+#[test]
+fn a_background_run_writes_values_as_a_session_run_does() {
+    let mut c = setup(&[]);
+    c.batch_execute(
+        "ALTER DATABASE idmesh_workers SET TimeZone = 'Asia/Tokyo';
+         DROP TABLE IF EXISTS public.zoned;
+         CREATE TABLE public.zoned (id integer PRIMARY KEY, stamp timestamptz);
+         INSERT INTO public.zoned VALUES (1, '2026-01-02 03:04:05+02');
+         SELECT mesh.create_connector('Zoned', 'table', '{\"source\": \"public.zoned\", \"anchor\": \"id\"}');",
+    )
+    .unwrap();
+    let run: i64 = c
+        .query_one("SELECT mesh.enqueue('Zoned', 'full_import')", &[])
+        .unwrap()
+        .get(0);
+    let outcome = ended(&mut c, run, 60);
+    c.batch_execute("ALTER DATABASE idmesh_workers RESET TimeZone").unwrap();
+    assert_eq!(outcome, "success");
+    let stamp: String = c
+        .query_one("SELECT attrs->>'stamp' FROM mesh.connector_object", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(stamp, "2026-01-02T01:04:05+00:00");
+}

@@ -15,6 +15,29 @@ pub fn literal(value: &str) -> String {
     format!("'{}'", value.replace('\'', "''"))
 }
 
+/// The settings that change how PostgreSQL writes a value as text (and so as JSON): the
+/// engine's own runs and every session a postgres connector opens use these, so a value
+/// reads the same whoever runs the sync, from whatever client, and whatever the source's
+/// login or database sets (`TimeZone` moves a timestamp's offset, `extra_float_digits` below
+/// 1 rounds doubles, `IntervalStyle` and `bytea_output` change spellings). Each value is
+/// what a default cluster uses, except the time zone: the engine works in UTC.
+pub const RENDERING_SETTINGS: &[(&str, &str)] = &[
+    ("TimeZone", "UTC"),
+    ("DateStyle", "ISO, MDY"),
+    ("IntervalStyle", "postgres"),
+    ("extra_float_digits", "1"),
+    ("bytea_output", "hex"),
+];
+
+/// [`RENDERING_SETTINGS`] as `SET` commands, one string for a simple-query batch.
+pub fn rendering_set_commands() -> String {
+    RENDERING_SETTINGS
+        .iter()
+        .map(|(name, value)| format!("SET {name} = {};", literal(value)))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A name usable as a mesh attribute or a plain source attribute: letters, digits, `_`,
 /// and for directory attributes `-` (msDS-...). Starts with a letter or `_`.
 pub fn is_attribute_name(name: &str) -> bool {

@@ -36,3 +36,14 @@ fn _compile(
 fn _rebuild_views() {
     engine::compile::rebuild_views()
 }
+
+/// The settings every engine run works under (`idmesh_core::sql::RENDERING_SETTINGS`):
+/// sql/roles.sql gives them to the functions that run the engine, so they stay in one place.
+#[pg_extern(immutable, parallel_safe)]
+fn _rendering_settings() -> TableIterator<'static, (name!(name, String), name!(value, String))> {
+    TableIterator::new(
+        idmesh_core::sql::RENDERING_SETTINGS
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string())),
+    )
+}

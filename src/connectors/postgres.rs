@@ -404,6 +404,12 @@ impl PostgresConnector {
                     connect(&cfg, postgres_native_tls::MakeTlsConnector::new(connector), &what).await?
                 }
             };
+            // Values are read as the server writes them: pinned, so that a login's or a
+            // database's TimeZone (or float digits, interval style) never changes them.
+            client
+                .batch_execute(&idmesh_core::sql::rendering_set_commands())
+                .await
+                .map_err(|e| connection_error(&what, e))?;
             self.client = Some(client);
         }
         Ok(self.client.as_ref().unwrap())
@@ -704,10 +710,17 @@ impl PostgresConnector {
         if let Err(e) = client.prepare(&format!("SELECT {listed} FROM {quoted} WHERE false")).await {
             return step(false, connection_error(&format!("export_table {table}"), e).message);
         }
+        // Column by column, as the server checks them: a login may hold a privilege on some
+        // columns only. Updates read the columns they keep and the anchors they match;
+        // a deleted row comes back whole, so deletes read every column.
         let row = match client
             .query_one(
-                "SELECT has_table_privilege(c.oid, 'INSERT'), has_table_privilege(c.oid, 'UPDATE'), \
-                        has_table_privilege(c.oid, 'DELETE'), \
+                "SELECT ARRAY(SELECT x FROM unnest($2::text[]) x WHERE NOT has_column_privilege(c.oid, x, 'INSERT')), \
+                        ARRAY(SELECT x FROM unnest($2::text[]) x WHERE NOT has_column_privilege(c.oid, x, 'UPDATE')), \
+                        ARRAY(SELECT x FROM unnest($2::text[]) x WHERE NOT has_column_privilege(c.oid, x, 'SELECT')), \
+                        has_table_privilege(c.oid, 'DELETE') \
+                          AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
+                                            AND NOT a.attisdropped AND NOT has_column_privilege(c.oid, a.attnum, 'SELECT')), \
                         ARRAY(SELECT a.attname::text FROM pg_attribute a \
                                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull \
                                  AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '' \
@@ -720,21 +733,28 @@ impl PostgresConnector {
             Ok(row) => row,
             Err(e) => return step(false, connection_error(&format!("export_table {table}"), e).message),
         };
-        let (insert, update, delete): (bool, bool, bool) = (row.get(0), row.get(1), row.get(2));
-        let left_out: Vec<String> = row.get(3);
-        let needed: &[(&str, bool)] = match self.config.export_mode {
+        let (no_insert, no_update, no_select): (Vec<String>, Vec<String>, Vec<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        let delete: bool = row.get(3);
+        let left_out: Vec<String> = row.get(4);
+        let needed: &[(&str, &Vec<String>)] = match self.config.export_mode {
             // updates and disables are UPDATEs in every mode
-            Mode::Upsert | Mode::Insert => &[("INSERT", insert), ("UPDATE", update)],
-            Mode::Update => &[("UPDATE", update)],
+            Mode::Upsert | Mode::Insert => &[("INSERT", &no_insert), ("UPDATE", &no_update), ("SELECT", &no_select)],
+            Mode::Update => &[("UPDATE", &no_update), ("SELECT", &no_select)],
         };
-        let deleting = [("DELETE", delete)];
-        problems.extend(
-            needed
-                .iter()
-                .chain(if plan.deletes { &deleting[..] } else { &[] })
-                .filter(|(_, may)| !may)
-                .map(|(what, _)| format!("this login may not {what} {table} (GRANT {what} ON {table} TO it)")),
-        );
+        for (what, lacking) in needed.iter().filter(|(_, lacking)| !lacking.is_empty()) {
+            problems.push(if lacking.len() == cols.len() {
+                format!("this login may not {what} {table} (GRANT {what} ON {table} TO it)")
+            } else {
+                let listed = lacking.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");
+                format!("this login may not {what} column(s) {listed} of {table} (GRANT {what} ({listed}) ON {table} TO it)")
+            });
+        }
+        if plan.deletes && !delete {
+            problems.push(format!(
+                "this login may not DELETE {table} and read its deleted rows (GRANT SELECT, DELETE ON {table} TO it)"
+            ));
+        }
         if self.config.export_mode != Mode::Update && !left_out.is_empty() {
             problems.push(format!(
                 "adds would be refused: {} NOT NULL without a default, and no export flow writes it (add a flow or a default)",
@@ -744,7 +764,7 @@ impl PostgresConnector {
         if !problems.is_empty() {
             return step(false, problems.join("; "));
         }
-        let deletes = if delete || plan.deletes { "" } else { "; it may not DELETE (deprovisioning by delete would need it)" };
+        let deletes = if delete || plan.deletes { "" } else { "; it may not DELETE (deprovisioning by delete would need DELETE, and SELECT on every column)" };
         step(true, format!("{table} has the {} column(s) the export flows write{deletes}", cols.len()))
     }
 }

@@ -1365,6 +1365,7 @@ fn sqlserver_export_statements_over_tds() {
     let log = std::fs::read_to_string("/tmp/idmesh-run/tds/log").unwrap_or_default()[log_before..].to_string();
     assert!(log.contains("WHERE name = @P1 AND id = @P2 -- :not_a_parameter"), "bound, not spliced: {log}");
     assert!(!log.contains("Ada Lovelace"), "no value in the statement text: {log}");
+    assert!(log.contains("SET DATEFORMAT ymd"), "dates read in ISO order whatever the login's language: {log}");
 
     // A name no flow writes and the object does not have: 42703 for each change, and
     // nothing sent. A statement the server refuses (this one only reads): each change

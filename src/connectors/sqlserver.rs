@@ -255,7 +255,7 @@ impl SqlServerConnector {
                 ))
             })?;
             tcp.set_nodelay(true).ok();
-            let client = Client::connect(cfg, tcp.compat_write())
+            let mut client = Client::connect(cfg, tcp.compat_write())
                 .await
                 .map_err(|e| {
                     server_error(
@@ -263,6 +263,13 @@ impl SqlServerConnector {
                         e,
                     )
                 })?;
+            // A login's language sets how `datetime` reads '2026-03-04' (a German login
+            // reads 3 April): exports send dates as ISO text, so the order is pinned.
+            let pinned = match client.simple_query("SET DATEFORMAT ymd").await {
+                Ok(stream) => stream.into_results().await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            pinned.map_err(|e| server_error(&format!("the SQL Server of \"{}\"", self.name), e))?;
             self.client = Some(client);
         }
         Ok(self.client.as_mut().unwrap())

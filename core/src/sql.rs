@@ -19,14 +19,16 @@ pub fn literal(value: &str) -> String {
 /// engine's own runs and every session a postgres connector opens use these, so a value
 /// reads the same whoever runs the sync, from whatever client, and whatever the source's
 /// login or database sets (`TimeZone` moves a timestamp's offset, `extra_float_digits` below
-/// 1 rounds doubles, `IntervalStyle` and `bytea_output` change spellings). Each value is
-/// what a default cluster uses, except the time zone: the engine works in UTC.
+/// 1 rounds doubles, the others change spellings). Each value is a default cluster's,
+/// except two that a cluster takes from its host: the engine works in UTC, and writes
+/// money in the C locale.
 pub const RENDERING_SETTINGS: &[(&str, &str)] = &[
     ("TimeZone", "UTC"),
     ("DateStyle", "ISO, MDY"),
     ("IntervalStyle", "postgres"),
     ("extra_float_digits", "1"),
     ("bytea_output", "hex"),
+    ("lc_monetary", "C"),
 ];
 
 /// [`RENDERING_SETTINGS`] as `SET` commands, one string for a simple-query batch.

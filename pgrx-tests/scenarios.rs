@@ -721,6 +721,9 @@ fn values_read_the_same_whatever_the_callers_settings() {
     assert_eq!(got["f"].to_string(), "0.30000000000000004", "{got}");
     assert_eq!(got["raw"], json!("\\x0102"), "{got}");
     assert_eq!(got["stamp_text"], json!("2026-01-02 01:04:05.678+00 2026-03-04"), "{got}");
+    // explain evaluates the flow expression again, as the sync did
+    let explained = js("SELECT e.value FROM mesh.mesh_object o, mesh.explain(o.id, 'stamp_text') e WHERE NOT o.deleted");
+    assert_eq!(explained, got["stamp_text"]);
     assert_eq!(
         one::<String>("SELECT current_setting('TimeZone') || ' ' || current_setting('extra_float_digits')"),
         Some("Asia/Tokyo -3".into()),

@@ -111,7 +111,7 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
               WHERE p.pronamespace = 'mesh'::regnamespace
                 AND p.proname IN ('run', 'sync', 'cycle', 'preview', 'preview_cycle', 'approve', 'retry',
-                                  'test_connection', 'delete_object')
+                                  'test_connection', 'delete_object', 'explain')
     LOOP
         EXECUTE format('ALTER FUNCTION %s %s', f, settings);
     END LOOP;

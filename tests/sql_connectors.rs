@@ -1576,6 +1576,21 @@ fn test_connection_checks_the_export_side() {
     assert!(detail.contains("\"delete\" does not prepare") && detail.contains("chekced"), "{detail}");
     let rows = count(&mut hr, "SELECT count(*) FROM checked");
     assert_eq!(rows, 0, "nothing was written");
+    // Grants on the columns an export uses are enough: updates in update mode set the
+    // columns the flows write and read the anchor, nothing else.
+    hr.batch_execute(
+        "CREATE TABLE narrow (employee_id integer PRIMARY KEY, display text, salary numeric);
+         GRANT SELECT (employee_id, display), UPDATE (display) ON narrow TO hr_app;",
+    )
+    .unwrap();
+    connector(&mut c, "Narrow", json!({"dsn": dsn, "import_query": "SELECT employee_id, display FROM narrow",
+                                       "anchor": "employee_id", "export_table": "narrow", "export_mode": "update"}));
+    c.batch_execute("SELECT mesh.add_export_flow('Narrow', 'person', 'display', 'display')").unwrap();
+    let (ok, detail): (bool, String) = c
+        .query_one("SELECT ok, detail FROM mesh.test_connection('Narrow') WHERE step = 'export'", &[])
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert!(ok, "{detail}");
 }
 
 /// An add whose row is gone from the target by the next full import (deleted there before

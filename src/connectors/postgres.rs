@@ -706,17 +706,22 @@ impl PostgresConnector {
         } else {
             cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")
         };
+        // The columns updates set: those the flows write, and an upsert's adds the anchor too.
+        let updated: Vec<String> = match self.config.export_mode {
+            Mode::Upsert => cols.clone(),
+            Mode::Insert | Mode::Update => self.config.written.clone(),
+        };
         let client = self.client().await.ok()?;
         if let Err(e) = client.prepare(&format!("SELECT {listed} FROM {quoted} WHERE false")).await {
             return step(false, connection_error(&format!("export_table {table}"), e).message);
         }
         // Column by column, as the server checks them: a login may hold a privilege on some
-        // columns only. Updates read the columns they keep and the anchors they match;
-        // a deleted row comes back whole, so deletes read every column.
+        // columns only. Updates read the columns they keep and the anchors they match; a
+        // deleted row comes back whole, so deletes read every column.
         let row = match client
             .query_one(
                 "SELECT ARRAY(SELECT x FROM unnest($2::text[]) x WHERE NOT has_column_privilege(c.oid, x, 'INSERT')), \
-                        ARRAY(SELECT x FROM unnest($2::text[]) x WHERE NOT has_column_privilege(c.oid, x, 'UPDATE')), \
+                        ARRAY(SELECT x FROM unnest($3::text[]) x WHERE NOT has_column_privilege(c.oid, x, 'UPDATE')), \
                         ARRAY(SELECT x FROM unnest($2::text[]) x WHERE NOT has_column_privilege(c.oid, x, 'SELECT')), \
                         has_table_privilege(c.oid, 'DELETE') \
                           AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
@@ -726,7 +731,7 @@ impl PostgresConnector {
                                  AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '' \
                                  AND NOT a.attname::text = ANY($2) ORDER BY a.attnum) \
                    FROM pg_class c WHERE c.oid = $1::text::regclass",
-                &[&quoted, &cols],
+                &[&quoted, &cols, &updated],
             )
             .await
         {
@@ -743,7 +748,8 @@ impl PostgresConnector {
             Mode::Update => &[("UPDATE", &no_update), ("SELECT", &no_select)],
         };
         for (what, lacking) in needed.iter().filter(|(_, lacking)| !lacking.is_empty()) {
-            problems.push(if lacking.len() == cols.len() {
+            let checked = if *what == "UPDATE" { updated.len() } else { cols.len() };
+            problems.push(if lacking.len() == checked {
                 format!("this login may not {what} {table} (GRANT {what} ON {table} TO it)")
             } else {
                 let listed = lacking.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ");

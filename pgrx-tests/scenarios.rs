@@ -413,6 +413,23 @@ fn provisioning_and_deprovisioning() {
     // Nothing more to do on the next cycle.
     let quiet = cycle();
     assert_eq!(quiet["Accounts/export"]["updated"], json!(0), "{quiet}");
+    assert_eq!(int("SELECT count(*) FROM mesh.connector_object WHERE anchor = 'u3' AND disconnected"), 1);
+
+    // Alan comes back to R&D: provisioned again. The add takes over the row left behind
+    // (same login), and the next import joins that row to Alan by the anchor the add
+    // wrote, left by policy or not: the engine wrote it for him, so it is his again.
+    run("UPDATE hr.employees SET department = 'R&D' WHERE employee_id = 3");
+    let back = cycle();
+    assert_eq!(back["Accounts/export"]["added"], json!(1), "{back}");
+    let joined = cycle();
+    assert_eq!(joined["Accounts/export"]["added"], json!(0), "{joined}");
+    assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0, "the add is confirmed");
+    assert_eq!(
+        int("SELECT count(*) FROM mesh.connector_object c JOIN mesh.mesh_object o ON o.id = c.mesh_id
+             WHERE c.anchor = 'u3' AND NOT c.disconnected AND o.attrs->>'employee_id' = '3'"),
+        1
+    );
+    assert_eq!(int("SELECT count(*) FROM mesh.objects WHERE connectors ? 'Accounts'"), 2);
 }
 
 /// Bad input gets a clear error with a fitting SQLSTATE and changes nothing.

@@ -80,7 +80,8 @@ CREATE TABLE mesh.connector_object (
     deleted      boolean NOT NULL DEFAULT false,
     mesh_id      bigint,
     -- disconnected by policy (out of scope, deprovisioned by "leave"/"disable"): never
-    -- joined again automatically, so it cannot flap between joined and disconnected
+    -- joined again by join rules, so it cannot flap between joined and disconnected; an
+    -- add the engine writes over it (its object back in scope) takes it back
     disconnected boolean NOT NULL DEFAULT false,
     observed_at  timestamptz NOT NULL,
     change_seq   bigint NOT NULL,

@@ -116,7 +116,7 @@ BEGIN
         SELECT st.* FROM mesh.staging st WHERE st.run_id = $1 %s
     ), cls AS (
         SELECT s.*, c.anchor IS NOT NULL AS known, c.deleted AS was_deleted, c.hash AS old_hash, c.name AS old_name,
-               c.ctid AS row_id
+               c.mesh_id AS old_mesh_id, c.ctid AS row_id
         FROM s %s
     ), ins AS (
         INSERT INTO mesh.connector_object AS c (connector_id, anchor, object_type, name, name_key, attrs, hash, deleted,
@@ -133,7 +133,9 @@ BEGIN
                observed_at = statement_timestamp(), change_seq = nextval('mesh.change_seq')
           FROM cls
          WHERE c.ctid = cls.row_id AND cls.known
-           AND (cls.hash <> cls.old_hash OR cls.deleted <> cls.was_deleted OR cls.name <> cls.old_name)
+           AND (cls.hash <> cls.old_hash OR cls.deleted <> cls.was_deleted OR cls.name <> cls.old_name
+                -- an add's read-back that took over an unjoined row with the same values
+                OR (cls.old_mesh_id IS NULL AND cls.mesh_id IS NOT NULL))
         RETURNING cls.deleted AND NOT cls.was_deleted AS gone, cls.hash <> cls.old_hash AS changed,
                   cls.name <> cls.old_name AS moved
     )
@@ -141,7 +143,8 @@ BEGIN
            (SELECT count(*) FILTER (WHERE changed AND NOT gone) FROM upd),
            (SELECT count(*) FILTER (WHERE moved AND NOT gone) FROM upd),
            (SELECT count(*) FILTER (WHERE gone) FROM upd),
-           (SELECT count(*) FROM cls) - (SELECT count(*) FROM ins) - (SELECT count(*) FROM upd)
+           (SELECT count(*) FROM cls) - (SELECT count(*) FROM ins)
+             - (SELECT count(*) FROM upd WHERE changed OR moved OR gone)
              - (SELECT count(*) FROM cls WHERE NOT cls.known AND cls.deleted)
     $q$, rows, lookup) INTO added, updated, renamed, deleted, unchanged USING p_run, p_connector, p_batch;
 END $$;
@@ -202,13 +205,15 @@ BEGIN
 
     -- A row an add wrote joins the object it was written for, found by the anchor the add
     -- gave it: a target without join rules would otherwise never learn whose row it is
-    -- (and an upsert that took over an unjoined row makes that row the object's). Only an
-    -- anchor one applied add claims: two adds that wrote the same key (the second over the
-    -- first) leave the row unjoined, never joined to a guess.
+    -- (and an upsert that took over an unjoined row makes that row the object's, a row
+    -- left behind by a "leave" or "disable" policy too: the object is back in scope, and
+    -- the engine wrote the row for it). Only an anchor one applied add claims: two adds
+    -- that wrote the same key (the second over the first) leave the row unjoined, never
+    -- joined to a guess.
     -- Driven by the applied adds (few), each row looked up by its key (OFFSET 0): a join
     -- of the two tables read the whole connector space on every import.
     UPDATE mesh.connector_object c
-       SET mesh_id = a.mesh_id, change_seq = nextval('mesh.change_seq')
+       SET mesh_id = a.mesh_id, disconnected = false, change_seq = nextval('mesh.change_seq')
       FROM (SELECT pe.mesh_id, x.ctid AS row_id
               FROM (SELECT min(pe.mesh_id) AS mesh_id, pe.anchor, min(pe.object_type) AS object_type
                       FROM mesh.pending_export pe
@@ -217,7 +222,7 @@ BEGIN
                      GROUP BY pe.anchor HAVING count(*) = 1) pe
               CROSS JOIN LATERAL (SELECT o.ctid FROM mesh.connector_object o
                                    WHERE o.connector_id = p_connector AND o.anchor = pe.anchor AND o.mesh_id IS NULL
-                                     AND o.object_type = pe.object_type AND NOT o.deleted AND NOT o.disconnected
+                                     AND o.object_type = pe.object_type AND NOT o.deleted
                                      AND NOT EXISTS (SELECT 1 FROM mesh.connector_object j
                                                       WHERE j.connector_id = p_connector AND j.mesh_id = pe.mesh_id
                                                         AND NOT j.deleted)

@@ -1676,3 +1676,50 @@ fn a_sources_session_settings_never_change_its_values() {
         .batch_execute("ALTER ROLE zoned_app IN DATABASE idmesh_it_zoned_src RESET ALL")
         .unwrap();
 }
+
+/// An object that leaves a target's scope under a "leave" policy keeps its row there,
+/// disconnected; when it comes back, its add takes that row over (same key), and the next
+/// import joins the row to it by the anchor the add wrote: the add is confirmed, never left
+/// waiting for a row the policy would not join.
+#[test]
+fn an_object_back_in_scope_takes_its_row_back() {
+    let mut hr = hr_source();
+    hr.batch_execute(
+        "CREATE TABLE back_src (id integer PRIMARY KEY, note text, dept text);
+         INSERT INTO back_src VALUES (1, 'Ada', 'R&D'), (2, 'Alan', 'R&D');
+         CREATE TABLE back_dst (id integer PRIMARY KEY, note text);
+         GRANT ALL ON back_src, back_dst TO hr_app;",
+    )
+    .unwrap();
+    let mut c = fresh_database_with_own_key("idmesh_it_back");
+    let dsn = format!("host=127.0.0.1 port={} dbname=idmesh_it_hr user=hr_app", port());
+    connector(&mut c, "Back", json!({"dsn": dsn, "import_query": "SELECT * FROM back_src", "anchor": "id"}));
+    connector(&mut c, "Back out", json!({"dsn": dsn, "import_query": "SELECT * FROM back_dst", "anchor": "id",
+                                         "export_table": "back_dst"}));
+    c.batch_execute(
+        r#"SELECT mesh.set_projection('Back', 'person', true);
+           SELECT mesh.add_import_flow('Back', 'person', a, a, 90) FROM unnest(ARRAY['id', 'note', 'dept']) a;
+           SELECT mesh.add_export_flow('Back out', 'person', a, a) FROM unnest(ARRAY['id', 'note']) a;
+           SELECT mesh.set_provisioning('Back out', 'person', $$dept = 'R&D'$$, '{"deprovision": "leave"}');
+           SELECT count(*) FROM mesh.cycle(); SELECT count(*) FROM mesh.cycle();"#,
+    )
+    .unwrap();
+    assert_eq!(count(&mut c, "SELECT count(*) FROM mesh.pending_exports"), 0, "both adds confirmed");
+    let row_of_2 = "SELECT count(*) FROM mesh.connector_object c JOIN mesh.connector k ON k.id = c.connector_id
+                    WHERE k.name = 'Back out' AND c.anchor = '2'";
+    hr.batch_execute("UPDATE back_src SET dept = 'Ops' WHERE id = 2").unwrap();
+    c.batch_execute("SELECT count(*) FROM mesh.cycle()").unwrap();
+    assert_eq!(count(&mut c, &format!("{row_of_2} AND c.disconnected AND c.mesh_id IS NULL")), 1, "left by policy");
+    assert_eq!(count(&mut hr, "SELECT count(*) FROM back_dst"), 2, "the row stays");
+
+    hr.batch_execute("UPDATE back_src SET dept = 'R&D' WHERE id = 2").unwrap();
+    c.batch_execute("SELECT count(*) FROM mesh.cycle(); SELECT count(*) FROM mesh.cycle();").unwrap();
+    let left: Vec<(String, String)> = pairs(&mut c, "SELECT operation, status FROM mesh.pending_exports");
+    assert!(left.is_empty(), "the add is confirmed: {left:?}");
+    assert_eq!(
+        count(&mut c, &format!("{row_of_2} AND NOT c.disconnected
+                                 AND c.mesh_id = (SELECT id FROM mesh.mesh_object WHERE attrs->>'id' = '2')")),
+        1,
+        "the row is Alan's again"
+    );
+}

@@ -394,6 +394,8 @@ fn provisioning_and_deprovisioning() {
     run("SELECT mesh.add_join_rule('Accounts', 'person', $$substr(login, 2)$$, 'employee_id')");
     run("SELECT mesh.add_export_flow('Accounts', 'person', $$'u' || employee_id$$, 'login')");
     run("SELECT mesh.add_export_flow('Accounts', 'person', 'display_name', 'display')");
+    // What an add writes to re-enable an account that a "disable" left behind.
+    run("SELECT mesh.add_export_flow('Accounts', 'person', '(true)', 'active')");
     run(r#"SELECT mesh.set_provisioning('Accounts', 'person', $$department = 'R&D'$$,
               '{"deprovision": "disable", "disable": {"active": false}}')"#);
     let runs = cycle();
@@ -430,6 +432,7 @@ fn provisioning_and_deprovisioning() {
         1
     );
     assert_eq!(int("SELECT count(*) FROM mesh.objects WHERE connectors ? 'Accounts'"), 2);
+    assert_eq!(one::<bool>("SELECT active FROM pb.accounts WHERE login = 'u3'"), Some(true), "enabled again");
 }
 
 /// Bad input gets a clear error with a fitting SQLSTATE and changes nothing.
@@ -444,6 +447,8 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert!(typo.starts_with("42703") && typo.contains("titel"), "{typo}");
     assert!(outcome("SELECT mesh.add_import_flow('HR', 'person', 'title', 'bad name', 50)").starts_with("42602"));
     assert!(outcome("SELECT mesh.add_export_flow('HR', 'person', 'phone', 'no_such_column')").starts_with("42703"));
+    let source = outcome("SELECT mesh.add_export_flow('HR', 'person', 'titel', 'title')");
+    assert!(source.starts_with("42703") && source.contains("titel"), "{source}");
     assert!(outcome("SELECT mesh.run('HR', 'fastest_import')").starts_with("22023"));
     assert!(outcome(r#"SELECT mesh.create_connector('X', 'table', '{"source": "hr.nope", "anchor": "id"}')"#).starts_with("42P01"));
     assert!(outcome(r#"SELECT mesh.create_connector('X', 'table', '{"source": "hr.employees", "anchor": "nope"}')"#).starts_with("42703"));
@@ -452,6 +457,9 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert!(outcome(r#"SELECT mesh.create_connector('HR', 'table', '{"source": "hr.employees", "anchor": "employee_id"}')"#).starts_with("42710"));
     assert!(outcome("SELECT mesh.set_provisioning('HR', 'person', $$department$$)").starts_with("42804"));
     assert!(outcome(r#"SELECT mesh.set_provisioning('HR', 'person', NULL, '{"deprovision": "shred"}')"#).starts_with("22023"));
+    assert!(outcome(r#"SELECT mesh.set_provisioning('HR', 'person', NULL, '{"deprovison": "delete"}')"#).starts_with("22023"));
+    let scope = outcome(r#"SELECT mesh.set_provisioning('HR', 'person', 'departmnt IS NOT NULL', '{"deprovision": "delete"}')"#);
+    assert!(scope.starts_with("42703") && scope.contains("departmnt"), "{scope}");
     assert!(outcome("SELECT * FROM mesh.explain(424242, 'title')").starts_with("42704"));
     let bg = outcome("SELECT mesh.enqueue('HR', 'delta_import')");
     assert!(bg.starts_with("55000") && bg.contains("shared_preload_libraries"), "{bg}");
@@ -721,13 +729,14 @@ fn function_source_export_functions_and_delete() {
 fn values_read_the_same_whatever_the_callers_settings() {
     run(r#"CREATE SCHEMA z;
          CREATE TABLE z.people (id integer PRIMARY KEY, stamp timestamptz, span interval, f double precision,
-                                raw bytea, day date);
+                                raw bytea, day date, dtext text);
          INSERT INTO z.people VALUES (1, '2026-01-02 03:04:05.678+02', '1 day 2 hours 3 minutes 4 seconds',
-                                      0.1::float8 + 0.2::float8, '\x0102', '2026-03-04')"#);
+                                      0.1::float8 + 0.2::float8, '\x0102', '2026-03-04', '03/04/2026')"#);
     run(r#"SELECT mesh.create_connector('Zoned', 'table', '{"source": "z.people", "anchor": "id"}')"#);
     run("SELECT mesh.set_projection('Zoned', 'person', true)");
     run("SELECT mesh.add_import_flow('Zoned', 'person', a, a, 90) FROM unnest(ARRAY['id', 'stamp', 'span', 'f', 'raw', 'day']) a");
     run("SELECT mesh.add_import_flow('Zoned', 'person', 'stamp::timestamptz::text || '' '' || day::date::text', 'stamp_text', 90)");
+    run("SELECT mesh.add_import_flow('Zoned', 'person', 'dtext::date', 'dparsed', 90)");
     run("SET TimeZone = 'Asia/Tokyo'; SET IntervalStyle = 'iso_8601'; SET extra_float_digits = -3;
          SET bytea_output = 'escape'; SET DateStyle = 'SQL, DMY'");
     let runs = cycle();
@@ -738,6 +747,7 @@ fn values_read_the_same_whatever_the_callers_settings() {
     assert_eq!(got["f"].to_string(), "0.30000000000000004", "{got}");
     assert_eq!(got["raw"], json!("\\x0102"), "{got}");
     assert_eq!(got["stamp_text"], json!("2026-01-02 01:04:05.678+00 2026-03-04"), "{got}");
+    assert_eq!(got["dparsed"], json!("2026-03-04"), "month first, whatever the caller's DateStyle: {got}");
     // explain evaluates the flow expression again, as the sync did
     let explained = js("SELECT e.value FROM mesh.mesh_object o, mesh.explain(o.id, 'stamp_text') e WHERE NOT o.deleted");
     assert_eq!(explained, got["stamp_text"]);
@@ -749,4 +759,36 @@ fn values_read_the_same_whatever_the_callers_settings() {
     run("RESET TimeZone; RESET IntervalStyle; RESET extra_float_digits; RESET bytea_output; RESET DateStyle");
     let again = js("SELECT to_jsonb(r) FROM mesh.run('Zoned', 'full_import') r");
     assert_eq!((again["updated"].clone(), again["unchanged"].clone()), (json!(0), json!(1)), "{again}");
+}
+
+/// An attribute nothing contributes is left out of the object, and only that: a null
+/// member inside a value (a jsonb column's `{"z": null}`) is part of the value, kept in
+/// the mesh and written to targets as it was read.
+#[pg_test]
+fn null_members_inside_values_are_kept() {
+    run(r#"CREATE SCHEMA j;
+         CREATE TABLE j.src (id integer PRIMARY KEY, doc jsonb, note text);
+         INSERT INTO j.src VALUES (1, '{"x": 1.50, "z": null, "n": {"a": null, "b": [null, {"c": null}]}}', NULL),
+                                  (2, '{"x": 2}', 'plain');
+         CREATE TABLE j.dst (id integer PRIMARY KEY, doc jsonb, note text)"#);
+    run(r#"SELECT mesh.create_connector('Docs', 'table', '{"source": "j.src", "anchor": "id"}')"#);
+    run(r#"SELECT mesh.create_connector('Copy', 'table', '{"source": "j.dst", "anchor": "id", "export_table": "j.dst"}')"#);
+    run("SELECT mesh.set_projection('Docs', 'person', true)");
+    run("SELECT mesh.add_import_flow('Docs', 'person', a, a, 90) FROM unnest(ARRAY['id', 'doc', 'note']) a");
+    run("SELECT mesh.add_export_flow('Copy', 'person', a, a) FROM unnest(ARRAY['id', 'doc', 'note']) a");
+    run("SELECT mesh.set_provisioning('Copy', 'person', NULL, '{}')");
+    let runs = cycle();
+    assert_eq!(runs["Copy/export"]["added"], json!(2), "{runs}");
+    let first = js("SELECT attrs FROM mesh.mesh_object WHERE attrs->>'id' = '1'");
+    assert_eq!(
+        int(r#"SELECT count(*) FROM mesh.mesh_object
+               WHERE attrs = '{"id": 1, "doc": {"x": 1.50, "z": null, "n": {"a": null, "b": [null, {"c": null}]}}}'"#),
+        1,
+        "{first}"
+    );
+    assert_eq!(int("SELECT count(*) FROM j.dst d JOIN j.src s USING (id) WHERE d.doc = s.doc AND d.note IS NOT DISTINCT FROM s.note"), 2);
+    // Read back and compared: nothing left to do.
+    let again = cycle();
+    assert_eq!(again["Copy/export"]["added"], json!(0), "{again}");
+    assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0);
 }

@@ -48,7 +48,7 @@ GRANT SELECT ON mesh.dashboard, mesh.run_history, mesh.errors, mesh.pending_expo
    TO mesh_reader;
 
 -- Pure helpers the views and the resolution SQL use (they read nothing secret).
-GRANT EXECUTE ON FUNCTION mesh.is_empty(jsonb), mesh.nullif_empty(jsonb), mesh.name_key(text),
+GRANT EXECUTE ON FUNCTION mesh.is_empty(jsonb), mesh.strip_null_attributes(jsonb), mesh.nullif_empty(jsonb), mesh.name_key(text),
                           mesh.ref_values(jsonb), mesh.ref(integer, jsonb), mesh.ref_name(integer, jsonb),
                           mesh.beats(mesh.contribution, mesh.contribution),
                           mesh.resolve_step(mesh.contribution, jsonb, integer, timestamptz, text, boolean),

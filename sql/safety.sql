@@ -173,7 +173,7 @@ BEGIN
     INSERT INTO mesh.audit (action, object, connector, detail)
     VALUES (lower(TG_OP), TG_TABLE_NAME,
             coalesce((SELECT c.name FROM mesh.connector c WHERE c.id = cid), row_old ->> 'name'),
-            jsonb_strip_nulls(jsonb_build_object('new', row_new, 'old', row_old,
+            mesh.strip_null_attributes(jsonb_build_object('new', row_new, 'old', row_old,
                 'secret_changed', CASE WHEN secret_changed THEN true END)));
     RETURN NULL;
 END $$;

@@ -320,6 +320,13 @@ CREATE FUNCTION mesh.is_empty(v jsonb) RETURNS boolean
 LANGUAGE c IMMUTABLE PARALLEL SAFE
 AS 'MODULE_PATHNAME', 'idmesh_is_empty';
 
+-- An object without its null members, at the top level only (jsonb_strip_nulls would
+-- also strip them inside values: a jsonb column's {"z": null}). In C (src/values.rs): the
+-- sync builds every object's resolved attributes through it.
+CREATE FUNCTION mesh.strip_null_attributes(v jsonb) RETURNS jsonb
+LANGUAGE c IMMUTABLE STRICT PARALLEL SAFE
+AS 'MODULE_PATHNAME', 'idmesh_strip_null_attributes';
+
 CREATE FUNCTION mesh.nullif_empty(v jsonb) RETURNS jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN mesh.is_empty(v) THEN NULL ELSE v END;

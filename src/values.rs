@@ -27,6 +27,80 @@ pub unsafe extern "C-unwind" fn idmesh_is_empty(fcinfo: pg_sys::FunctionCallInfo
     }
 }
 
+#[unsafe(no_mangle)]
+#[doc(hidden)]
+pub extern "C" fn pg_finfo_idmesh_strip_null_attributes() -> &'static pg_sys::Pg_finfo_record {
+    const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+    &V1
+}
+
+/// `mesh.strip_null_attributes(jsonb)`: an object without its null members, at the top
+/// level only. The resolved attributes of an object name every attribute, null where
+/// nothing contributes; `jsonb_strip_nulls` would also take the null members out of the
+/// values themselves (a jsonb column's `{"z": null}`). An object without a null member
+/// (the usual case) comes back as it is, without a copy.
+///
+/// # Safety
+/// Called by PostgreSQL's function manager with one jsonb argument.
+#[unsafe(no_mangle)]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn idmesh_strip_null_attributes(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    use pg_sys::JsonbIteratorToken::*;
+    unsafe {
+        let arg = &*(*fcinfo).args.as_ptr();
+        if arg.isnull {
+            (*fcinfo).isnull = true;
+            return pg_sys::Datum::from(0);
+        }
+        let jsonb = pg_sys::pg_detoast_datum(arg.value.cast_mut_ptr()) as *mut pg_sys::Jsonb;
+        let root = &mut (*jsonb).root as *mut pg_sys::JsonbContainer;
+        let mut is_object = false;
+        let mut has_null = false;
+        top_level_tokens(root, |token, value| match token {
+            WJB_BEGIN_OBJECT => is_object = true,
+            WJB_VALUE if value.type_ == pg_sys::jbvType::jbvNull => has_null = true,
+            _ => {}
+        });
+        if !is_object || !has_null {
+            return pg_sys::Datum::from(jsonb);
+        }
+        let mut state: *mut pg_sys::JsonbParseState = std::ptr::null_mut();
+        let mut built: *mut pg_sys::JsonbValue = std::ptr::null_mut();
+        let mut key: pg_sys::JsonbValue = std::mem::zeroed();
+        top_level_tokens(root, |token, value| match token {
+            WJB_KEY => key = *value,
+            WJB_VALUE if value.type_ == pg_sys::jbvType::jbvNull => {}
+            WJB_VALUE => {
+                pg_sys::pushJsonbValue(&mut state, WJB_KEY, &mut key);
+                pg_sys::pushJsonbValue(&mut state, WJB_VALUE, value);
+            }
+            _ => built = pg_sys::pushJsonbValue(&mut state, token, std::ptr::null_mut()),
+        });
+        pg_sys::Datum::from(pg_sys::JsonbValueToJsonb(built))
+    }
+}
+
+/// Each token of a jsonb container's top level, nested containers as single values.
+///
+/// # Safety
+/// `root` is a detoasted jsonb container that outlives the call.
+unsafe fn top_level_tokens(
+    root: *mut pg_sys::JsonbContainer,
+    mut each: impl FnMut(pg_sys::JsonbIteratorToken::Type, &mut pg_sys::JsonbValue),
+) {
+    unsafe {
+        let mut it = pg_sys::JsonbIteratorInit(root);
+        let mut value: pg_sys::JsonbValue = std::mem::zeroed();
+        loop {
+            let token = pg_sys::JsonbIteratorNext(&mut it, &mut value, true);
+            if token == pg_sys::JsonbIteratorToken::WJB_DONE {
+                break;
+            }
+            each(token, &mut value);
+        }
+    }
+}
+
 /// The data of a varlena datum (after its header), detoasted in the current memory context.
 ///
 /// # Safety

@@ -1522,7 +1522,8 @@ fn test_connection_checks_the_export_side() {
                         "export_table": "checked"});
     connector(&mut c, "Checked", config.clone());
     c.batch_execute(
-        "SELECT mesh.add_export_flow('Checked', 'person', a, a) FROM unnest(ARRAY['employee_id', 'display']) a;",
+        "SELECT mesh.add_export_flow('Checked', 'person', a, a) FROM unnest(ARRAY['employee_id', 'display']) a;
+         SELECT mesh.set_provisioning('Checked', 'person', NULL, '{}');",
     )
     .unwrap();
     let export = |c: &mut Client| -> (bool, String) {
@@ -1586,11 +1587,24 @@ fn test_connection_checks_the_export_side() {
     connector(&mut c, "Narrow", json!({"dsn": dsn, "import_query": "SELECT employee_id, display FROM narrow",
                                        "anchor": "employee_id", "export_table": "narrow", "export_mode": "update"}));
     c.batch_execute("SELECT mesh.add_export_flow('Narrow', 'person', 'display', 'display')").unwrap();
-    let (ok, detail): (bool, String) = c
-        .query_one("SELECT ok, detail FROM mesh.test_connection('Narrow') WHERE step = 'export'", &[])
-        .map(|r| (r.get(0), r.get(1)))
-        .unwrap();
+    let narrow = |c: &mut Client| -> (bool, String) {
+        c.query_one("SELECT ok, detail FROM mesh.test_connection('Narrow') WHERE step = 'export'", &[])
+            .map(|r| (r.get(0), r.get(1)))
+            .unwrap()
+    };
+    let (ok, detail) = narrow(&mut c);
     assert!(ok, "{detail}");
+    // Without provisioning nothing is added: upsert mode asks no INSERT either.
+    c.execute(
+        "SELECT mesh.alter_connector('Narrow', config => config || '{\"export_mode\": \"upsert\"}') FROM mesh.connector WHERE name = 'Narrow'",
+        &[],
+    )
+    .unwrap();
+    let (ok, detail) = narrow(&mut c);
+    assert!(ok, "{detail}");
+    c.batch_execute("SELECT mesh.set_provisioning('Narrow', 'person', NULL, '{}')").unwrap();
+    let (ok, detail) = narrow(&mut c);
+    assert!(!ok && detail.contains("may not INSERT narrow"), "{detail}");
 }
 
 /// An add whose row is gone from the target by the next full import (deleted there before

@@ -62,7 +62,18 @@ pub enum Deprovision {
 
 impl Deprovision {
     pub fn from_options(options: &Value) -> Result<Deprovision, String> {
-        match options.get("deprovision").and_then(Value::as_str).unwrap_or("leave") {
+        // A misspelled option would silently leave the policy at "leave".
+        if let Some(m) = options.as_object() {
+            if let Some(k) = m.keys().find(|k| !["deprovision", "disable"].contains(&k.as_str())) {
+                return Err(format!("unknown provisioning option \"{k}\": the options are deprovision and disable"));
+            }
+        }
+        let policy = match options.get("deprovision") {
+            None => "leave",
+            Some(Value::String(p)) => p.as_str(),
+            Some(other) => return Err(format!("deprovision must be \"delete\", \"disable\" or \"leave\", not {other}")),
+        };
+        match policy {
             "delete" => Ok(Deprovision::Delete),
             "leave" => Ok(Deprovision::Leave),
             "disable" => match options.get("disable") {
@@ -253,7 +264,7 @@ fn resolved_attributes(flows: &[&ImportFlow]) -> String {
             (t.to_string(), attribute_case(&group))
         })
         .collect();
-    format!("jsonb_strip_nulls({})", build_object(&pairs))
+    format!("mesh.strip_null_attributes({})", build_object(&pairs))
 }
 
 /// Recomputes the attributes of the mesh objects of one type from the connector objects
@@ -917,6 +928,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d, Deprovision::Disable(json!({"active": false})));
+        // A misspelled or misplaced option is refused, never read as "leave".
+        let typo = Deprovision::from_options(&json!({"deprovison": "delete"})).unwrap_err();
+        assert!(typo.contains("\"deprovison\""), "{typo}");
+        assert!(Deprovision::from_options(&json!({"deprovision": null})).is_err());
     }
 
     #[test]

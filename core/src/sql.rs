@@ -19,14 +19,14 @@ pub fn literal(value: &str) -> String {
 /// engine's own runs and every session a postgres connector opens use these, so a value
 /// reads the same whoever runs the sync, from whatever client, and whatever the source's
 /// login or database sets (`TimeZone` moves a timestamp's offset, `extra_float_digits` below
-/// 1 rounds doubles, the others change spellings). The engine works in UTC and writes
-/// money in the C locale; `DateStyle` names the output style only, so the cluster's day
-/// and month order for reading text stays as configured; 3 float digits are exact on
-/// PostgreSQL 11 and older too (12 and later write the shortest exact form for any
-/// value above 0).
+/// 1 rounds doubles, the others change spellings). The engine works in UTC, writes money
+/// in the C locale, and reads dates written as text month first (`DateStyle` ISO, MDY,
+/// PostgreSQL's own default: an expression's `'03/04/2026'::date` must not depend on the
+/// caller either); 3 float digits are exact on PostgreSQL 11 and older too (12 and later
+/// write the shortest exact form for any value above 0).
 pub const RENDERING_SETTINGS: &[(&str, &str)] = &[
     ("TimeZone", "UTC"),
-    ("DateStyle", "ISO"),
+    ("DateStyle", "ISO, MDY"),
     ("IntervalStyle", "postgres"),
     ("extra_float_digits", "3"),
     ("bytea_output", "hex"),

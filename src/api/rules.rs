@@ -36,6 +36,30 @@ fn mesh_attribute(name: &str) {
 }
 
 /// Runs a check statement; a failure becomes an error that names the rule part at fault.
+/// Every attribute `expr` names is one an import flow of `object_type` gives (once the type
+/// has import flows): any other reads as NULL for every object, a typo that would go
+/// unnoticed (a bare word is an attribute: write `(true)` for a constant).
+fn check_mesh_attributes(object_type: &str, expr: &str, what: &str) {
+    let known: Vec<String> = store::json(
+        "SELECT coalesce(jsonb_agg(DISTINCT target ORDER BY target), '[]') FROM mesh.flow_rule \
+          WHERE direction = 'import' AND object_type = $1",
+        &[object_type.into()],
+    )
+    .as_array()
+    .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+    .unwrap_or_default();
+    if known.is_empty() {
+        return;
+    }
+    if let Some(unknown) = Source::parse(expr).reads().into_iter().find(|n| !known.contains(n)) {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+            format!("{what} \"{expr}\" uses \"{unknown}\", which no import flow of {object_type} gives"),
+            &format!("{} A constant is written as an expression, e.g. (true).", close_names(&unknown, &known)),
+        );
+    }
+}
+
 fn check_compiles(sql: &str, what: &str, text: &str) {
     if let Err(e) = subxact(|| store::exec(sql, &[])) {
         raise(
@@ -319,6 +343,7 @@ fn add_export_flow(
         "export source",
         source,
     );
+    check_mesh_attributes(object_type, source, "export source");
     let id = insert_flow(
         &c,
         "export",
@@ -426,6 +451,9 @@ fn set_provisioning(
             "provisioning scope",
             s,
         );
+        // A misspelled attribute reads as NULL for every object: the scope would hold for
+        // none, and a "delete" deprovisioning would delete every object of the target.
+        check_mesh_attributes(object_type, s, "provisioning scope");
     }
     store::exec(
         "INSERT INTO mesh.provisioning (connector_id, object_type, scope, options) VALUES ($1, $2, $3, $4) \

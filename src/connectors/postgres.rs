@@ -706,10 +706,13 @@ impl PostgresConnector {
         } else {
             cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")
         };
-        // The columns updates set: those the flows write, and an upsert's adds the anchor too.
+        // Adds happen where provisioning asks for them, outside update mode.
+        let adds = plan.adds && self.config.export_mode != Mode::Update;
+        // The columns updates set: those the flows write (an anchor only when it changes,
+        // which is rare and then that change's error); an upsert's adds set the anchor too.
         let updated: Vec<String> = match self.config.export_mode {
-            Mode::Upsert => cols.clone(),
-            Mode::Insert | Mode::Update => self.config.written.clone(),
+            Mode::Upsert if adds => cols.clone(),
+            _ => cols.iter().filter(|c| !self.config.anchor.contains(c) && self.config.written.contains(c)).cloned().collect(),
         };
         let client = self.client().await.ok()?;
         if let Err(e) = client.prepare(&format!("SELECT {listed} FROM {quoted} WHERE false")).await {
@@ -742,10 +745,10 @@ impl PostgresConnector {
             (row.get(0), row.get(1), row.get(2));
         let delete: bool = row.get(3);
         let left_out: Vec<String> = row.get(4);
-        let needed: &[(&str, &Vec<String>)] = match self.config.export_mode {
-            // updates and disables are UPDATEs in every mode
-            Mode::Upsert | Mode::Insert => &[("INSERT", &no_insert), ("UPDATE", &no_update), ("SELECT", &no_select)],
-            Mode::Update => &[("UPDATE", &no_update), ("SELECT", &no_select)],
+        // updates and disables are UPDATEs in every mode
+        let needed: &[(&str, &Vec<String>)] = match adds {
+            true => &[("INSERT", &no_insert), ("UPDATE", &no_update), ("SELECT", &no_select)],
+            false => &[("UPDATE", &no_update), ("SELECT", &no_select)],
         };
         for (what, lacking) in needed.iter().filter(|(_, lacking)| !lacking.is_empty()) {
             let checked = if *what == "UPDATE" { updated.len() } else { cols.len() };
@@ -761,7 +764,7 @@ impl PostgresConnector {
                 "this login may not DELETE {table} and read its deleted rows (GRANT SELECT, DELETE ON {table} TO it)"
             ));
         }
-        if self.config.export_mode != Mode::Update && !left_out.is_empty() {
+        if adds && !left_out.is_empty() {
             problems.push(format!(
                 "adds would be refused: {} NOT NULL without a default, and no export flow writes it (add a flow or a default)",
                 left_out.join(", ")
@@ -771,7 +774,7 @@ impl PostgresConnector {
             return step(false, problems.join("; "));
         }
         let deletes = if delete || plan.deletes { "" } else { "; it may not DELETE (deprovisioning by delete would need DELETE, and SELECT on every column)" };
-        step(true, format!("{table} has the {} column(s) the export flows write{deletes}", cols.len()))
+        step(true, format!("{table} has the column(s) the export flows write and the anchor ({}){deletes}", cols.join(", ")))
     }
 }
 

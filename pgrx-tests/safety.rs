@@ -100,6 +100,17 @@ fn preview_matches_the_export() {
                      'runs', (SELECT count(*) FROM mesh.run))");
     assert_eq!(before, after, "preview_cycle changed nothing");
     assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0);
+    // A connector whose import fails is shown, and passed over as a cycle passes it over.
+    run("CREATE VIEW src.gone AS SELECT 1 AS id");
+    run(r#"SELECT mesh.create_connector('Broken', 'table', '{"source": "src.gone", "anchor": "id"}')"#);
+    run("DROP VIEW src.gone");
+    let failed = js("SELECT jsonb_agg(jsonb_build_array(operation, status)) FROM mesh.preview_cycle() WHERE connector = 'Broken'");
+    assert_eq!(failed[0][0], json!("import failed"), "{failed}");
+    assert!(failed[0][1].as_str().is_some_and(|m| m.contains("src.gone")), "{failed}");
+    let others = js("SELECT jsonb_agg(jsonb_build_array(connector, operation, anchor, attribute, new_value)
+                     ORDER BY connector, operation, anchor, attribute) FROM mesh.preview_cycle() WHERE connector <> 'Broken'");
+    assert_eq!(others, cascade, "the other connectors' cascade is unchanged");
+    run("SELECT mesh.drop_connector('Broken')");
 
     // Now import and sync for real, preview the export, then run it.
     run("SELECT mesh.run('People', 'delta_import')");

@@ -134,14 +134,25 @@ CREATE FUNCTION mesh.preview_cycle()
 RETURNS TABLE (connector text, mesh_id bigint, anchor text, name text, operation text, attribute text,
                old_value jsonb, new_value jsonb, rule_id integer, source text, status text)
 LANGUAGE plpgsql AS $$
-DECLARE result jsonb;
+DECLARE
+    result jsonb;
+    failed jsonb := '[]';
+    c record;
 BEGIN
     BEGIN
-        PERFORM mesh._run(c.name, 'delta_import') FROM mesh.connector c WHERE c.enabled ORDER BY c.id;
+        -- As a cycle does, a connector whose import fails is passed over (and shown).
+        FOR c IN SELECT k.name FROM mesh.connector k WHERE k.enabled ORDER BY k.id LOOP
+            BEGIN
+                PERFORM mesh._run(c.name, 'delta_import');
+            EXCEPTION WHEN OTHERS THEN
+                failed := failed || jsonb_build_object('connector', c.name, 'operation', 'import failed',
+                                                       'status', SQLERRM);
+            END;
+        END LOOP;
         PERFORM mesh._sync(false);
-        SELECT coalesce(jsonb_agg(to_jsonb(x)), '[]') INTO result
-          FROM (SELECT c.name AS connector, p.* FROM mesh.connector c CROSS JOIN LATERAL mesh.preview(c.name) p
-                 ORDER BY c.name) x;
+        SELECT failed || coalesce(jsonb_agg(to_jsonb(x)), '[]') INTO result
+          FROM (SELECT k.name AS connector, p.* FROM mesh.connector k CROSS JOIN LATERAL mesh.preview(k.name) p
+                 ORDER BY k.name) x;
         RAISE EXCEPTION 'idmesh preview rollback' USING ERRCODE = 'P0001';
     EXCEPTION WHEN raise_exception THEN
         IF SQLERRM <> 'idmesh preview rollback' THEN

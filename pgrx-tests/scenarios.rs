@@ -792,3 +792,39 @@ fn null_members_inside_values_are_kept() {
     assert_eq!(again["Copy/export"]["added"], json!(0), "{again}");
     assert_eq!(int("SELECT count(*) FROM mesh.pending_export"), 0);
 }
+
+/// Rules are listed in one view with the ids the remove functions take. Removing
+/// provisioning stops creating objects without deprovisioning the ones it created: an add
+/// not yet written is dropped, the accounts written stay joined and kept up to date.
+#[pg_test]
+fn rules_are_listed_and_provisioning_is_removed_without_deprovisioning() {
+    hr_and_phonebook();
+    run("CREATE TABLE pb.accounts (login text PRIMARY KEY, display text)");
+    run(r#"SELECT mesh.create_connector('Accounts', 'table', '{"source": "pb.accounts", "anchor": "login",
+              "export_table": "pb.accounts"}')"#);
+    run("SELECT mesh.add_export_flow('Accounts', 'person', $$'u' || employee_id$$, 'login')");
+    run("SELECT mesh.add_export_flow('Accounts', 'person', 'display_name', 'display')");
+    run(r#"SELECT mesh.set_provisioning('Accounts', 'person', $$department = 'R&D'$$, '{"deprovision": "delete"}')"#);
+    let listed = js("SELECT jsonb_object_agg(rule, n) FROM (SELECT rule, count(*) AS n FROM mesh.rules GROUP BY rule) r");
+    assert_eq!(listed, json!({"import flow": 5, "export flow": 2, "join rule": 1, "projection": 1, "provisioning": 1}));
+    assert_eq!(cycle()["Accounts/export"]["added"], json!(2), "Ada and Alan");
+    cycle();
+    // Grace joins R&D: her add is planned, then provisioning is removed before it is written.
+    run("UPDATE hr.employees SET department = 'R&D' WHERE employee_id = 2");
+    run("SELECT mesh.run('HR', 'delta_import')");
+    run("SELECT mesh.sync()");
+    assert_eq!(int("SELECT count(*) FROM mesh.pending_export WHERE operation = 'add'"), 1);
+    run("SELECT mesh.remove_provisioning('Accounts', 'person')");
+    assert!(outcome("SELECT mesh.remove_provisioning('Accounts', 'person')").starts_with("42704"));
+    run("UPDATE hr.employees SET first_name = 'Augusta Ada' WHERE employee_id = 1");
+    let runs = cycle();
+    assert_eq!(runs["Accounts/export"]["added"], json!(0), "{runs}");
+    assert_eq!(runs["Accounts/export"]["deleted"], json!(0), "{runs}");
+    assert_eq!(runs["Accounts/export"]["updated"], json!(1), "Ada's display still flows: {runs}");
+    assert_eq!(int("SELECT count(*) FROM pb.accounts"), 2);
+    assert_eq!(one::<String>("SELECT display FROM pb.accounts WHERE login = 'u1'").as_deref(), Some("Augusta Ada Lovelace"));
+    let join = int("SELECT id FROM mesh.rules WHERE rule = 'join rule'");
+    run(&format!("SELECT mesh.remove_join_rule({join})"));
+    assert!(outcome(&format!("SELECT mesh.remove_join_rule({join})")).starts_with("42704"));
+    assert_eq!(int("SELECT count(*) FROM mesh.rules WHERE rule IN ('join rule', 'provisioning')"), 0);
+}

@@ -44,7 +44,7 @@ GRANT USAGE ON SCHEMA mesh TO mesh_reader;
 
 GRANT SELECT ON mesh.dashboard, mesh.run_history, mesh.errors, mesh.pending_exports, mesh.conflicts,
                 mesh.objects, mesh.contributions, mesh.compiled_sql, mesh.audit_log, mesh.running,
-                mesh.pending_deletions, mesh.schema
+                mesh.pending_deletions, mesh.schema, mesh.rules
    TO mesh_reader;
 
 -- Pure helpers the views and the resolution SQL use (they read nothing secret).
@@ -70,6 +70,7 @@ GRANT EXECUTE ON FUNCTION mesh.create_connector(text, text, jsonb, text),
                           mesh.add_import_flow(text, text, text, text, integer, boolean, boolean, text),
                           mesh.add_export_flow(text, text, text, text, boolean, boolean),
                           mesh.remove_flow(integer), mesh.add_join_rule(text, text, text, text),
+                          mesh.remove_join_rule(integer), mesh.remove_provisioning(text, text),
                           mesh.set_projection(text, text, boolean), mesh.set_provisioning(text, text, text, jsonb),
                           mesh.set_safety(text, integer, numeric, boolean), mesh.test_connection(text),
                           mesh.rotate_secret_key(), mesh.discover_schema(text),
@@ -88,7 +89,8 @@ BEGIN
     FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
               WHERE p.pronamespace = 'mesh'::regnamespace
                 AND p.proname IN ('create_connector', 'alter_connector', 'drop_connector', 'create_object_type',
-                                  'add_import_flow', 'add_export_flow', 'remove_flow', 'add_join_rule',
+                                  'add_import_flow', 'add_export_flow', 'remove_flow', 'add_join_rule', 'remove_join_rule',
+                                  'remove_provisioning',
                                   'set_projection', 'set_provisioning', 'set_safety', 'run', 'sync', 'cycle',
                                   'explain', 'preview', 'preview_cycle', 'approve', 'retry',
                                   'enqueue', 'enqueue_cycle', 'cancel', 'test_connection', 'rotate_secret_key',

@@ -277,7 +277,7 @@ fn insert_flow(
         raise(
             PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
             format!("connector \"{}\" already has an {direction} flow to \"{target}\" for {object_type}", c.name),
-            "Remove it first with mesh.remove_flow(rule_id); rules are listed in mesh.flow_rule.",
+            "Remove it first with mesh.remove_flow(rule_id); rules are listed in mesh.rules.",
         );
     }
     store::one::<i32>(
@@ -370,11 +370,43 @@ fn remove_flow(rule_id: i32) {
         undefined(
             "flow rule",
             &rule_id.to_string(),
-            "Rules are listed in mesh.flow_rule.",
+            "Rules are listed in mesh.rules.",
         );
     }
     rules_changed();
     engine::compile::rebuild_views();
+}
+
+/// Removes a join rule by id: objects already joined stay joined.
+#[pg_extern(volatile)]
+fn remove_join_rule(rule_id: i32) {
+    store::lock();
+    let n = store::exec("DELETE FROM mesh.join_rule WHERE id = $1 RETURNING id", &[rule_id.into()]);
+    if n == 0 {
+        undefined("join rule", &rule_id.to_string(), "Rules are listed in mesh.rules.");
+    }
+    rules_changed();
+}
+
+/// Stops creating objects of a type in a connector. Objects it created stay, joined and
+/// kept up to date by the export flows; adds not yet written are dropped by the next sync.
+/// (A scope that holds for nothing would deprovision every object instead.)
+#[pg_extern(volatile)]
+fn remove_provisioning(connector: &str, object_type: &str) {
+    store::lock();
+    let c = engine::connector(connector);
+    let n = store::exec(
+        "DELETE FROM mesh.provisioning WHERE connector_id = $1 AND object_type = $2 RETURNING 1",
+        &[c.id.into(), object_type.into()],
+    );
+    if n == 0 {
+        undefined(
+            "provisioning",
+            &format!("{} {object_type}", c.name),
+            "Rules are listed in mesh.rules.",
+        );
+    }
+    rules_changed();
 }
 
 /// Adds the next join rule for a connector and object type: connector-side `source` equals

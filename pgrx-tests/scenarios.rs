@@ -828,3 +828,26 @@ fn rules_are_listed_and_provisioning_is_removed_without_deprovisioning() {
     assert!(outcome(&format!("SELECT mesh.remove_join_rule({join})")).starts_with("42704"));
     assert_eq!(int("SELECT count(*) FROM mesh.rules WHERE rule IN ('join rule', 'provisioning')"), 0);
 }
+
+/// A flow expression that fails on one source value fails the cycle's sync, and says so:
+/// the imports stay, the sync is a failed run with the server's message, nothing is
+/// exported, and the dashboard shows the error; once the value is fixed the next cycle
+/// goes through.
+#[pg_test]
+fn a_failing_flow_expression_fails_the_sync_visibly() {
+    hr_and_phonebook();
+    let sync_status = |runs: &Value| runs.get("/sync").or(runs.get("/full_sync")).map(|r| r["status"].clone());
+    run("SELECT mesh.add_import_flow('Phonebook', 'person', $$CASE WHEN phone LIKE '+%' THEN 0 ELSE phone::integer END$$, 'badge', 10)");
+    assert_eq!(sync_status(&cycle()), Some(json!("success")));
+    run("UPDATE pb.entries SET phone = 'x4' WHERE emp_no = '1'");
+    let runs = cycle();
+    assert_eq!(runs["Phonebook/delta_import"]["status"], json!("success"), "{runs}");
+    assert_eq!(sync_status(&runs), Some(json!("failed")), "{runs}");
+    assert!(runs.as_object().unwrap().keys().all(|k| !k.ends_with("/export")), "nothing exported: {runs}");
+    let message = one::<String>("SELECT message FROM mesh.run WHERE profile = 'sync' AND status = 'failed'").unwrap();
+    assert!(message.contains("x4"), "{message}");
+    assert_eq!(one::<String>("SELECT status FROM mesh.run WHERE profile = 'cycle' ORDER BY id DESC LIMIT 1").as_deref(), Some("failed"));
+    run("UPDATE pb.entries SET phone = '+44 101' WHERE emp_no = '1'");
+    let fixed = cycle();
+    assert_eq!(sync_status(&fixed), Some(json!("success")), "{fixed}");
+}

@@ -167,16 +167,25 @@ pub fn checkpoint(
     Ok(())
 }
 
-/// One connector's run in a cycle. Its failure (unreachable, login refused, a key file that
-/// does not open its secret) is its own: what it did is undone, it is recorded as a failed
-/// run with the error, and the cycle goes on with the other connectors; it ends `failed`.
-/// A cancel stops the whole cycle.
-fn cycle_step(name: &str, profile: &str, cycle_id: i64) {
+/// One step of a cycle: a connector's run (`Some(name)`), or the sync (`None`). Its failure
+/// (unreachable, login refused, a key file that does not open its secret, a flow expression
+/// that fails on a value) is its own: what it did is undone, it is recorded as a failed run
+/// with the error, and the cycle goes on with the other connectors; it ends `failed`. A
+/// cancel stops the whole cycle. Says whether the step succeeded.
+fn cycle_step(name: Option<&str>, profile: &str, cycle_id: i64) -> bool {
+    let work = || match name {
+        Some(name) => {
+            run(name, profile, Some(cycle_id));
+        }
+        None => {
+            store::exec("SELECT mesh._sync(false, $1)", &[cycle_id.into()]);
+        }
+    };
     let failure: Option<(PgSqlErrorCode, String)> = if in_worker() {
         // The worker commits as it goes: a failure aborts the transaction, and the cycle
         // goes on in a new one (what earlier steps committed stays).
         let outcome = PgTryBuilder::new(|| {
-            run(name, profile, Some(cycle_id));
+            work();
             None
         })
         .catch_others(|e| {
@@ -196,21 +205,21 @@ fn cycle_step(name: &str, profile: &str, cycle_id: i64) {
         }
         outcome
     } else {
-        store::subxact(|| run(name, profile, Some(cycle_id)))
-            .err()
-            .map(|e| (e.code, e.message))
+        store::subxact(work).err().map(|e| (e.code, e.message))
     };
     let Some((code, message)) = failure else {
-        return;
+        return true;
     };
     if code == PgSqlErrorCode::ERRCODE_QUERY_CANCELED {
         raise(code, message, "");
     }
-    pgrx::log!("idmesh: cycle {cycle_id}: {profile} of \"{name}\" failed: {message}");
+    let what = name.map(|n| format!(" of \"{n}\"")).unwrap_or_default();
+    pgrx::log!("idmesh: cycle {cycle_id}: {profile}{what} failed: {message}");
     // A worker's run may have committed its row (and staged rows) before it failed.
     let marked: Option<i64> = store::one(
         "WITH f AS (UPDATE mesh.run SET status = 'failed', finished_at = clock_timestamp(), phase = NULL, message = $4 \
-                     WHERE parent_id = $1 AND connector_name = $2 AND profile = $3 AND status = 'running' RETURNING id), \
+                     WHERE parent_id = $1 AND connector_name IS NOT DISTINCT FROM $2 AND profile = $3 \
+                       AND status = 'running' RETURNING id), \
               s AS (DELETE FROM mesh.staging WHERE run_id IN (SELECT id FROM f)) \
          SELECT count(*) FROM f",
         &[cycle_id.into(), name.into(), profile.into(), message.clone().into()],
@@ -218,10 +227,11 @@ fn cycle_step(name: &str, profile: &str, cycle_id: i64) {
     if marked == Some(0) {
         store::exec(
             "INSERT INTO mesh.run (parent_id, connector_id, connector_name, profile, status, finished_at, message) \
-             SELECT $1, id, name, $3, 'failed', clock_timestamp(), $4 FROM mesh.connector WHERE name = $2",
+             SELECT $1, (SELECT id FROM mesh.connector WHERE name = $2), $2, $3, 'failed', clock_timestamp(), $4",
             &[cycle_id.into(), name.into(), profile.into(), message.into()],
         );
     }
+    false
 }
 
 /// A whole cycle under an existing cycle run: delta import of every enabled connector,
@@ -249,7 +259,7 @@ pub fn cycle(cycle_id: i64) {
         "SELECT coalesce(jsonb_agg(name ORDER BY id), '[]') FROM mesh.connector WHERE enabled",
     );
     for (i, name) in importers.iter().enumerate() {
-        cycle_step(name, "delta_import", cycle_id);
+        cycle_step(Some(name), "delta_import", cycle_id);
         checkpoint(
             cycle_id,
             "importing",
@@ -258,15 +268,17 @@ pub fn cycle(cycle_id: i64) {
         )
         .unwrap_or_else(|e| cancelled(e));
     }
-    store::exec("SELECT mesh._sync(false, $1)", &[cycle_id.into()]);
+    // A sync that fails (a flow expression that fails on one value) is recorded, and the
+    // cycle writes nothing: what it would export was planned by rules that no longer run.
+    let synced = cycle_step(None, "sync", cycle_id);
     checkpoint(cycle_id, "synced", 0, None).unwrap_or_else(|e| cancelled(e));
-    let exporters = names(
+    let exporters = if synced { names(
         "SELECT coalesce(jsonb_agg(cn.name ORDER BY cn.id), '[]') FROM mesh.connector cn WHERE cn.enabled \
          AND (EXISTS (SELECT 1 FROM mesh.flow_rule f WHERE f.connector_id = cn.id AND f.direction = 'export') \
               OR EXISTS (SELECT 1 FROM mesh.provisioning p WHERE p.connector_id = cn.id))",
-    );
+    ) } else { Vec::new() };
     for (i, name) in exporters.iter().enumerate() {
-        cycle_step(name, "export", cycle_id);
+        cycle_step(Some(name), "export", cycle_id);
         checkpoint(
             cycle_id,
             "exporting",
@@ -282,8 +294,7 @@ pub fn cycle(cycle_id: i64) {
         "SELECT sum(added)::bigint FROM mesh.run WHERE parent_id = $1 AND profile = 'export'",
         &[cycle_id.into()],
     );
-    if created.unwrap_or(0) > 0 {
-        store::exec("SELECT mesh._sync(false, $1)", &[cycle_id.into()]);
+    if created.unwrap_or(0) > 0 && cycle_step(None, "sync", cycle_id) {
         // Committed in a worker before the exports: one that fails must not take it back.
         checkpoint(cycle_id, "synced", 0, None).unwrap_or_else(|e| cancelled(e));
         let again = names(
@@ -291,7 +302,7 @@ pub fn cycle(cycle_id: i64) {
              AND EXISTS (SELECT 1 FROM mesh.pending_export pe WHERE pe.connector_id = cn.id AND pe.status IN ('pending', 'approved'))",
         );
         for name in again {
-            cycle_step(&name, "export", cycle_id);
+            cycle_step(Some(&name), "export", cycle_id);
             checkpoint(cycle_id, "exporting", 0, None).unwrap_or_else(|e| cancelled(e));
         }
     }

@@ -447,6 +447,8 @@ fn bad_input_is_refused_and_changes_nothing() {
     assert!(typo.starts_with("42703") && typo.contains("titel"), "{typo}");
     assert!(outcome("SELECT mesh.add_import_flow('HR', 'person', 'title', 'bad name', 50)").starts_with("42602"));
     assert!(outcome("SELECT mesh.add_export_flow('HR', 'person', 'phone', 'no_such_column')").starts_with("42703"));
+    assert!(outcome("SELECT mesh.add_join_rule('Phonebook', 'person', 'emp_no', 'employee_id')").starts_with("42710"));
+    assert!(outcome("SELECT mesh.add_join_rule('Phonebook', 'person', 'emp_no', 'employe_id')").starts_with("42703"));
     let source = outcome("SELECT mesh.add_export_flow('HR', 'person', 'titel', 'title')");
     assert!(source.starts_with("42703") && source.contains("titel"), "{source}");
     assert!(outcome("SELECT mesh.run('HR', 'fastest_import')").starts_with("22023"));
@@ -814,7 +816,12 @@ fn rules_are_listed_and_provisioning_is_removed_without_deprovisioning() {
     run("SELECT mesh.run('HR', 'delta_import')");
     run("SELECT mesh.sync()");
     assert_eq!(int("SELECT count(*) FROM mesh.pending_export WHERE operation = 'add'"), 1);
+    // The scope reads department: its only import flow stays while the scope does.
+    let department = int("SELECT id FROM mesh.rules WHERE rule = 'import flow' AND target = 'department'");
+    let kept = outcome(&format!("SELECT mesh.remove_flow({department})"));
+    assert!(kept.starts_with("2BP01") && kept.contains("provisioning scope of Accounts"), "{kept}");
     run("SELECT mesh.remove_provisioning('Accounts', 'person')");
+    assert_eq!(int("SELECT count(*) FROM mesh.pending_export WHERE operation = 'add'"), 0, "dropped at once");
     assert!(outcome("SELECT mesh.remove_provisioning('Accounts', 'person')").starts_with("42704"));
     run("UPDATE hr.employees SET first_name = 'Augusta Ada' WHERE employee_id = 1");
     let runs = cycle();
@@ -827,6 +834,10 @@ fn rules_are_listed_and_provisioning_is_removed_without_deprovisioning() {
     run(&format!("SELECT mesh.remove_join_rule({join})"));
     assert!(outcome(&format!("SELECT mesh.remove_join_rule({join})")).starts_with("42704"));
     assert_eq!(int("SELECT count(*) FROM mesh.rules WHERE rule IN ('join rule', 'provisioning')"), 0);
+    // Rules over attributes are checked against the import flows, so those come first.
+    run("SELECT mesh.create_object_type('robot')");
+    let early = outcome("SELECT mesh.set_provisioning('Accounts', 'robot', $$serial IS NOT NULL$$)");
+    assert!(early.starts_with("42703") && early.contains("no import flow of robot"), "{early}");
 }
 
 /// A flow expression that fails on one source value fails the cycle's sync, and says so:

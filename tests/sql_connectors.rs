@@ -1522,7 +1522,8 @@ fn test_connection_checks_the_export_side() {
                         "export_table": "checked"});
     connector(&mut c, "Checked", config.clone());
     c.batch_execute(
-        "SELECT mesh.add_export_flow('Checked', 'person', a, a) FROM unnest(ARRAY['employee_id', 'display']) a;
+        "SELECT mesh.add_import_flow('Checked', 'person', a, a, 50) FROM unnest(ARRAY['employee_id', 'display']) a;
+         SELECT mesh.add_export_flow('Checked', 'person', a, a) FROM unnest(ARRAY['employee_id', 'display']) a;
          SELECT mesh.set_provisioning('Checked', 'person', NULL, '{}');",
     )
     .unwrap();
@@ -1605,6 +1606,11 @@ fn test_connection_checks_the_export_side() {
     c.batch_execute("SELECT mesh.set_provisioning('Narrow', 'person', NULL, '{}')").unwrap();
     let (ok, detail) = narrow(&mut c);
     assert!(!ok && detail.contains("may not INSERT narrow"), "{detail}");
+    // The columns a disable writes are checked too.
+    c.batch_execute(r#"SELECT mesh.set_provisioning('Narrow', 'person', NULL, '{"deprovision": "disable", "disable": {"enabled": false}}')"#)
+        .unwrap();
+    let (ok, detail) = narrow(&mut c);
+    assert!(!ok && detail.contains("enabled"), "{detail}");
 }
 
 /// An add whose row is gone from the target by the next full import (deleted there before

@@ -36,10 +36,11 @@ fn mesh_attribute(name: &str) {
 }
 
 /// Runs a check statement; a failure becomes an error that names the rule part at fault.
-/// Every attribute `expr` names is one an import flow of `object_type` gives (once the type
-/// has import flows): any other reads as NULL for every object, a typo that would go
-/// unnoticed (a bare word is an attribute: write `(true)` for a constant).
-fn check_mesh_attributes(object_type: &str, expr: &str, what: &str) {
+/// Every attribute `expr` names is one an import flow of `object_type` gives: any other
+/// reads as NULL for every object, a typo that would go unnoticed (a bare word is an
+/// attribute: write `(true)` for a constant). With `flows_first`, import flows must come
+/// first; otherwise a rule made before them is not checked.
+fn check_mesh_attributes(object_type: &str, expr: &str, what: &str, flows_first: bool) {
     let known: Vec<String> = store::json(
         "SELECT coalesce(jsonb_agg(DISTINCT target ORDER BY target), '[]') FROM mesh.flow_rule \
           WHERE direction = 'import' AND object_type = $1",
@@ -48,10 +49,17 @@ fn check_mesh_attributes(object_type: &str, expr: &str, what: &str) {
     .as_array()
     .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
     .unwrap_or_default();
-    if known.is_empty() {
+    if known.is_empty() && !flows_first {
         return;
     }
     if let Some(unknown) = Source::parse(expr).reads().into_iter().find(|n| !known.contains(n)) {
+        if known.is_empty() {
+            raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+                format!("{what} \"{expr}\" uses \"{unknown}\", and no import flow of {object_type} gives any attribute yet"),
+                "Add the import flows first: the attributes a rule uses are checked against them.",
+            );
+        }
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
             format!("{what} \"{expr}\" uses \"{unknown}\", which no import flow of {object_type} gives"),
@@ -343,7 +351,7 @@ fn add_export_flow(
         "export source",
         source,
     );
-    check_mesh_attributes(object_type, source, "export source");
+    check_mesh_attributes(object_type, source, "export source", true);
     let id = insert_flow(
         &c,
         "export",
@@ -358,10 +366,56 @@ fn add_export_flow(
     id
 }
 
+/// An import flow that is the only one giving its attribute stays while a rule uses that
+/// attribute: without it the attribute reads as NULL for every object (a provisioning
+/// scope false for all of them would deprovision them all).
+fn refuse_if_last_source(rule_id: i32) {
+    let flow = store::json(
+        "SELECT jsonb_build_object('type', object_type, 'attribute', target) FROM mesh.flow_rule f \
+          WHERE id = $1 AND direction = 'import' \
+            AND NOT EXISTS (SELECT 1 FROM mesh.flow_rule o WHERE o.id <> f.id AND o.direction = 'import' \
+                              AND o.object_type = f.object_type AND o.target = f.target)",
+        &[rule_id.into()],
+    );
+    let (Some(object_type), Some(attribute)) = (flow["type"].as_str(), flow["attribute"].as_str()) else {
+        return;
+    };
+    let users = store::json(
+        "SELECT coalesce(jsonb_agg(jsonb_build_array(what, expr)), '[]') FROM ( \
+            SELECT format('the provisioning scope of %s', c.name) AS what, p.scope AS expr \
+              FROM mesh.provisioning p JOIN mesh.connector c ON c.id = p.connector_id \
+             WHERE p.object_type = $1 AND p.scope IS NOT NULL \
+            UNION ALL \
+            SELECT format('export flow #%s', f.id), f.source FROM mesh.flow_rule f \
+             WHERE f.object_type = $1 AND f.direction = 'export' \
+            UNION ALL \
+            SELECT format('join rule #%s', j.id), j.mesh_attribute FROM mesh.join_rule j WHERE j.object_type = $1) u",
+        &[object_type.into()],
+    );
+    let using: Vec<String> = users
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|u| Source::parse(u[1].as_str().unwrap_or_default()).reads().iter().any(|r| r == attribute))
+        .filter_map(|u| u[0].as_str().map(str::to_string))
+        .collect();
+    if !using.is_empty() {
+        raise(
+            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            format!(
+                "import flow #{rule_id} is the only one giving {object_type} attribute \"{attribute}\", which {} uses",
+                using.join(", ")
+            ),
+            "Change or remove those first; rules are listed in mesh.rules.",
+        );
+    }
+}
+
 /// Removes a flow rule by id.
 #[pg_extern(volatile)]
 fn remove_flow(rule_id: i32) {
     store::lock();
+    refuse_if_last_source(rule_id);
     let n = store::exec(
         "DELETE FROM mesh.flow_rule WHERE id = $1 RETURNING id",
         &[rule_id.into()],
@@ -406,6 +460,13 @@ fn remove_provisioning(connector: &str, object_type: &str) {
             "Rules are listed in mesh.rules.",
         );
     }
+    // Adds and deprovisionings not yet written go now: an export before the next sync
+    // must not create what is no longer asked for.
+    store::exec(
+        "DELETE FROM mesh.pending_export WHERE connector_id = $1 AND object_type = $2 \
+            AND operation IN ('add', 'disable', 'delete') AND status <> 'applied'",
+        &[c.id.into(), object_type.into()],
+    );
     rules_changed();
 }
 
@@ -417,7 +478,20 @@ fn add_join_rule(connector: &str, object_type: &str, source: &str, mesh_attribut
     let c = engine::connector(connector);
     self::object_type(object_type);
     self::mesh_attribute(mesh_attribute);
+    // (a join rule may come before the flows: a typo there joins nothing, and deletes nothing)
+    check_mesh_attributes(object_type, mesh_attribute, "join rule's mesh attribute", false);
     source_attribute(&c, object_type, source);
+    let same: Option<i32> = store::one(
+        "SELECT id FROM mesh.join_rule WHERE connector_id = $1 AND object_type = $2 AND source = $3 AND mesh_attribute = $4",
+        &[c.id.into(), object_type.into(), source.trim().into(), mesh_attribute.into()],
+    );
+    if let Some(id) = same {
+        raise(
+            PgSqlErrorCode::ERRCODE_DUPLICATE_OBJECT,
+            format!("connector \"{}\" already has this join rule (#{id})", c.name),
+            "Rules are listed in mesh.rules.",
+        );
+    }
     let position: i32 = store::one(
         "SELECT coalesce(max(position), 0) + 1 FROM mesh.join_rule WHERE connector_id = $1 AND object_type = $2",
         &[c.id.into(), object_type.into()],
@@ -485,7 +559,7 @@ fn set_provisioning(
         );
         // A misspelled attribute reads as NULL for every object: the scope would hold for
         // none, and a "delete" deprovisioning would delete every object of the target.
-        check_mesh_attributes(object_type, s, "provisioning scope");
+        check_mesh_attributes(object_type, s, "provisioning scope", true);
     }
     store::exec(
         "INSERT INTO mesh.provisioning (connector_id, object_type, scope, options) VALUES ($1, $2, $3, $4) \

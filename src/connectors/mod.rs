@@ -128,13 +128,21 @@ pub fn sqlserver_connector(id: i32, name: &str, config: &Value) -> sqlserver::Sq
 pub fn export_plan(id: i32) -> postgres::ExportPlan {
     let plan = crate::store::json(
         "SELECT jsonb_build_object('adds', count(*) > 0, \
-                                   'deletes', coalesce(bool_or(options->>'deprovision' = 'delete'), false)) \
+                                   'deletes', coalesce(bool_or(options->>'deprovision' = 'delete'), false), \
+                                   'disables', coalesce((SELECT jsonb_agg(DISTINCT k) FROM mesh.provisioning d, \
+                                                                jsonb_object_keys(d.options->'disable') k \
+                                                          WHERE d.connector_id = $1 \
+                                                            AND d.options->>'deprovision' = 'disable'), '[]')) \
            FROM mesh.provisioning WHERE connector_id = $1",
         &[id.into()],
     );
     postgres::ExportPlan {
         adds: plan["adds"].as_bool() == Some(true),
         deletes: plan["deletes"].as_bool() == Some(true),
+        disables: plan["disables"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .unwrap_or_default(),
     }
 }
 

@@ -271,10 +271,12 @@ pub struct PostgresConnector {
 
 /// What a connector's provisioning asks of its exports: adds (provisioning), deletes (a
 /// `delete` deprovisioning).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ExportPlan {
     pub adds: bool,
     pub deletes: bool,
+    /// The columns a `disable` deprovisioning writes.
+    pub disables: Vec<String>,
 }
 
 /// A column set's adds bound as text arrays (`export_sql::postgres_text_add`).
@@ -698,7 +700,8 @@ impl PostgresConnector {
             }
         }
         let quoted = qualified_ident(&table);
-        let mut cols: Vec<String> = self.config.written.iter().chain(&self.config.anchor).cloned().collect();
+        let mut cols: Vec<String> =
+            self.config.written.iter().chain(&self.config.anchor).chain(&plan.disables).cloned().collect();
         cols.sort();
         cols.dedup();
         let listed = if cols.is_empty() {
@@ -712,7 +715,13 @@ impl PostgresConnector {
         // which is rare and then that change's error); an upsert's adds set the anchor too.
         let updated: Vec<String> = match self.config.export_mode {
             Mode::Upsert if adds => cols.clone(),
-            _ => cols.iter().filter(|c| !self.config.anchor.contains(c) && self.config.written.contains(c)).cloned().collect(),
+            _ => cols
+                .iter()
+                .filter(|c| {
+                    (!self.config.anchor.contains(c) && self.config.written.contains(c)) || plan.disables.contains(c)
+                })
+                .cloned()
+                .collect(),
         };
         let client = self.client().await.ok()?;
         if let Err(e) = client.prepare(&format!("SELECT {listed} FROM {quoted} WHERE false")).await {
@@ -774,7 +783,7 @@ impl PostgresConnector {
             return step(false, problems.join("; "));
         }
         let deletes = if delete || plan.deletes { "" } else { "; it may not DELETE (deprovisioning by delete would need DELETE, and SELECT on every column)" };
-        step(true, format!("{table} has the column(s) the export flows write and the anchor ({}){deletes}", cols.join(", ")))
+        step(true, format!("{table} has every column the export flows, the anchor and deprovisioning use ({}){deletes}", cols.join(", ")))
     }
 }
 

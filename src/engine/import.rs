@@ -350,10 +350,10 @@ pub fn run(connector: &Connector, full: bool, parent: Option<i64>, existing: Opt
                 if !full && e.note.is_none() {
                     let no_delta_column = matches!(connector.kind.as_str(), "table" | "postgres" | "sqlserver")
                         && connector.config.get("delta_column").is_none_or(|c| c.is_null());
-                    e.note = Some(if first {
-                        "first import of this connector: full import".into()
-                    } else if no_delta_column {
+                    e.note = Some(if no_delta_column {
                         "no delta_column: every import reads everything".into()
+                    } else if first {
+                        "first import of this connector: full import".into()
                     } else {
                         "no watermark kept yet: full import".into()
                     });

@@ -33,7 +33,7 @@ pub fn connector(name: &str) -> Connector {
         undefined(
             "connector",
             name,
-            "List connectors with: SELECT name, kind FROM mesh.dashboard;",
+            "List connectors with: SELECT DISTINCT connector, kind FROM mesh.dashboard;",
         );
     }
     Connector {

@@ -838,6 +838,19 @@ fn rules_are_listed_and_provisioning_is_removed_without_deprovisioning() {
     run("SELECT mesh.create_object_type('robot')");
     let early = outcome("SELECT mesh.set_provisioning('Accounts', 'robot', $$serial IS NOT NULL$$)");
     assert!(early.starts_with("42703") && early.contains("no import flow of robot"), "{early}");
+    // Words that are no attribute (functions without parentheses, type names, fields of
+    // extract) are not taken for one: the server says which names are columns.
+    let words = outcome(
+        "SELECT mesh.set_provisioning('Accounts', 'person',
+             $$department = 'R&D' AND extract(year from current_date) > 2000 AND CAST(employee_id AS integer) > 0$$)",
+    );
+    assert_eq!(words, "ok");
+    let source = outcome(
+        "SELECT mesh.add_export_flow('Phonebook', 'person', $$CAST(employee_id AS text) || ' ' || current_user$$, 'phone')",
+    );
+    assert_eq!(source, "ok");
+    let typo = outcome("SELECT mesh.set_provisioning('Accounts', 'person', $$departmnt = 'R&D' AND current_date > date '2020-01-01'$$)");
+    assert!(typo.starts_with("42703") && typo.contains("departmnt"), "{typo}");
 }
 
 /// A flow expression that fails on one source value fails the cycle's sync, and says so:

@@ -714,22 +714,23 @@ SELECT o.id, o.object_type, o.attrs, o.delete_reason AS reason, o.delete_at,
 FROM mesh.mesh_object o WHERE o.delete_at IS NOT NULL AND NOT o.deleted;
 
 -- Every rule, one row each: flows, join rules, projection and provisioning, with the id
--- mesh.remove_flow and mesh.remove_join_rule take.
+-- mesh.remove_flow and mesh.remove_join_rule take (confidence: an import flow's, the higher
+-- wins; position: a join rule's, the lower is tried first).
 CREATE VIEW mesh.rules AS
 SELECT f.direction || ' flow' AS rule, f.id, c.name AS connector, f.object_type, f.source, f.target,
-       f.confidence AS priority,
+       f.confidence, NULL::integer AS position,
        jsonb_strip_nulls(jsonb_build_object('empty_is_value', f.empty_is_value, 'reference', f.reference,
                                             'reference_to', (SELECT r.name FROM mesh.connector r
                                                               WHERE r.id = f.references_connector))) AS options
 FROM mesh.flow_rule f JOIN mesh.connector c ON c.id = f.connector_id
 UNION ALL
-SELECT 'join rule', j.id, c.name, j.object_type, j.source, j.mesh_attribute, j.position, '{}'::jsonb
+SELECT 'join rule', j.id, c.name, j.object_type, j.source, j.mesh_attribute, NULL, j.position, '{}'::jsonb
 FROM mesh.join_rule j JOIN mesh.connector c ON c.id = j.connector_id
 UNION ALL
-SELECT 'projection', NULL, c.name, p.object_type, NULL, NULL, NULL, jsonb_build_object('enabled', p.enabled)
+SELECT 'projection', NULL, c.name, p.object_type, NULL, NULL, NULL, NULL, jsonb_build_object('enabled', p.enabled)
 FROM mesh.projection p JOIN mesh.connector c ON c.id = p.connector_id
 UNION ALL
-SELECT 'provisioning', NULL, c.name, p.object_type, p.scope, NULL, NULL, p.options
+SELECT 'provisioning', NULL, c.name, p.object_type, p.scope, NULL, NULL, NULL, p.options
 FROM mesh.provisioning p JOIN mesh.connector c ON c.id = p.connector_id;
 
 -- Each connector's discovered schema, and the flows that use each attribute.

@@ -974,7 +974,18 @@ pub fn check_import_source_sql(flow: &ImportFlow) -> String {
 /// A statement that checks an expression over mesh attributes compiles; with `condition`
 /// it must also be a boolean condition.
 pub fn check_mesh_expression_sql(expr: &str, condition: bool) -> String {
-    let names = crate::sql::used_names(expr);
+    check_mesh_expression_over(expr, condition, None)
+}
+
+/// As [`check_mesh_expression_sql`], with only the `attributes` given as columns (all the
+/// names the expression seems to use when None): a name PostgreSQL then reads as a column
+/// fails it with 42703, and words that are no column (`current_date`, `integer` in a
+/// cast, `year` in `extract`) are no attribute.
+pub fn check_mesh_expression_over(expr: &str, condition: bool, attributes: Option<&[String]>) -> String {
+    let names: Vec<crate::sql::UsedName> = crate::sql::used_names(expr)
+        .into_iter()
+        .filter(|n| attributes.is_none_or(|a| a.contains(&n.key)))
+        .collect();
     let cols: Vec<String> = names
         .iter()
         .map(|n| {

@@ -36,11 +36,13 @@ fn mesh_attribute(name: &str) {
 }
 
 /// Runs a check statement; a failure becomes an error that names the rule part at fault.
-/// Every attribute `expr` names is one an import flow of `object_type` gives: any other
+/// Every attribute `expr` reads is one an import flow of `object_type` gives: any other
 /// reads as NULL for every object, a typo that would go unnoticed (a bare word is an
-/// attribute: write `(true)` for a constant). With `flows_first`, import flows must come
-/// first; otherwise a rule made before them is not checked.
-fn check_mesh_attributes(object_type: &str, expr: &str, what: &str, flows_first: bool) {
+/// attribute: write `(true)` for a constant). The expression is compiled with those
+/// attributes only as columns, so a word PostgreSQL does not read as a column
+/// (`current_date`, a type name) is never taken for one. With `flows_first`, import flows
+/// must come first; otherwise a rule made before them is not checked.
+fn check_mesh_attributes(object_type: &str, expr: &str, what: &str, flows_first: bool, condition: bool) {
     let known: Vec<String> = store::json(
         "SELECT coalesce(jsonb_agg(DISTINCT target ORDER BY target), '[]') FROM mesh.flow_rule \
           WHERE direction = 'import' AND object_type = $1",
@@ -52,20 +54,31 @@ fn check_mesh_attributes(object_type: &str, expr: &str, what: &str, flows_first:
     if known.is_empty() && !flows_first {
         return;
     }
-    if let Some(unknown) = Source::parse(expr).reads().into_iter().find(|n| !known.contains(n)) {
-        if known.is_empty() {
-            raise(
-                PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-                format!("{what} \"{expr}\" uses \"{unknown}\", and no import flow of {object_type} gives any attribute yet"),
-                "Add the import flows first: the attributes a rule uses are checked against them.",
-            );
-        }
+    let sql = core_compile::check_mesh_expression_over(expr, condition, Some(&known));
+    let Err(e) = subxact(|| store::exec(&sql, &[])) else {
+        return;
+    };
+    if e.code != PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN {
+        return; // another error is check_compiles's to report
+    }
+    // The attribute the server stopped at (its message names the column).
+    let unknown = Source::parse(expr)
+        .reads()
+        .into_iter()
+        .find(|n| !known.contains(n) && e.message.contains(&format!("\"{n}\"")))
+        .unwrap_or_else(|| e.message.clone());
+    if known.is_empty() {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
-            format!("{what} \"{expr}\" uses \"{unknown}\", which no import flow of {object_type} gives"),
-            &format!("{} A constant is written as an expression, e.g. (true).", close_names(&unknown, &known)),
+            format!("{what} \"{expr}\" uses \"{unknown}\", and no import flow of {object_type} gives any attribute yet"),
+            "Add the import flows first: the attributes a rule uses are checked against them.",
         );
     }
+    raise(
+        PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
+        format!("{what} \"{expr}\" uses \"{unknown}\", which no import flow of {object_type} gives"),
+        &format!("{} A constant is written as an expression, e.g. (true).", close_names(&unknown, &known)),
+    );
 }
 
 fn check_compiles(sql: &str, what: &str, text: &str) {
@@ -351,7 +364,7 @@ fn add_export_flow(
         "export source",
         source,
     );
-    check_mesh_attributes(object_type, source, "export source", true);
+    check_mesh_attributes(object_type, source, "export source", true, false);
     let id = insert_flow(
         &c,
         "export",
@@ -479,7 +492,7 @@ fn add_join_rule(connector: &str, object_type: &str, source: &str, mesh_attribut
     self::object_type(object_type);
     self::mesh_attribute(mesh_attribute);
     // (a join rule may come before the flows: a typo there joins nothing, and deletes nothing)
-    check_mesh_attributes(object_type, mesh_attribute, "join rule's mesh attribute", false);
+    check_mesh_attributes(object_type, mesh_attribute, "join rule's mesh attribute", false, false);
     source_attribute(&c, object_type, source);
     let same: Option<i32> = store::one(
         "SELECT id FROM mesh.join_rule WHERE connector_id = $1 AND object_type = $2 AND source = $3 AND mesh_attribute = $4",
@@ -559,7 +572,7 @@ fn set_provisioning(
         );
         // A misspelled attribute reads as NULL for every object: the scope would hold for
         // none, and a "delete" deprovisioning would delete every object of the target.
-        check_mesh_attributes(object_type, s, "provisioning scope", true);
+        check_mesh_attributes(object_type, s, "provisioning scope", true, true);
     }
     store::exec(
         "INSERT INTO mesh.provisioning (connector_id, object_type, scope, options) VALUES ($1, $2, $3, $4) \

@@ -709,12 +709,15 @@ impl PostgresConnector {
         } else {
             cols.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")
         };
-        // Adds happen where provisioning asks for them, outside update mode.
+        // Adds happen where provisioning asks for them, outside update mode. They write the
+        // flows' columns and the anchor (a disable's only where a flow writes them too).
         let adds = plan.adds && self.config.export_mode != Mode::Update;
+        let inserted: Vec<String> =
+            cols.iter().filter(|c| self.config.written.contains(c) || self.config.anchor.contains(c)).cloned().collect();
         // The columns updates set: those the flows write (an anchor only when it changes,
         // which is rare and then that change's error); an upsert's adds set the anchor too.
         let updated: Vec<String> = match self.config.export_mode {
-            Mode::Upsert if adds => cols.clone(),
+            Mode::Upsert if adds => cols.clone(), // (a disable's columns are updated too)
             _ => cols
                 .iter()
                 .filter(|c| {
@@ -732,7 +735,7 @@ impl PostgresConnector {
         // deleted row comes back whole, so deletes read every column.
         let row = match client
             .query_one(
-                "SELECT ARRAY(SELECT x FROM unnest($2::text[]) x WHERE NOT has_column_privilege(c.oid, x, 'INSERT')), \
+                "SELECT ARRAY(SELECT x FROM unnest($4::text[]) x WHERE NOT has_column_privilege(c.oid, x, 'INSERT')), \
                         ARRAY(SELECT x FROM unnest($3::text[]) x WHERE NOT has_column_privilege(c.oid, x, 'UPDATE')), \
                         ARRAY(SELECT x FROM unnest($2::text[]) x WHERE NOT has_column_privilege(c.oid, x, 'SELECT')), \
                         has_table_privilege(c.oid, 'DELETE') \
@@ -741,9 +744,9 @@ impl PostgresConnector {
                         ARRAY(SELECT a.attname::text FROM pg_attribute a \
                                WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull \
                                  AND NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = '' \
-                                 AND NOT a.attname::text = ANY($2) ORDER BY a.attnum) \
+                                 AND NOT a.attname::text = ANY($4) ORDER BY a.attnum) \
                    FROM pg_class c WHERE c.oid = $1::text::regclass",
-                &[&quoted, &cols, &updated],
+                &[&quoted, &cols, &updated, &inserted],
             )
             .await
         {
@@ -760,7 +763,11 @@ impl PostgresConnector {
             false => &[("UPDATE", &no_update), ("SELECT", &no_select)],
         };
         for (what, lacking) in needed.iter().filter(|(_, lacking)| !lacking.is_empty()) {
-            let checked = if *what == "UPDATE" { updated.len() } else { cols.len() };
+            let checked = match *what {
+                "UPDATE" => updated.len(),
+                "INSERT" => inserted.len(),
+                _ => cols.len(),
+            };
             problems.push(if lacking.len() == checked {
                 format!("this login may not {what} {table} (GRANT {what} ON {table} TO it)")
             } else {

@@ -85,8 +85,13 @@ pub fn provisioning() -> Vec<Provisioning> {
             connector_id: i(r, "connector_id"),
             object_type: s(r, "object_type"),
             scope: r.get("scope").and_then(Value::as_str).map(str::to_string),
-            deprovision: Deprovision::from_options(r.get("options").unwrap_or(&Value::Null))
-                .unwrap_or(Deprovision::Leave),
+            // A stored policy that no longer reads is an error, never a quiet "leave".
+            deprovision: Deprovision::from_options(r.get("options").unwrap_or(&Value::Null)).unwrap_or_else(|m| {
+                crate::error::invalid(
+                    format!("the provisioning of {} in connector {}: {m}", s(r, "object_type"), i(r, "connector_id")),
+                    "Set it again with mesh.set_provisioning(connector, object_type, scope, options).",
+                )
+            }),
         })
         .collect()
 }

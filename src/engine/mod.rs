@@ -271,7 +271,8 @@ pub fn cycle(cycle_id: i64) {
     // A sync that fails (a flow expression that fails on one value) is recorded, and the
     // cycle writes nothing: what it would export was planned by rules that no longer run.
     let synced = cycle_step(None, "sync", cycle_id);
-    checkpoint(cycle_id, "synced", 0, None).unwrap_or_else(|e| cancelled(e));
+    let phase = if synced { "synced" } else { "sync failed" };
+    checkpoint(cycle_id, phase, 0, None).unwrap_or_else(|e| cancelled(e));
     let exporters = if synced { names(
         "SELECT coalesce(jsonb_agg(cn.name ORDER BY cn.id), '[]') FROM mesh.connector cn WHERE cn.enabled \
          AND (EXISTS (SELECT 1 FROM mesh.flow_rule f WHERE f.connector_id = cn.id AND f.direction = 'export') \

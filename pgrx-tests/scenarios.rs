@@ -384,9 +384,9 @@ fn ambiguous_join_is_an_object_error() {
     assert_eq!(int("SELECT count(*) FROM mesh.connector_object WHERE anchor = '1' AND mesh_id IS NULL"), 1);
 }
 
-/// Provisioning into a table and deprovisioning by policy.
-#[pg_test]
-fn provisioning_and_deprovisioning() {
+/// `hr_and_phonebook`, and an Accounts table (login `u<employee_id>`, display) that the
+/// export flows write and a join rule reads back; no provisioning yet.
+fn hr_phonebook_and_accounts() {
     hr_and_phonebook();
     run("CREATE TABLE pb.accounts (login text PRIMARY KEY, display text, active boolean NOT NULL DEFAULT true)");
     run(r#"SELECT mesh.create_connector('Accounts', 'table', '{"source": "pb.accounts", "anchor": "login",
@@ -394,6 +394,12 @@ fn provisioning_and_deprovisioning() {
     run("SELECT mesh.add_join_rule('Accounts', 'person', $$substr(login, 2)$$, 'employee_id')");
     run("SELECT mesh.add_export_flow('Accounts', 'person', $$'u' || employee_id$$, 'login')");
     run("SELECT mesh.add_export_flow('Accounts', 'person', 'display_name', 'display')");
+}
+
+/// Provisioning into a table and deprovisioning by policy.
+#[pg_test]
+fn provisioning_and_deprovisioning() {
+    hr_phonebook_and_accounts();
     // What an add writes to re-enable an account that a "disable" left behind.
     run("SELECT mesh.add_export_flow('Accounts', 'person', '(true)', 'active')");
     run(r#"SELECT mesh.set_provisioning('Accounts', 'person', $$department = 'R&D'$$,
@@ -800,15 +806,10 @@ fn null_members_inside_values_are_kept() {
 /// not yet written is dropped, the accounts written stay joined and kept up to date.
 #[pg_test]
 fn rules_are_listed_and_provisioning_is_removed_without_deprovisioning() {
-    hr_and_phonebook();
-    run("CREATE TABLE pb.accounts (login text PRIMARY KEY, display text)");
-    run(r#"SELECT mesh.create_connector('Accounts', 'table', '{"source": "pb.accounts", "anchor": "login",
-              "export_table": "pb.accounts"}')"#);
-    run("SELECT mesh.add_export_flow('Accounts', 'person', $$'u' || employee_id$$, 'login')");
-    run("SELECT mesh.add_export_flow('Accounts', 'person', 'display_name', 'display')");
+    hr_phonebook_and_accounts();
     run(r#"SELECT mesh.set_provisioning('Accounts', 'person', $$department = 'R&D'$$, '{"deprovision": "delete"}')"#);
     let listed = js("SELECT jsonb_object_agg(rule, n) FROM (SELECT rule, count(*) AS n FROM mesh.rules GROUP BY rule) r");
-    assert_eq!(listed, json!({"import flow": 5, "export flow": 2, "join rule": 1, "projection": 1, "provisioning": 1}));
+    assert_eq!(listed, json!({"import flow": 5, "export flow": 2, "join rule": 2, "projection": 1, "provisioning": 1}));
     assert_eq!(cycle()["Accounts/export"]["added"], json!(2), "Ada and Alan");
     cycle();
     // Grace joins R&D: her add is planned, then provisioning is removed before it is written.
@@ -830,10 +831,10 @@ fn rules_are_listed_and_provisioning_is_removed_without_deprovisioning() {
     assert_eq!(runs["Accounts/export"]["updated"], json!(1), "Ada's display still flows: {runs}");
     assert_eq!(int("SELECT count(*) FROM pb.accounts"), 2);
     assert_eq!(one::<String>("SELECT display FROM pb.accounts WHERE login = 'u1'").as_deref(), Some("Augusta Ada Lovelace"));
-    let join = int("SELECT id FROM mesh.rules WHERE rule = 'join rule'");
+    let join = int("SELECT id FROM mesh.rules WHERE rule = 'join rule' AND connector = 'Accounts'");
     run(&format!("SELECT mesh.remove_join_rule({join})"));
     assert!(outcome(&format!("SELECT mesh.remove_join_rule({join})")).starts_with("42704"));
-    assert_eq!(int("SELECT count(*) FROM mesh.rules WHERE rule IN ('join rule', 'provisioning')"), 0);
+    assert_eq!(int("SELECT count(*) FROM mesh.rules WHERE rule IN ('join rule', 'provisioning') AND connector = 'Accounts'"), 0);
     // Rules over attributes are checked against the import flows, so those come first.
     run("SELECT mesh.create_object_type('robot')");
     let early = outcome("SELECT mesh.set_provisioning('Accounts', 'robot', $$serial IS NOT NULL$$)");

@@ -865,6 +865,9 @@ fn a_failing_flow_expression_fails_the_sync_visibly() {
     run("SELECT mesh.add_import_flow('Phonebook', 'person', $$CASE WHEN phone LIKE '+%' THEN 0 ELSE phone::integer END$$, 'badge', 10)");
     assert_eq!(sync_status(&cycle()), Some(json!("success")));
     run("UPDATE pb.entries SET phone = 'x4' WHERE emp_no = '1'");
+    let preview = js("SELECT jsonb_agg(jsonb_build_array(operation, status)) FROM mesh.preview_cycle()");
+    assert_eq!(preview[0][0], json!("sync failed"), "{preview}");
+    assert!(preview[0][1].as_str().is_some_and(|m| m.contains("x4")), "{preview}");
     let runs = cycle();
     assert_eq!(runs["Phonebook/delta_import"]["status"], json!("success"), "{runs}");
     assert_eq!(sync_status(&runs), Some(json!("failed")), "{runs}");

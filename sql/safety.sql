@@ -149,10 +149,15 @@ BEGIN
                                                        'status', SQLERRM);
             END;
         END LOOP;
-        PERFORM mesh._sync(false);
-        SELECT failed || coalesce(jsonb_agg(to_jsonb(x)), '[]') INTO result
-          FROM (SELECT k.name AS connector, p.* FROM mesh.connector k CROSS JOIN LATERAL mesh.preview(k.name) p
-                 ORDER BY k.name) x;
+        BEGIN
+            PERFORM mesh._sync(false);
+            SELECT failed || coalesce(jsonb_agg(to_jsonb(x)), '[]') INTO result
+              FROM (SELECT k.name AS connector, p.* FROM mesh.connector k CROSS JOIN LATERAL mesh.preview(k.name) p
+                     ORDER BY k.name) x;
+        EXCEPTION WHEN OTHERS THEN
+            -- As a cycle: a sync that fails is shown, and nothing would be exported.
+            result := failed || jsonb_build_array(jsonb_build_object('operation', 'sync failed', 'status', SQLERRM));
+        END;
         RAISE EXCEPTION 'idmesh preview rollback' USING ERRCODE = 'P0001';
     EXCEPTION WHEN raise_exception THEN
         IF SQLERRM <> 'idmesh preview rollback' THEN

@@ -35,7 +35,6 @@ fn mesh_attribute(name: &str) {
     }
 }
 
-/// Runs a check statement; a failure becomes an error that names the rule part at fault.
 /// Every attribute `expr` reads is one an import flow of `object_type` gives: any other
 /// reads as NULL for every object, a typo that would go unnoticed (a bare word is an
 /// attribute: write `(true)` for a constant). The expression is compiled with those
@@ -81,6 +80,7 @@ fn check_mesh_attributes(object_type: &str, expr: &str, what: &str, flows_first:
     );
 }
 
+/// Runs a check statement; a failure becomes an error that names the rule part at fault.
 fn check_compiles(sql: &str, what: &str, text: &str) {
     if let Err(e) = subxact(|| store::exec(sql, &[])) {
         raise(
@@ -456,8 +456,8 @@ fn remove_join_rule(rule_id: i32) {
 }
 
 /// Stops creating objects of a type in a connector. Objects it created stay, joined and
-/// kept up to date by the export flows; adds not yet written are dropped by the next sync.
-/// (A scope that holds for nothing would deprovision every object instead.)
+/// kept up to date by the export flows; adds and deprovisionings not yet written are
+/// dropped at once. (A scope that holds for nothing would deprovision every object instead.)
 #[pg_extern(volatile)]
 fn remove_provisioning(connector: &str, object_type: &str) {
     store::lock();

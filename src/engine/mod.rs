@@ -273,11 +273,14 @@ pub fn cycle(cycle_id: i64) {
     let synced = cycle_step(None, "sync", cycle_id);
     let phase = if synced { "synced" } else { "sync failed" };
     checkpoint(cycle_id, phase, 0, None).unwrap_or_else(|e| cancelled(e));
-    let exporters = if synced { names(
-        "SELECT coalesce(jsonb_agg(cn.name ORDER BY cn.id), '[]') FROM mesh.connector cn WHERE cn.enabled \
-         AND (EXISTS (SELECT 1 FROM mesh.flow_rule f WHERE f.connector_id = cn.id AND f.direction = 'export') \
-              OR EXISTS (SELECT 1 FROM mesh.provisioning p WHERE p.connector_id = cn.id))",
-    ) } else { Vec::new() };
+    let exporters = match synced {
+        true => names(
+            "SELECT coalesce(jsonb_agg(cn.name ORDER BY cn.id), '[]') FROM mesh.connector cn WHERE cn.enabled \
+             AND (EXISTS (SELECT 1 FROM mesh.flow_rule f WHERE f.connector_id = cn.id AND f.direction = 'export') \
+                  OR EXISTS (SELECT 1 FROM mesh.provisioning p WHERE p.connector_id = cn.id))",
+        ),
+        false => Vec::new(),
+    };
     for (i, name) in exporters.iter().enumerate() {
         cycle_step(Some(name), "export", cycle_id);
         checkpoint(
